@@ -1,0 +1,52 @@
+"""Audio plumbing: files, resampling, musical time, the STAGE click and the model context.
+
+Pure numpy/soundfile/soxr code with no model or torch dependency, so it can be tested and used
+(for example by the DAW daemon) without loading anything heavy.
+"""
+
+from stage_bridge.audio.click import click_onsets, click_track, click_waveform
+from stage_bridge.audio.context import CONTEXT_MODES, build_context
+from stage_bridge.audio.io import (
+    SUPPORTED_FORMATS,
+    Audio,
+    is_silent,
+    load_audio,
+    to_mono,
+    unique_path,
+    write_audio_atomic,
+)
+from stage_bridge.audio.resample import resample
+from stage_bridge.audio.timing import (
+    bar_seconds,
+    bars_to_samples,
+    bars_to_seconds,
+    beat_samples,
+    beat_seconds,
+    beat_times,
+    seconds_to_samples,
+    validate_tempo,
+)
+
+__all__ = [
+    "CONTEXT_MODES",
+    "SUPPORTED_FORMATS",
+    "Audio",
+    "bar_seconds",
+    "bars_to_samples",
+    "bars_to_seconds",
+    "beat_samples",
+    "beat_seconds",
+    "beat_times",
+    "build_context",
+    "click_onsets",
+    "click_track",
+    "click_waveform",
+    "is_silent",
+    "load_audio",
+    "resample",
+    "seconds_to_samples",
+    "to_mono",
+    "unique_path",
+    "validate_tempo",
+    "write_audio_atomic",
+]

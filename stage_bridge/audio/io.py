@@ -1,0 +1,267 @@
+"""Reading and writing audio files.
+
+Everything inside the tool works on float32 arrays shaped ``(channels, n)``; this module is the
+only place that knows soundfile's ``(n, channels)`` layout. Loading turns every way a file can
+be unusable into one of the `stage_bridge.errors` types, with a message a musician can act on.
+Writing is atomic and never overwrites: a DAW may be watching the output folder, so a half
+written or replaced take must never be visible there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from stage_bridge.errors import (
+    AudioFileMissing,
+    BadArgument,
+    EmptyAudio,
+    NonFiniteAudio,
+    NotAudio,
+    OutputNotWritable,
+)
+
+SUPPORTED_FORMATS = ("WAV", "FLAC", "AIFF", "OGG")
+"""Formats we promise to read (soundfile may read more; these are the ones we test)."""
+
+_WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
+_FLOAT_SUBTYPES = frozenset({"FLOAT", "DOUBLE"})
+_MAX_CHANNELS = 32  # more than this almost surely means an (n, channels) array was passed
+
+
+@dataclass(frozen=True, eq=False)
+class Audio:
+    """Decoded audio: float32 ``samples`` shaped ``(channels, n)`` at ``sample_rate`` Hz.
+
+    ``eq=False`` because element-wise array comparison has no single truth value; compare
+    ``samples`` with numpy explicitly instead.
+    """
+
+    samples: np.ndarray
+    sample_rate: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.samples, np.ndarray) or self.samples.ndim != 2:
+            raise ValueError("Audio.samples must be a 2-D numpy array shaped (channels, n)")
+        if self.samples.dtype != np.float32:
+            raise ValueError(f"Audio.samples must be float32, got {self.samples.dtype}")
+        if int(self.sample_rate) != self.sample_rate or self.sample_rate <= 0:
+            raise ValueError(
+                f"Audio.sample_rate must be a positive integer, got {self.sample_rate!r}"
+            )
+
+    @property
+    def channels(self) -> int:
+        """Number of channels (1 = mono, 2 = stereo)."""
+        return int(self.samples.shape[0])
+
+    @property
+    def num_samples(self) -> int:
+        """Number of sample frames per channel."""
+        return int(self.samples.shape[1])
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.num_samples / self.sample_rate
+
+
+def load_audio(path: str | os.PathLike[str]) -> Audio:
+    """Decode any file soundfile can read into float32 ``(channels, n)``.
+
+    Raises `AudioFileMissing`, `NotAudio`, `EmptyAudio` or `NonFiniteAudio` so the caller can
+    show the musician exactly what is wrong with the file they picked.
+    """
+    path = Path(path)
+    formats = ", ".join(SUPPORTED_FORMATS)
+    if not path.exists():
+        raise AudioFileMissing(
+            f"{path} does not exist. Check the path, or export the audio from your DAW first."
+        )
+    if path.is_dir():
+        raise NotAudio(f"{path} is a folder, not an audio file. Pick one audio file ({formats}).")
+    try:
+        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError, OSError) as exc:
+        raise NotAudio(
+            f"{path} could not be decoded as audio ({exc}). "
+            f"Export it from your DAW as one of: {formats}."
+        ) from exc
+    if data.shape[0] == 0:
+        raise EmptyAudio(
+            f"{path} contains no audio samples. "
+            "Export a section that has some length and try again."
+        )
+    if not np.isfinite(data).all():
+        raise NonFiniteAudio(
+            f"{path} contains NaN or infinite sample values (a broken floating-point export). "
+            "Re-export it, for example as 24-bit WAV."
+        )
+    return Audio(samples=np.ascontiguousarray(data.T), sample_rate=int(sample_rate))
+
+
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """Average ``(channels, n)`` down to 1-D float32; 1-D input is returned as a float32 copy.
+
+    The model conditions on a single channel, and a plain mean keeps the level of a centred
+    (mono-compatible) mix unchanged.
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 1:
+        return samples.copy()
+    if samples.ndim != 2:
+        raise ValueError(f"expected 1-D or (channels, n) samples, got shape {samples.shape}")
+    return samples.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def is_silent(samples: np.ndarray, threshold_db: float = -60.0) -> bool:
+    """True when the peak level is below ``threshold_db`` dBFS (or there are no samples).
+
+    Used to warn before conditioning on (or delivering) a take with nothing audible in it.
+    """
+    samples = np.asarray(samples)
+    if samples.size == 0:
+        return True
+    peak = float(np.max(np.abs(samples)))
+    if peak == 0.0:
+        return True
+    return 20.0 * math.log10(peak) < threshold_db
+
+
+def unique_path(folder: str | os.PathLike[str], stem: str, suffix: str) -> Path:
+    """Return ``folder/stem+suffix``, or ``stem-2``, ``stem-3``, ... the first that does not exist.
+
+    Takes are never overwritten, so callers need a fresh name. The check is racy by nature;
+    `write_audio_atomic` still refuses to overwrite if another writer wins the race.
+    """
+    folder = Path(folder)
+    if suffix and not suffix.startswith("."):
+        suffix = "." + suffix
+    candidate = folder / f"{stem}{suffix}"
+    number = 2
+    while candidate.exists() or candidate.is_symlink():
+        candidate = folder / f"{stem}-{number}{suffix}"
+        number += 1
+    return candidate
+
+
+def write_audio_atomic(
+    path: str | os.PathLike[str],
+    samples: np.ndarray,
+    sample_rate: int,
+    subtype: str = "PCM_24",
+) -> Path:
+    """Write WAV (or FLAC, by suffix) so the file appears complete or not at all.
+
+    The data goes to a hidden ``.<name>.<random>.part`` file in the same folder (same
+    filesystem, and a name no DAW or file watcher mistakes for audio), is fsynced, then
+    published with ``os.link`` which fails instead of replacing an existing file. Where hard
+    links are unsupported we fall back to ``os.rename`` after checking the name is free. On any
+    failure the temporary file is removed.
+
+    Raises `FileExistsError` if ``path`` exists (pick names with `unique_path`),
+    `OutputNotWritable` if the folder is missing or cannot be written, `NonFiniteAudio` for
+    NaN/inf samples and `BadArgument` for an unsupported suffix or subtype.
+    """
+    path = Path(path)
+    file_format = _format_for(path, subtype)
+    frames = _to_frames(samples, subtype)
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputNotWritable(
+            f"The output folder {folder} does not exist. Create it or choose another output folder."
+        )
+    if path.exists() or path.is_symlink():
+        raise FileExistsError(f"{path} already exists; refusing to overwrite it")
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    except OSError as exc:
+        raise _not_writable(folder, exc) from exc
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w+b") as handle:
+            sf.write(handle, frames, int(sample_rate), subtype=subtype, format=file_format)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _publish(tmp, path)
+    except (OSError, sf.LibsndfileError) as exc:
+        if isinstance(exc, FileExistsError):
+            raise
+        raise _not_writable(folder, exc) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_folder(folder)
+    return path
+
+
+def _format_for(path: Path, subtype: str) -> str:
+    """Pick the container from the suffix and check the subtype fits it."""
+    file_format = _WRITE_FORMATS.get(path.suffix.lower())
+    if file_format is None:
+        raise BadArgument(
+            f"Cannot write {path.name}: the output name must end in .wav or .flac."
+        )
+    if not sf.check_format(file_format, subtype):
+        raise BadArgument(
+            f"{file_format} files cannot be written as {subtype}. Use PCM_16 or PCM_24"
+            + (" (or FLOAT for WAV)." if file_format == "WAV" else ".")
+        )
+    return file_format
+
+
+def _to_frames(samples: np.ndarray, subtype: str) -> np.ndarray:
+    """Convert our ``(channels, n)`` or 1-D layout to soundfile's ``(n, channels)``."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim == 1:
+        samples = samples[np.newaxis, :]
+    if samples.ndim != 2 or not 1 <= samples.shape[0] <= _MAX_CHANNELS:
+        raise ValueError(f"expected 1-D or (channels, n) samples, got shape {samples.shape}")
+    if not np.isfinite(samples).all():
+        raise NonFiniteAudio(
+            "The generated audio contains NaN or infinite values, so nothing was written. "
+            "Try generating again (a different seed usually helps)."
+        )
+    if subtype.upper() not in _FLOAT_SUBTYPES:
+        samples = np.clip(samples, -1.0, 1.0)
+    return np.ascontiguousarray(samples.T)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Give ``tmp`` the name ``final`` without ever replacing an existing ``final``."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise FileExistsError(f"{final} already exists; refusing to overwrite it") from None
+    except (OSError, NotImplementedError, AttributeError):
+        # No hard links here (FAT/exFAT, some network shares): rename is the best we have.
+        if final.exists() or final.is_symlink():
+            raise FileExistsError(f"{final} already exists; refusing to overwrite it") from None
+        os.rename(tmp, final)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Persist the new directory entry; best effort, since not every OS allows it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _not_writable(folder: Path, exc: BaseException) -> OutputNotWritable:
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return OutputNotWritable(
+        f"Could not write into {folder} ({reason}). Check that the folder is writable and the "
+        "disk is not full, or choose another output folder."
+    )

@@ -1,0 +1,228 @@
+"""Context audio in, stem audio out.
+
+Two layers:
+- `generate_codes`: the autoregressive loop over STAGE sequences. Long requests run in
+  overlapping windows of at most `window_frames` target frames (the length STAGE was trained
+  on); each later window is given the previous window's last `overlap_frames` generated frames
+  as a fixed prefix of its target, and the time-aligned slice of the context, so the stem
+  continues seamlessly for a whole song.
+- `render_stem`: the musician's request (bpm, bars, meter, context mode) -> takes at the
+  context file's sample rate, exactly N bars long and starting at the context's first sample.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..audio import Audio, CONTEXT_MODES, bars_to_samples, build_context, is_silent, resample, to_mono, validate_tempo
+from ..errors import BadArgument, Cancelled, EmptyAudio
+from .lm import CrossContext, StageLM
+from .model import StageModel
+from .pattern import StageLayout, build_sequence, delay_revert, step_positions
+from .sampling import SamplingParams, apply_guidance, sample_next
+
+Progress = Callable[[int, int], None]  # (steps done, steps total)
+ShouldCancel = Callable[[], bool]
+
+MAX_TAKES = 8
+MAX_BARS = 512
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    start: int  # first target frame of the window
+    frames: int  # target frames in the window
+    prompt: int  # of which given by the previous window
+
+    def steps(self, num_codebooks: int) -> int:
+        """Decode steps: each free frame, plus K - 1 to flush the delay pattern."""
+        return self.frames - self.prompt + num_codebooks - 1
+
+
+def plan_windows(total_frames: int, window_frames: int = 500, overlap_frames: int = 250) -> list[WindowPlan]:
+    if not 0 <= overlap_frames < window_frames:
+        raise BadArgument(f"overlap ({overlap_frames} frames) must be smaller than the window ({window_frames}).")
+    plans, start, prompt = [], 0, 0
+    while True:
+        frames = min(window_frames, total_frames - start)
+        plans.append(WindowPlan(start, frames, prompt))
+        if start + frames >= total_frames:
+            return plans
+        prompt = overlap_frames
+        start = start + frames - overlap_frames
+
+
+@torch.inference_mode()
+def generate_codes(
+    lm: StageLM,
+    context_codes: Tensor | None,
+    total_frames: int,
+    takes: int = 1,
+    sampling: SamplingParams = SamplingParams(),
+    seed: int = 0,
+    cross: CrossContext | None = None,
+    window_frames: int = 500,
+    overlap_frames: int = 250,
+    progress: Progress | None = None,
+    should_cancel: ShouldCancel | None = None,
+) -> Tensor:
+    """(K, Tc) context codes (or None) -> (takes, K, total_frames) generated target codes.
+
+    `cross` must hold 2 * takes rows (conditional first) when guidance is on, else `takes` rows.
+    """
+    cfg = lm.cfg
+    device = lm.heads[0].weight.device
+    sampling.validate()
+    use_cfg = sampling.guidance != 1.0
+    rows = 2 * takes if use_cfg else takes
+    generator = torch.Generator(device=device).manual_seed(seed)
+    if context_codes is None:
+        context_codes = torch.zeros(cfg.num_codebooks, 0, dtype=torch.long)
+    context_codes = context_codes.to(device)
+    plans = plan_windows(total_frames, window_frames, overlap_frames)
+    total_steps = sum(p.steps(cfg.num_codebooks) for p in plans)
+    out = torch.full((takes, cfg.num_codebooks, total_frames), cfg.pad_id, dtype=torch.long, device=device)
+    done = 0
+    for plan in plans:
+        ctx = context_codes[:, plan.start : plan.start + plan.frames]
+        layout = StageLayout(ctx.shape[-1], plan.frames, cfg.num_codebooks, plan.prompt)
+        context = ctx[None].expand(takes, -1, -1)
+        if use_cfg:  # unconditional rows: the context fully masked (all padding)
+            context = torch.cat([context, torch.full_like(context, cfg.pad_id)])
+        target = out[:, :, plan.start : plan.start + plan.frames].repeat(rows // takes, 1, 1)
+        tokens, valid = build_sequence(context, target, layout, cfg.card)
+        window_out = _decode_window(lm, tokens, valid, layout, takes, sampling, generator, cross, use_cfg,
+                                    lambda n: progress(done + n, total_steps) if progress else None, should_cancel)
+        out[:, :, plan.start : plan.start + plan.frames] = window_out
+        done += plan.steps(cfg.num_codebooks)
+    return out
+
+
+def _decode_window(lm: StageLM, tokens: Tensor, valid: Tensor, layout: StageLayout, takes: int,
+                   sampling: SamplingParams, generator: torch.Generator, cross: CrossContext | None,
+                   use_cfg: bool, on_step: Callable[[int], None], should_cancel: ShouldCancel | None) -> Tensor:
+    step_valid = valid.any(1)
+    positions = step_positions(step_valid)
+    fill = layout.generated_mask(tokens.device)  # (K, S)
+    start, n_steps = layout.first_generated_step, layout.num_steps
+    lm.setup_cache(tokens.shape[0], n_steps)
+    try:
+        logits = lm(tokens[..., :start], positions[:, :start], step_valid[:, :start], 0, cross)[:, :, -1]
+        for s in range(start, n_steps):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("generation cancelled")
+            guided = apply_guidance(logits, sampling.guidance) if use_cfg else logits
+            nxt = sample_next(guided, sampling, generator)  # (takes, K)
+            if use_cfg:
+                nxt = torch.cat([nxt, nxt])
+            tokens[:, :, s] = torch.where(fill[:, s], nxt, tokens[:, :, s])
+            on_step(s - start + 1)
+            if s + 1 < n_steps:
+                logits = lm(tokens[..., s : s + 1], positions[:, s : s + 1], step_valid[:, : s + 1], s, cross)[:, :, -1]
+    finally:
+        lm.clear_cache()
+    return delay_revert(tokens[:takes])[:, :, layout.target_offset :]
+
+
+# -- the musician's request --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StemRequest:
+    bpm: float
+    bars: int
+    context: Audio | None = None
+    beats_per_bar: int = 4
+    beat_unit: int = 4
+    offset: float = 0.0  # seconds from the context's start to its first downbeat (click phase)
+    context_mode: str = "mix"
+    prompt: str = ""
+    takes: int = 1
+    seed: int | None = None
+    sample_rate: int = 44100  # output rate when there is no context file
+    click_gain_db: float = -6.0
+    sampling: SamplingParams = SamplingParams()
+
+    def validate(self) -> None:
+        validate_tempo(self.bpm, self.beats_per_bar, self.beat_unit)
+        if not isinstance(self.bars, int) or not 1 <= self.bars <= MAX_BARS:
+            raise BadArgument(f"bars must be a whole number from 1 to {MAX_BARS} (got {self.bars}).")
+        if self.context_mode not in CONTEXT_MODES:
+            raise BadArgument(f"unknown context mode '{self.context_mode}'; use one of {', '.join(CONTEXT_MODES)}.")
+        if self.context_mode != "click" and self.context is None:
+            raise BadArgument(f"context mode '{self.context_mode}' needs a context audio file (or use --context-mode click).")
+        if not 1 <= self.takes <= MAX_TAKES:
+            raise BadArgument(f"takes must be from 1 to {MAX_TAKES} (got {self.takes}).")
+        if not math.isfinite(self.offset) or self.offset < 0:
+            raise BadArgument(f"offset must be a number of seconds >= 0 (got {self.offset}).")
+        if not 8000 <= self.sample_rate <= 384000:
+            raise BadArgument(f"sample rate must be between 8000 and 384000 Hz (got {self.sample_rate}).")
+
+
+@dataclass
+class StemResult:
+    takes: list[np.ndarray]  # mono float32, each exactly `num_samples` long
+    sample_rate: int
+    num_samples: int
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+@torch.inference_mode()
+def render_stem(model: StageModel, req: StemRequest, progress: Progress | None = None,
+                should_cancel: ShouldCancel | None = None, window_frames: int = 500,
+                overlap_frames: int = 250) -> StemResult:
+    req.validate()
+    t_start = time.perf_counter()
+    warnings: list[str] = []
+    sr_out = req.context.sample_rate if req.context is not None else req.sample_rate
+    n_out = bars_to_samples(req.bars, req.bpm, sr_out, req.beats_per_bar, req.beat_unit)
+    sr = model.sample_rate
+    n_model = int(round(Fraction(n_out) * sr / sr_out))
+
+    mix = None
+    if req.context is not None and req.context_mode != "click":
+        mix = resample(to_mono(req.context.samples), req.context.sample_rate, sr)[:n_model]
+        if is_silent(mix):
+            if req.context_mode == "mix":
+                raise EmptyAudio("the context is silent, so there is nothing to accompany. Check the file, or use "
+                                 "--context-mode click to generate from the tempo alone.")
+            warnings.append("the context is silent; only the click guides the generation")
+    ctx_len = n_model if req.context_mode != "mix" else mix.shape[-1]
+    ctx_wav = build_context(req.context_mode, ctx_len, sr, mix=mix, bpm=req.bpm, beats_per_bar=req.beats_per_bar,
+                            beat_unit=req.beat_unit, offset_s=req.offset, click_gain_db=req.click_gain_db)
+    codec = model.codec
+    context_codes = codec.encode(torch.from_numpy(ctx_wav)[None])[0]
+    t_encoded = time.perf_counter()
+
+    rows = 2 * req.takes if req.sampling.guidance != 1.0 else req.takes
+    cross = CrossContext(None, None)
+    if req.prompt.strip():
+        states, mask = model.require_text().encode([req.prompt] * req.takes + [""] * (rows - req.takes))
+        cross = model.lm.cross_context(states, mask)
+    seed = req.seed if req.seed is not None else random.SystemRandom().randrange(2**31)
+    codes = generate_codes(model.lm, context_codes, codec.frames_for(n_model), req.takes, req.sampling, seed, cross,
+                           window_frames, overlap_frames, progress, should_cancel)
+    t_generated = time.perf_counter()
+    audio = codec.decode(codes)[:, :n_model].float().cpu().numpy()
+    takes = [_exact_length(resample(a, sr, sr_out), n_out) for a in audio]
+    t_done = time.perf_counter()
+    timings = {"encode_s": t_encoded - t_start, "generate_s": t_generated - t_encoded,
+               "decode_s": t_done - t_generated, "total_s": t_done - t_start}
+    return StemResult(takes, sr_out, n_out, seed, timings, warnings)
+
+
+def _exact_length(x: np.ndarray, n: int) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[-1] >= n:
+        return x[:n]
+    return np.pad(x, (0, n - x.shape[-1]))

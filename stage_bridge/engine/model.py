@@ -1,0 +1,124 @@
+"""A whole STAGE model (decoder, codec, text encoder) loaded once onto one device.
+
+This is what the daemon keeps warm: building it reads weights from disk; using it does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import EncodecModel, T5EncoderModel
+
+from ..errors import BadArgument, CheckpointError, DeviceUnavailable, WeightsMissing
+from .checkpoints import Checkpoint, find_tokenizer, resolve
+from .codec import Codec
+from .lm import StageLM
+from .text import ByteTokenizer, TextEncoder
+
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto: CUDA, then Apple MPS, then CPU. An explicit device that is absent is an error."""
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise BadArgument(f"unknown device '{name}'; use one of {', '.join(DEVICES)}.")
+    has_mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceUnavailable("CUDA was requested but no NVIDIA GPU is usable here; use --device auto or cpu.")
+    if name == "mps" and not has_mps:
+        raise DeviceUnavailable("MPS was requested but this is not an Apple-silicon Mac with MPS; use --device auto or cpu.")
+    return torch.device(name)
+
+
+@dataclass
+class StageModel:
+    name: str
+    lm: StageLM
+    codec: Codec
+    text: TextEncoder | None  # None: the T5 tokenizer/weights are absent; prompts are refused
+    device: torch.device
+    is_random: bool
+    text_missing_reason: str = ""
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    def require_text(self) -> TextEncoder:
+        if self.text is None:
+            raise WeightsMissing(self.text_missing_reason)
+        return self.text
+
+
+def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype = torch.float32) -> StageModel:
+    """Instantiate the modules from config and load the checkpoint's tensors strictly."""
+    lm = StageLM(ckpt.lm_config)
+    _load(lm, ckpt.lm_state, f"{ckpt.name} (decoder)")
+    lm = lm.to(device=device, dtype=dtype).eval()
+
+    if not ckpt.codec_state:
+        raise WeightsMissing(f"{ckpt.name} holds no EnCodec weights (a bare decoder). Use a full model "
+                             "(facebook/musicgen-small, a STAGE .safetensors or a stage-bridge run).")
+    codec_model = EncodecModel(ckpt.codec_config)
+    codec_state = _match_weight_norm(ckpt.codec_state, codec_model.state_dict().keys())
+    _load(codec_model, codec_state, f"{ckpt.name} (EnCodec)")
+    codec = Codec(codec_model.to(device).eval(), ckpt.lm_config.num_codebooks)
+
+    text, reason = None, ""
+    tokenizer = ByteTokenizer() if ckpt.tokenizer is None else _load_tokenizer(ckpt.tokenizer)
+    if tokenizer is None:
+        reason = ("The text prompt needs the t5-base tokenizer, which is not on this machine. Run "
+                  "`stage-bridge weights --fetch t5-base` where a network exists, or generate without a prompt.")
+    else:
+        t5 = T5EncoderModel(ckpt.text_config)
+        if ckpt.text_state is not None:
+            _load(t5, ckpt.text_state, f"{ckpt.name} (T5)")
+        else:
+            t5 = _pretrained_t5(ckpt.tokenizer)
+        if t5 is None:
+            reason = ("The text prompt needs the t5-base encoder weights; run `stage-bridge weights --fetch t5-base` "
+                      "where a network exists, or generate without a prompt.")
+        else:
+            text = TextEncoder(t5.to(device).eval(), tokenizer)
+    return StageModel(ckpt.name, lm, codec, text, device, ckpt.is_random, reason)
+
+
+def load_model(name_or_path: str, device: str = "auto", weights_dir: Path | None = None,
+               dtype: torch.dtype = torch.float32) -> StageModel:
+    return build_model(resolve(name_or_path, weights_dir), pick_device(device), dtype)
+
+
+def _load(module: torch.nn.Module, state: dict, what: str) -> None:
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("embed_positions.weights")]
+    if missing:
+        raise CheckpointError(f"{what}: missing key '{missing[0]}' ({len(missing)} in all).")
+    if result.unexpected_keys:
+        raise CheckpointError(f"{what}: unexpected key '{result.unexpected_keys[0]}' ({len(result.unexpected_keys)} in all).")
+
+
+def _match_weight_norm(state: dict, model_keys) -> dict:
+    """transformers versions differ in weight-norm names (weight_g/_v vs parametrizations)."""
+    if any(k.endswith(".weight_g") for k in model_keys):
+        return {k.replace("parametrizations.weight.original0", "weight_g")
+                 .replace("parametrizations.weight.original1", "weight_v"): v for k, v in state.items()}
+    return state
+
+
+def _load_tokenizer(source: str):
+    folder = find_tokenizer(source)
+    if folder is None:
+        return None
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def _pretrained_t5(source: str) -> T5EncoderModel | None:
+    folder = find_tokenizer(source)  # the t5-base snapshot holds weights next to the tokenizer
+    if folder is None or not any(folder.glob("*.safetensors")):
+        return None
+    return T5EncoderModel.from_pretrained(str(folder))

@@ -1,0 +1,57 @@
+"""Next-token sampling: classifier-free guidance, temperature, top-k, top-p.
+
+Guidance combines the conditional and unconditional rows of ONE batched forward:
+`uncond + (cond - uncond) * scale` (scale 3.0 in STAGE). Sampling draws from an explicit
+`torch.Generator`, so a seed reproduces a take exactly on the same device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import BadArgument
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    guidance: float = 3.0
+    top_k: int = 250
+    top_p: float = 0.0
+    temperature: float = 1.0
+
+    def validate(self) -> None:
+        if not (self.guidance >= 0.0):
+            raise BadArgument(f"guidance must be >= 0 (got {self.guidance}); 3.0 is STAGE's default.")
+        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+            raise BadArgument(f"top-k must be a whole number >= 0 (0 = off; got {self.top_k}).")
+        if not (0.0 <= self.top_p <= 1.0):
+            raise BadArgument(f"top-p must be between 0 (off) and 1 (got {self.top_p}).")
+        if not (self.temperature >= 0.0):
+            raise BadArgument(f"temperature must be >= 0 (got {self.temperature}); 0 means greedy.")
+
+
+def apply_guidance(logits: Tensor, scale: float) -> Tensor:
+    """(2B, ...) logits with conditional rows first -> (B, ...) guided logits."""
+    cond, uncond = logits.chunk(2, dim=0)
+    return uncond + (cond - uncond) * scale
+
+
+def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> Tensor:
+    """(..., V) logits -> (...) long tokens."""
+    if params.temperature == 0.0:
+        return logits.argmax(-1)
+    logits = logits.float() / params.temperature
+    if 0 < params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if 0.0 < params.top_p < 1.0:
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > params.top_p  # keep the token that crosses top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
