@@ -11,20 +11,20 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
 
+from stage_bridge.atomic import write_atomic
 from stage_bridge.errors import (
     AudioFileMissing,
     BadArgument,
     EmptyAudio,
     NonFiniteAudio,
     NotAudio,
-    OutputNotWritable,
 )
 
 SUPPORTED_FORMATS = ("WAV", "FLAC", "AIFF", "OGG")
@@ -172,32 +172,14 @@ def write_audio_atomic(
     path = Path(path)
     file_format = _format_for(path, subtype)
     frames = _to_frames(samples, subtype)
-    folder = path.parent
-    if not folder.is_dir():
-        raise OutputNotWritable(
-            f"The output folder {folder} does not exist. Create it or choose another output folder."
-        )
-    if path.exists() or path.is_symlink():
-        raise FileExistsError(f"{path} already exists; refusing to overwrite it")
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    except OSError as exc:
-        raise _not_writable(folder, exc) from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w+b") as handle:
+
+    def write(handle: BinaryIO) -> None:
+        try:
             sf.write(handle, frames, int(sample_rate), subtype=subtype, format=file_format)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _publish(tmp, path)
-    except (OSError, sf.LibsndfileError) as exc:
-        if isinstance(exc, FileExistsError):
-            raise
-        raise _not_writable(folder, exc) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_folder(folder)
-    return path
+        except sf.LibsndfileError as exc:
+            raise OSError(str(exc)) from exc
+
+    return write_atomic(path, write)
 
 
 def _format_for(path: Path, subtype: str) -> str:
@@ -230,38 +212,3 @@ def _to_frames(samples: np.ndarray, subtype: str) -> np.ndarray:
     if subtype.upper() not in _FLOAT_SUBTYPES:
         samples = np.clip(samples, -1.0, 1.0)
     return np.ascontiguousarray(samples.T)
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Give ``tmp`` the name ``final`` without ever replacing an existing ``final``."""
-    try:
-        os.link(tmp, final)
-    except FileExistsError:
-        raise FileExistsError(f"{final} already exists; refusing to overwrite it") from None
-    except (OSError, NotImplementedError, AttributeError):
-        # No hard links here (FAT/exFAT, some network shares): rename is the best we have.
-        if final.exists() or final.is_symlink():
-            raise FileExistsError(f"{final} already exists; refusing to overwrite it") from None
-        os.rename(tmp, final)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Persist the new directory entry; best effort, since not every OS allows it."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _not_writable(folder: Path, exc: BaseException) -> OutputNotWritable:
-    reason = getattr(exc, "strerror", None) or str(exc)
-    return OutputNotWritable(
-        f"Could not write into {folder} ({reason}). Check that the folder is writable and the "
-        "disk is not full, or choose another output folder."
-    )

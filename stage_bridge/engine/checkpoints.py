@@ -109,7 +109,7 @@ def _grow_embedding(w: Tensor, cfg: LMConfig, source: str) -> Tensor:
     if w.shape[0] == cfg.vocab_rows:
         return w
     if w.shape[0] == cfg.vocab_rows - 1:
-        return torch.cat([w, sep_row(w.shape[1], w.dtype)])
+        return torch.cat([w, sep_row(w.shape[1], w.dtype).to(w.device)])
     raise CheckpointError(f"{source}: embedding has {w.shape[0]} rows, expected {cfg.vocab_rows - 1} or {cfg.vocab_rows}.")
 
 
@@ -275,10 +275,15 @@ def load_torch_file(path: Path) -> dict[str, Any]:
 
 
 def load_state_file(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    obj = load_torch_file(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path))
+        obj = load_torch_file(path)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:  # corrupt or not a checkpoint at all (safetensors/pickle/zip errors)
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {e}).") from e
     if isinstance(obj, dict) and "best_state" in obj:  # audiocraft package
         obj = obj["best_state"]
         if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
@@ -313,7 +318,7 @@ def from_transformers_folder(folder: Path, name: str | None = None) -> Checkpoin
     m = KeyMapper(state, str(folder))
     if "decoder.model.decoder.embed_tokens.0.weight" in state:  # MusicgenForConditionalGeneration
         dcfg = config.get("decoder", {})
-        cfg = _hf_lm_config(dcfg, state, "decoder.model.decoder.", "decoder.", state["enc_to_dec_proj.weight"].shape[1])
+        cfg = _hf_lm_config(dcfg, m, "decoder.model.decoder.", "decoder.", m.take("enc_to_dec_proj.weight").shape[1])
         lm = lm_from_transformers(m, cfg, "decoder.model.decoder.", "decoder.", "enc_to_dec_proj.")
         codec = codec_from_transformers(m)
         text = t5_state(m, "text_encoder.")
@@ -327,7 +332,7 @@ def from_transformers_folder(folder: Path, name: str | None = None) -> Checkpoin
         tok = str(folder) if _has_tokenizer(folder) else T5_TOKENIZER_IDS[0]
         return Checkpoint(name or str(folder), "transformers", cfg, lm, codec_cfg, codec, text_cfg, text, tok)
     if "model.decoder.embed_tokens.0.weight" in state:  # bare MusicgenForCausalLM
-        cfg = _hf_lm_config(config, state, "model.decoder.", "", config.get("hidden_size", 1024))
+        cfg = _hf_lm_config(config, m, "model.decoder.", "", config.get("hidden_size", 1024))
         lm = lm_from_transformers(m, cfg, "model.decoder.", "", None)
         m.finish(ignore=["model.decoder.embed_positions.weights"])
         return Checkpoint(name or str(folder), "transformers", cfg, lm, musicgen_codec_config(), {},
@@ -335,15 +340,16 @@ def from_transformers_folder(folder: Path, name: str | None = None) -> Checkpoin
     raise CheckpointError(f"{folder}: config.json present but the weights are not a MusicGen model.")
 
 
-def _hf_lm_config(dcfg: dict, state: dict[str, Tensor], dec: str, heads: str, text_dim: int) -> LMConfig:
-    dim = state[f"{dec}embed_tokens.0.weight"].shape[1]
+def _hf_lm_config(dcfg: dict, m: KeyMapper, dec: str, heads: str, text_dim: int) -> LMConfig:
+    state = m.state
+    dim = m.take(f"{dec}embed_tokens.0.weight").shape[1]
     return LMConfig(
         dim=dim,
         num_layers=dcfg.get("num_hidden_layers", _count(state, re.escape(dec) + r"layers\.(\d+)\.")),
         num_heads=dcfg.get("num_attention_heads", dim // 64),
-        ffn_dim=state[f"{dec}layers.0.fc1.weight"].shape[0],
+        ffn_dim=m.take(f"{dec}layers.0.fc1.weight").shape[0],
         num_codebooks=_count(state, re.escape(heads) + r"lm_heads\.(\d+)\."),
-        card=state[f"{heads}lm_heads.0.weight"].shape[0],
+        card=m.take(f"{heads}lm_heads.0.weight").shape[0],
         text_dim=text_dim,
     )
 
@@ -355,11 +361,11 @@ def _has_tokenizer(folder: Path) -> bool:
 def from_audiocraft_folder(folder: Path, name: str | None = None) -> Checkpoint:
     lm_state = load_state_file(folder / "state_dict.bin")
     m = KeyMapper(lm_state, str(folder / "state_dict.bin"))
-    dim = lm_state["emb.0.weight"].shape[1]
+    dim = m.take("emb.0.weight").shape[1]
     cfg = LMConfig(dim=dim, num_layers=_count(lm_state, r"transformer\.layers\.(\d+)\."), num_heads=dim // 64,
-                   ffn_dim=lm_state["transformer.layers.0.linear1.weight"].shape[0],
-                   num_codebooks=_count(lm_state, r"linears\.(\d+)\."), card=lm_state["linears.0.weight"].shape[0],
-                   text_dim=lm_state["condition_provider.conditioners.description.output_proj.weight"].shape[1])
+                   ffn_dim=m.take("transformer.layers.0.linear1.weight").shape[0],
+                   num_codebooks=_count(lm_state, r"linears\.(\d+)\."), card=m.take("linears.0.weight").shape[0],
+                   text_dim=m.take("condition_provider.conditioners.description.output_proj.weight").shape[1])
     lm = lm_from_audiocraft(m, cfg)
     m.finish()
     cm = KeyMapper(load_state_file(folder / "compression_state_dict.bin"), str(folder / "compression_state_dict.bin"))
@@ -374,15 +380,15 @@ def from_audiocraft_folder(folder: Path, name: str | None = None) -> Checkpoint:
 def from_stage_file(path: Path, name: str | None = None) -> Checkpoint:
     state = load_state_file(path)
     m = KeyMapper(state, str(path))
-    dim = state["lm.decoder.token_emb.emb.0.weight"].shape[1]
+    dim = m.take("lm.decoder.token_emb.emb.0.weight").shape[1]
     n_sub = _count(state, r"lm\.decoder\.attn_layers\.layers\.(\d+)\.")
     if n_sub % 3:
         raise CheckpointError(f"{path}: {n_sub} x-transformers sublayers is not a multiple of 3.")
     cfg = LMConfig(dim=dim, num_layers=n_sub // 3, num_heads=dim // 64,
-                   ffn_dim=state["lm.decoder.attn_layers.layers.2.1.ff.0.0.weight"].shape[0],
+                   ffn_dim=m.take("lm.decoder.attn_layers.layers.2.1.ff.0.0.weight").shape[0],
                    num_codebooks=_count(state, r"lm\.decoder\.to_logits\.linears\.(\d+)\."),
-                   card=state["lm.decoder.to_logits.linears.0.weight"].shape[0],
-                   text_dim=state["condition_provider.embedders.description.output_proj.weight"].shape[1])
+                   card=m.take("lm.decoder.to_logits.linears.0.weight").shape[0],
+                   text_dim=m.take("condition_provider.embedders.description.output_proj.weight").shape[1])
     lm = lm_from_stage(m, cfg)
     codec = codec_from_audiocraft(m, "encodec_model.")
     text = t5_state(m, "condition_provider.embedders.description.t5.")
@@ -399,6 +405,8 @@ def from_native_folder(folder: Path, name: str | None = None) -> Checkpoint:
     m = KeyMapper(state, str(folder / NATIVE_WEIGHTS))
     lm, codec = m.take_prefix("lm."), m.take_prefix("codec.")
     text = m.take_prefix("text.") or None
+    if text is not None and "shared.weight" in text:  # save_native stores the tied T5 embedding once
+        text.setdefault("encoder.embed_tokens.weight", text["shared.weight"])
     m.finish()
     return Checkpoint(name or meta.get("name", folder.name), "native", LMConfig(**meta["lm_config"]), lm,
                       EncodecConfig(**meta["codec_config"]), codec, T5Config(**meta["text_config"]), text,

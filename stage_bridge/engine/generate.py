@@ -77,6 +77,8 @@ def generate_codes(
 ) -> Tensor:
     """(K, Tc) context codes (or None) -> (takes, K, total_frames) generated target codes.
 
+    Context frame t is time-aligned with target frame t; context beyond the target is unused.
+
     `cross` must hold 2 * takes rows (conditional first) when guidance is on, else `takes` rows.
     """
     cfg = lm.cfg
@@ -163,6 +165,9 @@ class StemRequest:
             raise BadArgument(f"takes must be from 1 to {MAX_TAKES} (got {self.takes}).")
         if not math.isfinite(self.offset) or self.offset < 0:
             raise BadArgument(f"offset must be a number of seconds >= 0 (got {self.offset}).")
+        if self.context is not None and self.context_mode == "mix" and is_silent(self.context.samples):
+            raise EmptyAudio("the context is silent, so there is nothing to accompany. Check the file, or use "
+                             "--context-mode click to generate from the tempo alone.")
         if not 8000 <= self.sample_rate <= 384000:
             raise BadArgument(f"sample rate must be between 8000 and 384000 Hz (got {self.sample_rate}).")
 
@@ -192,10 +197,7 @@ def render_stem(model: StageModel, req: StemRequest, progress: Progress | None =
     mix = None
     if req.context is not None and req.context_mode != "click":
         mix = resample(to_mono(req.context.samples), req.context.sample_rate, sr)[:n_model]
-        if is_silent(mix):
-            if req.context_mode == "mix":
-                raise EmptyAudio("the context is silent, so there is nothing to accompany. Check the file, or use "
-                                 "--context-mode click to generate from the tempo alone.")
+        if is_silent(mix):  # only possible in mix+click mode: validate() refuses a silent mix alone
             warnings.append("the context is silent; only the click guides the generation")
     ctx_len = n_model if req.context_mode != "mix" else mix.shape[-1]
     ctx_wav = build_context(req.context_mode, ctx_len, sr, mix=mix, bpm=req.bpm, beats_per_bar=req.beats_per_bar,

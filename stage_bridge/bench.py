@@ -1,0 +1,450 @@
+"""Decode benchmark: our STAGE decoder against transformers' MusicGen, and the memory floor.
+
+Both sides run a musicgen-small-sized decoder with the very same random weights (transformers'
+`MusicgenForCausalLM` is built first and ours is loaded from its state dict through
+`lm_from_transformers`), on the same device, dtype and thread count, with a KV cache,
+classifier-free guidance (2 rows per take), top-k sampling, and the same number of prefill
+tokens and decode steps. Each side is warmed up once, then timed `--repeats` times (alternating);
+medians are reported.
+
+- OURS: the real loop, `generate_codes`, one window of `--context-frames` context frames and
+  `--gen-frames` generated frames. A progress callback stamps every sampled step: prefill = time
+  from the call (including the cross-attention precompute) to the first sampled step; ms/step =
+  time between the first and the last sampled step / (steps - 1), i.e. one decode forward plus
+  one sampling each.
+- TRANSFORMERS: `MusicgenForCausalLM.generate` on a random prompt of exactly our prefill length,
+  `max_new_tokens` = our step count, `guidance_scale=3.0` (transformers doubles the batch itself
+  for CFG in `prepare_inputs_for_generation`), `do_sample=True, top_k=250, use_cache=True`.
+  A streamer stamps every sampled token, measured exactly as ours.
+  transformers 5.x feeds only the LAST prompt token at prefill for `MusicgenForCausalLM` (its
+  `prepare_inputs_for_generation` slices to one token whenever a cache object exists, and
+  `generate` now always creates one before prefill), which would make its prefill trivially cheap
+  and its decode attend to ~S keys instead of ~prompt + S. `_MusicgenCausalLMForBench` restores
+  the intended behaviour (slice only once the cache holds something); the run checks that the
+  prefill saw the whole prompt and that every step ran. With text, the cross-attention K/V go in
+  an `EncoderDecoderCache` (the bare causal LM would otherwise append them to the self-attention
+  cache), so transformers computes them once, as we do.
+- FLOOR: bytes that must be read per decode step / memory bandwidth. Bytes = every weight a
+  decode step touches (all linears of all layers, cross-attention q/out only when there is text,
+  layer norms, the output heads, and just the K embedding rows per row) + the self-attention
+  KV cache at the average number of keys over the decode steps + the cross-attention K/V (text
+  only). Bandwidth = (bytes read + bytes written) / time of the fastest of several copies of a
+  `--bw-mib` tensor on the device (the STREAM "copy" convention), taken as the rate at which a
+  decode step can stream its bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CARD = 2048
+NUM_CODEBOOKS = 4
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stage-bridge bench",
+        description="Decode speed of our STAGE decoder vs transformers' MusicGen (same random weights), "
+                    "and the memory-bandwidth floor.")
+    p.add_argument("--layers", type=int, default=24, help="decoder layers (musicgen-small: 24)")
+    p.add_argument("--dim", type=int, default=1024, help="model width (musicgen-small: 1024)")
+    p.add_argument("--heads", type=int, default=16, help="attention heads (musicgen-small: 16)")
+    p.add_argument("--ffn", type=int, default=4096, help="feed-forward width (musicgen-small: 4096)")
+    p.add_argument("--context-frames", type=int, default=500, help="context frames (500 = 10 s)")
+    p.add_argument("--gen-frames", type=int, default=250, help="generated frames (250 = 5 s)")
+    p.add_argument("--batch", type=int, default=1, help="takes; CFG doubles the rows")
+    p.add_argument("--text-tokens", type=int, default=8,
+                   help="random text-prompt states for cross-attention, as a short T5 prompt (0 = no prompt: "
+                        "both implementations then skip cross-attention, as STAGE does without --prompt)")
+    p.add_argument("--guidance", type=float, default=3.0, help="CFG scale (> 1)")
+    p.add_argument("--top-k", type=int, default=250)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per side (median reported)")
+    p.add_argument("--warmup-frames", type=int, default=16,
+                   help="generated frames of the one warm-up run per side (same context)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    p.add_argument("--bw-mib", type=int, default=512, help="size of the bandwidth-probe copy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-transformers", action="store_true", help="time ours only")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress on stderr)")
+    return p
+
+
+# -- models ------------------------------------------------------------------------------------
+
+def _bench_hf_class():
+    from transformers import MusicgenForCausalLM
+
+    class _MusicgenCausalLMForBench(MusicgenForCausalLM):
+        """transformers' model, with the prompt fed whole at prefill (see module docstring)."""
+
+        def prepare_inputs_for_generation(self, input_ids, attention_mask=None, encoder_hidden_states=None,
+                                          encoder_attention_mask=None, past_key_values=None, use_cache=True,
+                                          delay_pattern_mask=None, guidance_scale=None, **kwargs):
+            out = super().prepare_inputs_for_generation(
+                input_ids, attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
+                encoder_attention_mask=encoder_attention_mask, past_key_values=None, use_cache=use_cache,
+                delay_pattern_mask=delay_pattern_mask, guidance_scale=guidance_scale)
+            out["past_key_values"] = past_key_values
+            if past_key_values is not None and past_key_values.get_seq_length() > 0:
+                out["input_ids"] = out["input_ids"][:, -1:]
+            return out
+
+    return _MusicgenCausalLMForBench
+
+
+def build_models(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    """(transformers model, our StageLM, our LMConfig) with identical weights."""
+    from transformers import MusicgenDecoderConfig
+
+    from .engine.checkpoints import KeyMapper, lm_from_transformers
+    from .engine.lm import LMConfig, StageLM
+
+    torch.manual_seed(args.seed)
+    hf_cfg = MusicgenDecoderConfig(hidden_size=args.dim, num_hidden_layers=args.layers,
+                                   num_attention_heads=args.heads, ffn_dim=args.ffn, num_codebooks=NUM_CODEBOOKS,
+                                   vocab_size=CARD, pad_token_id=CARD, bos_token_id=CARD,
+                                   decoder_start_token_id=CARD, dropout=0.0, attention_dropout=0.0,
+                                   activation_dropout=0.0)
+    hf = _bench_hf_class()(hf_cfg).eval()
+    hf.generation_config.decoder_start_token_id = CARD  # as facebook/musicgen-small's generation_config
+    hf.generation_config.pad_token_id = CARD
+    with torch.no_grad():  # our pad row is zero by construction; make theirs match (identical weights)
+        for e in hf.model.decoder.embed_tokens:
+            e.weight[CARD].zero_()
+    cfg = LMConfig(dim=args.dim, num_layers=args.layers, num_heads=args.heads, ffn_dim=args.ffn,
+                   num_codebooks=NUM_CODEBOOKS, card=CARD, text_dim=args.dim)
+    m = KeyMapper(hf.state_dict(), "transformers MusicgenForCausalLM (random)")
+    state = lm_from_transformers(m, cfg, "model.decoder.", "", None)
+    m.finish(ignore=["model.decoder.embed_positions.weights"])
+    ours = StageLM(cfg)
+    ours.load_state_dict(state, strict=True)
+    del state
+    ours = ours.eval().to(device=device, dtype=dtype)
+    hf = hf.to(device=device, dtype=dtype)
+    return hf, ours, cfg
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    prefill_s: float
+    ms_per_step: float
+    total_s: float
+    steps: int
+
+
+def _syncer(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _summarize(t0: float, stamps: list[float], t_end: float, steps: int, side: str) -> Run:
+    if len(stamps) != steps or steps < 2:
+        raise RuntimeError(f"{side}: expected {steps} sampled steps, saw {len(stamps)}")
+    return Run(stamps[0] - t0, 1000.0 * (stamps[-1] - stamps[0]) / (steps - 1), t_end - t0, steps)
+
+
+def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states, sync) -> Run:
+    from .engine.generate import generate_codes
+    from .engine.pattern import StageLayout
+    from .engine.sampling import SamplingParams
+
+    layout = StageLayout(context_codes.shape[-1], gen_frames, NUM_CODEBOOKS)
+    steps = layout.num_steps - layout.first_generated_step
+    stamps: list[float] = []
+
+    def progress(done: int, total: int) -> None:
+        sync()
+        stamps.append(time.perf_counter())
+
+    sampling = SamplingParams(guidance=args.guidance, top_k=args.top_k)
+    sync()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        cross = None
+        if text_states is not None:
+            mask = torch.ones(text_states.shape[:2], dtype=torch.bool, device=text_states.device)
+            cross = lm.cross_context(text_states, mask)
+        generate_codes(lm, context_codes, gen_frames, takes=args.batch, sampling=sampling, seed=args.seed,
+                       cross=cross, window_frames=gen_frames, overlap_frames=0, progress=progress)
+    sync()
+    return _summarize(t0, stamps, time.perf_counter(), steps, "ours")
+
+
+def run_transformers(hf, prompt: torch.Tensor, steps: int, args, text_states, sync) -> Run:
+    from transformers.generation.streamers import BaseStreamer
+
+    class Stamps(BaseStreamer):
+        def __init__(self):
+            self.t: list[float] = []
+
+        def put(self, value):  # first call: the prompt (before prefill); then one per sampled token
+            sync()
+            self.t.append(time.perf_counter())
+
+        def end(self):
+            pass
+
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    streamer = Stamps()
+    calls: list[int] = []
+    hook = hf.register_forward_pre_hook(lambda mod, a, kw: calls.append(kw["input_ids"].shape[-1]), with_kwargs=True)
+    kwargs = {}
+    if text_states is not None:
+        kwargs = dict(encoder_hidden_states=text_states,
+                      past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()))
+    try:
+        sync()
+        t0 = time.perf_counter()
+        hf.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=True, top_k=args.top_k,
+                    guidance_scale=args.guidance, use_cache=True, num_return_sequences=1, streamer=streamer,
+                    **kwargs)
+        sync()
+        t_end = time.perf_counter()
+    finally:
+        hook.remove()
+    if not calls or calls[0] != prompt.shape[-1] or any(c != 1 for c in calls[1:]):
+        raise RuntimeError(f"transformers: prefill saw {calls[:1]} tokens (expected {prompt.shape[-1]}), "
+                           "the KV cache is not used as expected")
+    return _summarize(t0, streamer.t[1:], t_end, steps, "transformers")
+
+
+def measure_bandwidth(device: torch.device, mib: int, repeats: int = 5) -> dict:
+    """Fastest of `repeats` copies of a `mib` MiB tensor: GB/s counting read + written bytes, and a
+    read-only reduction (sum) for reference."""
+    sync = _syncer(device)
+    n = mib * 2**20 // 4
+    src = torch.ones(n, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # fault the pages in
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        dst.copy_(src)
+        sync()
+        best = min(best, time.perf_counter() - t)
+    best_sum = float("inf")
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        src.sum()
+        sync()
+        best_sum = min(best_sum, time.perf_counter() - t)
+    nbytes = n * 4
+    del src, dst
+    return {"copy_bytes": nbytes, "copy_s": best,
+            "copy_gbps": 2 * nbytes / best / 1e9,  # read + write
+            "copy_one_way_gbps": nbytes / best / 1e9,
+            "sum_read_gbps": nbytes / best_sum / 1e9}
+
+
+def floor_bytes(cfg, rows: int, avg_keys: float, text_tokens: int, elem_bytes: int) -> dict:
+    d, f, n, k = cfg.dim, cfg.ffn_dim, cfg.num_layers, cfg.num_codebooks
+    has_text = text_tokens > 0
+    per_layer = (3 * d * d + d * d  # self-attention qkv + out
+                 + (2 * d * d if has_text else 0)  # cross q + out (cross K/V are precomputed)
+                 + 2 * d * f  # feed-forward
+                 + (3 if has_text else 2) * 2 * d)  # layer norms (weight + bias)
+    weights = n * per_layer + 2 * d + k * cfg.card * d + rows * k * d  # + out norm, heads, embedding rows
+    kv = 2 * n * rows * avg_keys * d
+    cross_kv = 2 * n * rows * text_tokens * d
+    return {"weights": weights * elem_bytes, "self_kv": kv * elem_bytes, "cross_kv": cross_kv * elem_bytes,
+            "total": (weights + kv + cross_kv) * elem_bytes}
+
+
+def machine_info(device: torch.device) -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count()}
+    try:
+        info["cores_available"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        pass
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemTotal"):
+                    info["mem_total_gib"] = round(int(line.split()[1]) / 2**20, 1)
+                    break
+    except OSError:
+        pass
+    if hasattr(os, "getloadavg"):  # other work on the machine skews every number here
+        info["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# -- main --------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.guidance <= 1.0:
+        _log("--guidance must be > 1 (transformers only applies CFG above 1).")
+        return 2
+    if min(args.context_frames, args.batch, args.repeats) < 1 or args.gen_frames < 2 or args.dim % args.heads:
+        _log("need --context-frames >= 1, --gen-frames >= 2, --batch >= 1, --repeats >= 1, dim divisible by heads.")
+        return 2
+    if args.device == "cuda" and not torch.cuda.is_available():
+        _log("--device cuda: no CUDA device is available.")
+        return 2
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    from .engine.pattern import StageLayout
+
+    hf_logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    sync = _syncer(device)
+    if hasattr(os, "getloadavg") and os.getloadavg()[0] > 0.5 and device.type == "cpu":
+        _log(f"note: load average is {os.getloadavg()[0]:.2f}; other processes will skew the timings.")
+    load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+    _log(f"building models ({args.layers} layers, d={args.dim}, {args.heads} heads, ffn {args.ffn}) "
+         f"on {args.device} {args.dtype}, {threads} threads ...")
+    hf, ours, cfg = build_models(args, device, dtype)
+    layout = StageLayout(args.context_frames, args.gen_frames, NUM_CODEBOOKS)
+    prefill_tokens, steps = layout.first_generated_step, layout.num_steps - layout.first_generated_step
+    rows = 2 * args.batch
+
+    g = torch.Generator().manual_seed(args.seed)
+    context = torch.randint(0, CARD, (NUM_CODEBOOKS, args.context_frames), generator=g).to(device)
+    prompt = torch.randint(0, CARD, (args.batch * NUM_CODEBOOKS, prefill_tokens), generator=g).to(device)
+    text = None
+    if args.text_tokens > 0:
+        text = torch.randn(rows, args.text_tokens, args.dim, generator=g).to(device=device, dtype=dtype)
+
+    warm = max(2, min(args.warmup_frames, args.gen_frames))
+    warm_steps = StageLayout(args.context_frames, warm, NUM_CODEBOOKS).num_steps - prefill_tokens
+    _log(f"warm-up ({warm} frames) ...")
+    run_ours(ours, context, warm, args, text, sync)
+    if not args.skip_transformers:
+        run_transformers(hf, prompt, warm_steps, args, text, sync)
+
+    ours_runs: list[Run] = []
+    hf_runs: list[Run] = []
+    for r in range(args.repeats):
+        o = run_ours(ours, context, args.gen_frames, args, text, sync)
+        ours_runs.append(o)
+        _log(f"[{r + 1}/{args.repeats}] ours:         prefill {o.prefill_s:.3f} s, {o.ms_per_step:.2f} ms/step")
+        if not args.skip_transformers:
+            h = run_transformers(hf, prompt, steps, args, text, sync)
+            hf_runs.append(h)
+            _log(f"[{r + 1}/{args.repeats}] transformers: prefill {h.prefill_s:.3f} s, {h.ms_per_step:.2f} ms/step")
+    attn_impl = getattr(hf.config, "_attn_implementation", None)
+    del hf, ours
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    _log(f"bandwidth probe ({args.bw_mib} MiB copy) ...")
+    bw = measure_bandwidth(device, args.bw_mib)
+    # decode forwards run at steps prefill_tokens .. prefill_tokens + steps - 2; step s attends to s + 1 keys
+    avg_keys = prefill_tokens + steps / 2.0
+    fb = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(dtype).bits // 8)
+    floor_ms = 1000.0 * fb["total"] / (bw["copy_gbps"] * 1e9)
+
+    med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
+    ours_ms = med([r.ms_per_step for r in ours_runs])
+    hf_ms = med([r.ms_per_step for r in hf_runs])
+    result = {
+        "ours_ms_per_step": ours_ms,
+        "transformers_ms_per_step": hf_ms,
+        "ratio": hf_ms / ours_ms if hf_ms is not None else None,
+        "ratio_definition": "transformers_ms_per_step / ours_ms_per_step (> 1: ours is faster)",
+        "floor_ms_per_step": floor_ms,
+        "ours_over_floor": ours_ms / floor_ms,
+        "transformers_over_floor": hf_ms / floor_ms if hf_ms is not None else None,
+        "ours_prefill_s": med([r.prefill_s for r in ours_runs]),
+        "transformers_prefill_s": med([r.prefill_s for r in hf_runs]),
+        "ours_total_s": med([r.total_s for r in ours_runs]),
+        "transformers_total_s": med([r.total_s for r in hf_runs]),
+        "ours_runs_ms_per_step": [r.ms_per_step for r in ours_runs],
+        "transformers_runs_ms_per_step": [r.ms_per_step for r in hf_runs],
+        "repeats": args.repeats,
+        "device": args.device,
+        "dtype": args.dtype,
+        "threads": threads,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "transformers_attn_implementation": attn_impl,
+        "machine": {**machine_info(device), "loadavg_1min_at_start": load_start},
+        "model": {"layers": args.layers, "dim": args.dim, "heads": args.heads, "ffn": args.ffn,
+                  "codebooks": NUM_CODEBOOKS, "card": CARD, "weights": "random, identical on both sides"},
+        "workload": {"context_frames": args.context_frames, "gen_frames": args.gen_frames, "batch": args.batch,
+                     "rows": rows, "guidance": args.guidance, "top_k": args.top_k, "text_tokens": args.text_tokens,
+                     "prefill_tokens": prefill_tokens, "decode_steps": steps, "avg_keys_per_decode_step": avg_keys},
+        "floor": {"bytes_per_step": fb["total"], "weight_bytes": fb["weights"], "self_kv_bytes": fb["self_kv"],
+                  "cross_kv_bytes": fb["cross_kv"], "bandwidth_gbps": bw["copy_gbps"],
+                  "bandwidth_convention": "fastest copy of a large tensor: (bytes read + bytes written) / time; "
+                                          "the floor assumes a decode step streams its bytes at this rate",
+                  "copy_one_way_gbps": bw["copy_one_way_gbps"], "sum_read_gbps": bw["sum_read_gbps"],
+                  "probe_mib": args.bw_mib},
+    }
+    table = format_table(result)
+    if args.json:
+        _log(table)
+        print(json.dumps(result))
+    else:
+        print(table)
+    return 0
+
+
+def format_table(r: dict) -> str:
+    w, f, m = r["workload"], r["floor"], r["machine"]
+    fmt = lambda x, spec: format(x, spec) if x is not None else "-"  # noqa: E731
+    where = m.get("gpu") or m.get("cpu_model") or m.get("processor")
+    lines = [
+        f"decode benchmark: {r['model']['layers']} layers, d={r['model']['dim']}, {r['model']['heads']} heads, "
+        f"ffn {r['model']['ffn']}, 4x{CARD} codebooks, random weights (identical on both sides)",
+        f"{r['device']} ({where}), {r['dtype']}, {r['threads']} threads, torch {r['torch_version']}, "
+        f"transformers {r['transformers_version']} (attn: {r['transformers_attn_implementation']})",
+        f"context {w['context_frames']} frames, {w['gen_frames']} generated: prefill {w['prefill_tokens']} steps, "
+        f"{w['decode_steps']} sampled steps, {w['rows']} rows (batch {w['batch']} x CFG {w['guidance']:g}), "
+        f"top-k {w['top_k']}, text tokens {w['text_tokens']}; median of {r['repeats']}",
+        "",
+        f"{'ours ms/step':>13} {'transformers ms/step':>21} {'transformers/ours':>18} {'floor ms/step':>14} "
+        f"{'ours/floor':>11}",
+        f"{fmt(r['ours_ms_per_step'], '.2f'):>13} {fmt(r['transformers_ms_per_step'], '.2f'):>21} "
+        f"{fmt(r['ratio'], '.2f'):>18} {fmt(r['floor_ms_per_step'], '.2f'):>14} {fmt(r['ours_over_floor'], '.2f'):>11}",
+        "",
+        f"prefill ({w['prefill_tokens']} steps x {w['rows']} rows): ours {fmt(r['ours_prefill_s'], '.3f')} s, "
+        f"transformers {fmt(r['transformers_prefill_s'], '.3f')} s",
+        f"whole generation: ours {fmt(r['ours_total_s'], '.2f')} s, transformers {fmt(r['transformers_total_s'], '.2f')} s",
+        f"floor: {f['bytes_per_step'] / 1e9:.3f} GB read per step (weights {f['weight_bytes'] / 1e9:.3f} GB, "
+        f"self-attn KV {f['self_kv_bytes'] / 1e9:.3f} GB at {w['avg_keys_per_decode_step']:.1f} keys avg, "
+        f"cross KV {f['cross_kv_bytes'] / 1e9:.3f} GB) / {f['bandwidth_gbps']:.2f} GB/s",
+        f"bandwidth: {f['probe_mib']} MiB copy, (read + written bytes) / time = {f['bandwidth_gbps']:.2f} GB/s "
+        f"({f['copy_one_way_gbps']:.2f} GB/s each way); read-only sum: {f['sum_read_gbps']:.2f} GB/s",
+    ]
+    return "\n".join(lines)

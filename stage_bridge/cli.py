@@ -1,0 +1,212 @@
+"""`stage-bridge`: the command line.
+
+User mistakes (bad arguments, missing files or weights) print one `error: ...` line and exit
+with status 2, leaving no file behind; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import StageError
+
+INSTRUMENT_MODELS = {"drums": "stage-drums", "bass": "stage-bass"}
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports errors in the same one-line form (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _whole_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return value
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="stage-bridge", description="Generate a drum or bass stem that fits your song.")
+    p.add_argument("--version", action="version", version=f"stage-bridge {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=ArgumentParser)
+
+    g = sub.add_parser("generate", help="generate a stem for a context audio file")
+    g.add_argument("--context", type=Path, help="the song so far (WAV/FLAC/AIFF/OGG); optional with --context-mode click")
+    g.add_argument("--instrument", required=True, help="drums or bass")
+    g.add_argument("--bpm", type=_finite_float, required=True, help="tempo in quarter notes per minute (30-300)")
+    g.add_argument("--bars", type=_whole_number, required=True, help="length of the stem in bars")
+    g.add_argument("--beats-per-bar", type=_whole_number, default=4)
+    g.add_argument("--beat-unit", type=_whole_number, default=4, help="the meter's denominator (4 for 4/4, 8 for 6/8)")
+    g.add_argument("--offset", type=_finite_float, default=0.0, help="seconds from the context's start to its first downbeat")
+    g.add_argument("--prompt", default="", help='optional text, e.g. "Genres: Rock. Moods: happy."')
+    g.add_argument("--takes", type=_whole_number, default=1, help="how many variations to generate (1-8)")
+    g.add_argument("--context-mode", default="mix", choices=["mix", "click", "mix+click"])
+    g.add_argument("--click-gain-db", type=_finite_float, default=-6.0, help="click level in mix+click mode")
+    g.add_argument("--seed", type=int, default=None, help="same seed, same result (default: random, saved in the sidecar)")
+    g.add_argument("--guidance", type=_finite_float, default=3.0, help="classifier-free guidance scale")
+    g.add_argument("--top-k", type=int, default=250)
+    g.add_argument("--top-p", type=_finite_float, default=0.0)
+    g.add_argument("--temperature", type=_finite_float, default=1.0)
+    g.add_argument("--sample-rate", type=_whole_number, default=44100, help="output rate when there is no context file")
+    g.add_argument("--model", default=None, help="model name or path (default: stage-drums / stage-bass)")
+    g.add_argument("--weights-dir", type=Path, default=None, help="where named weights live")
+    g.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    g.add_argument("--out", type=Path, required=True, help="folder for the takes (created if missing)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_generate)
+
+    w = sub.add_parser("weights", help="show which model weights are present, or fetch them")
+    w.add_argument("--fetch", metavar="NAME", default=None, help="download a Hugging Face model (e.g. facebook/musicgen-small, t5-base)")
+    w.add_argument("--weights-dir", type=Path, default=None)
+    w.set_defaults(func=cmd_weights)
+
+    b = sub.add_parser("bench", help="decoder speed benchmark (ours vs transformers)", add_help=False)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .audio import load_audio
+    from .bridge.writer import ensure_writable, publish_takes
+    from .engine.generate import StemRequest, render_stem
+    from .engine.model import load_model
+    from .engine.sampling import SamplingParams
+    from .errors import BadArgument
+
+    instrument = args.instrument.strip().lower()
+    if instrument not in INSTRUMENT_MODELS and args.model is None:
+        raise BadArgument(f"unknown instrument '{args.instrument}'; use drums or bass (or give --model for your own).")
+    context = None
+    if args.context is not None:
+        context = load_audio(args.context)
+    elif args.context_mode != "click":
+        raise BadArgument(f"--context is required with --context-mode {args.context_mode} (or use --context-mode click).")
+    request = StemRequest(
+        bpm=args.bpm, bars=args.bars, context=context, beats_per_bar=args.beats_per_bar, beat_unit=args.beat_unit,
+        offset=args.offset, context_mode=args.context_mode, prompt=args.prompt, takes=args.takes, seed=args.seed,
+        sample_rate=args.sample_rate, click_gain_db=args.click_gain_db,
+        sampling=SamplingParams(args.guidance, args.top_k, args.top_p, args.temperature))
+    request.validate()
+    request.sampling.validate()
+    out_dir = ensure_writable(args.out)
+
+    model_name = args.model or INSTRUMENT_MODELS[instrument]
+    model = load_model(model_name, args.device, args.weights_dir)
+    if model.is_random:
+        print(f"warning: model '{model.name}' has random weights and produces noise (for tests and demos only)",
+              file=sys.stderr)
+    progress = None if args.quiet else _progress_bar()
+    try:
+        result = render_stem(model, request, progress=progress)
+    finally:
+        if progress is not None:
+            progress.close()
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    name = args.context.stem if args.context is not None else "click"
+    sidecar = {
+        "model": model.name, "random_weights": model.is_random, "instrument": instrument, "prompt": args.prompt,
+        "seed": result.seed, "takes": args.takes, "bpm": args.bpm, "bars": args.bars,
+        "beats_per_bar": args.beats_per_bar, "beat_unit": args.beat_unit, "offset": args.offset,
+        "context": str(args.context.resolve()) if args.context else None, "context_mode": args.context_mode,
+        "sample_rate": result.sample_rate, "num_samples": result.num_samples,
+        "duration_s": result.num_samples / result.sample_rate, "guidance": args.guidance, "top_k": args.top_k,
+        "top_p": args.top_p, "temperature": args.temperature, "device": str(model.device),
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "stage_bridge": __version__,
+    }
+    paths = publish_takes(out_dir, name, instrument, args.bpm, result.takes, result.sample_rate, sidecar)
+    for path in paths:
+        print(path)
+    return 0
+
+
+class _progress_bar:
+    """A tqdm bar fed by the engine's (done, total) progress callback."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit="step", desc="generating", file=sys.stderr, dynamic_ncols=True)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    from .engine.checkpoints import STAGE_NAMES, default_weights_dir, hub_snapshot, missing_weights_help
+
+    weights_dir = args.weights_dir or default_weights_dir()
+    if args.fetch:
+        if args.fetch in STAGE_NAMES:
+            print(missing_weights_help(args.fetch, weights_dir))
+            return 0
+        snap = hub_snapshot(args.fetch, allow_download=True)
+        if snap is None:
+            from .errors import WeightsMissing
+            raise WeightsMissing(f"could not download '{args.fetch}' (no network, or no such model on the Hugging Face hub).")
+        print(f"{args.fetch}: {snap}")
+        return 0
+    print(f"weights folder: {weights_dir}")
+    for name in STAGE_NAMES:
+        f = weights_dir / f"{name}.safetensors"
+        print(f"  {name:<24} {'present' if f.exists() else 'missing'}  {f}")
+    for repo in ("facebook/musicgen-small", "t5-base"):
+        snap = hub_snapshot(repo)
+        print(f"  {repo:<24} {'present' if snap else 'missing'}  {snap or '(Hugging Face cache)'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, rest: Sequence[str] = ()) -> int:
+    from .bench import main as bench_main
+    return bench_main(list(rest))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argparse.Namespace(), argv[1:])
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed
+        return int(e.code or 0)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
