@@ -265,7 +265,9 @@ def byte_tokenizer(monkeypatch):
     monkeypatch.setattr(model_mod, "_load_tokenizer", lambda source: ByteTokenizer())
 
 
-def check_lm_state(ckpt, emb_source: torch.Tensor, qkv_parts: list[torch.Tensor]) -> None:
+def check_lm_state(ckpt, emb_source: torch.Tensor, qkv_parts: list[torch.Tensor],
+                   cross_parts: list[torch.Tensor]) -> None:
+    """Values land where they belong (layer 5; self-attention rows q;k;v, cross q | k;v)."""
     assert ckpt.lm_config == MUSICGEN_SMALL
     emb = ckpt.lm_state["emb.0.weight"]
     assert emb.shape == (2050, 1024)
@@ -274,6 +276,8 @@ def check_lm_state(ckpt, emb_source: torch.Tensor, qkv_parts: list[torch.Tensor]
     want_sep = emb_source[2049] if emb_source.shape[0] == 2050 else sep_row(1024, emb_source.dtype)[0]
     assert torch.equal(emb[2049], want_sep)
     assert torch.equal(ckpt.lm_state["layers.5.self_attn.qkv.weight"], torch.cat(qkv_parts))
+    assert torch.equal(ckpt.lm_state["layers.5.cross_attn.q.weight"], cross_parts[0])
+    assert torch.equal(ckpt.lm_state["layers.5.cross_attn.kv.weight"], torch.cat(cross_parts[1:]))
 
 
 def check_built(built, ckpt, with_text: bool) -> None:
@@ -293,7 +297,9 @@ def test_stage_safetensors_full_size(big_dir, byte_tokenizer):
     ckpt = resolve("stage-drums", weights_dir=big_dir)
     assert (ckpt.format, ckpt.name, ckpt.is_random) == ("stage", "stage-drums", False)
     x = "lm.decoder.attn_layers.layers.15.1."
-    check_lm_state(ckpt, state["lm.decoder.token_emb.emb.0.weight"], [state[f"{x}to_{p}.weight"] for p in "qkv"])
+    c = "lm.decoder.attn_layers.layers.16.1."
+    check_lm_state(ckpt, state["lm.decoder.token_emb.emb.0.weight"], [state[f"{x}to_{p}.weight"] for p in "qkv"],
+                   [state[f"{c}to_{p}.weight"] for p in "qkv"])
     t5_emb = state["condition_provider.embedders.description.t5.encoder.embed_tokens.weight"]
     assert torch.equal(ckpt.text_state["shared.weight"], t5_emb)
     del state
@@ -311,6 +317,7 @@ def test_audiocraft_folder_full_size(big_dir, no_hub_cache):
     torch.save({"best_state": lm_state, "xp.cfg": cfg}, big_dir / "state_dict.bin")
     emb0 = lm_state["emb.0.weight"].clone()
     qkv = list(lm_state["transformer.layers.5.self_attn.in_proj_weight"].clone().chunk(3))
+    cross = list(lm_state["transformer.layers.5.cross_attention.in_proj_weight"].clone().chunk(3))
     del lm_state
     torch.save({"best_state": random_state(manifest("audiocraft_encodec_32khz"), seed=2), "xp.cfg": cfg},
                big_dir / "compression_state_dict.bin")
@@ -318,7 +325,7 @@ def test_audiocraft_folder_full_size(big_dir, no_hub_cache):
 
     ckpt = resolve(str(big_dir))
     assert ckpt.format == "audiocraft"
-    check_lm_state(ckpt, emb0, qkv)
+    check_lm_state(ckpt, emb0, qkv, cross)
     assert ckpt.text_state is None and ckpt.codec_config.pad_mode == "constant"
 
     built = build_model(ckpt, CPU)  # offline: no t5-base tokenizer or weights
@@ -341,7 +348,8 @@ def test_transformers_folder_full_size(legacy, big_dir, byte_tokenizer):
     assert ckpt.format == "transformers"
     h = "decoder.model.decoder.layers.5.self_attn."
     check_lm_state(ckpt, state["decoder.model.decoder.embed_tokens.0.weight"],
-                   [state[f"{h}{p}_proj.weight"] for p in "qkv"])
+                   [state[f"{h}{p}_proj.weight"] for p in "qkv"],
+                   [state[f"decoder.model.decoder.layers.5.encoder_attn.{p}_proj.weight"] for p in "qkv"])
     g = "encoder.layers.0.conv." + ("weight_g" if legacy else "parametrizations.weight.original0")
     assert torch.equal(ckpt.codec_state["encoder.layers.0.conv.parametrizations.weight.original0"],
                        state["audio_encoder." + g])

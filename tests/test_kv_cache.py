@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from stage_bridge.engine.generate import generate_codes
@@ -108,3 +109,19 @@ def test_windowed_generation_covers_every_frame_and_continues_from_prompt():
     assert out.shape == (1, 4, 40) and int(out.max()) < CFG.card
     assert steps[-1][0] == steps[-1][1]  # progress reaches 100 %
     assert [d for d, _ in steps] == list(range(1, steps[-1][1] + 1))
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_static_shape_step_equals_eager_generation(device):
+    """The static-shape step (what a CUDA graph replays; captured on CUDA) gives the same codes."""
+    lm = _lm(4).to(device)
+    ctx = torch.randint(0, CFG.card, (4, 12), device=device)
+    params = SamplingParams(top_k=15)
+    eager = generate_codes(lm, ctx, 20, takes=2, sampling=params, seed=3, window_frames=12, overlap_frames=4,
+                           use_graph=False)
+    static = generate_codes(lm, ctx, 20, takes=2, sampling=params, seed=3, window_frames=12, overlap_frames=4,
+                            use_graph=True)
+    assert torch.equal(eager, static)

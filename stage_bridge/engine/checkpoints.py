@@ -313,7 +313,10 @@ def _load_transformers_weights(folder: Path) -> dict[str, Tensor]:
 # -- the layouts -------------------------------------------------------------------------------
 
 def from_transformers_folder(folder: Path, name: str | None = None) -> Checkpoint:
-    config = json.loads((folder / "config.json").read_text())
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder / 'config.json'} cannot be read ({e}); download the model folder again.") from None
     state = _load_transformers_weights(folder)
     m = KeyMapper(state, str(folder))
     if "decoder.model.decoder.embed_tokens.0.weight" in state:  # MusicgenForConditionalGeneration
@@ -359,6 +362,10 @@ def _has_tokenizer(folder: Path) -> bool:
 
 
 def from_audiocraft_folder(folder: Path, name: str | None = None) -> Checkpoint:
+    for f in ("state_dict.bin", "compression_state_dict.bin"):
+        if not (folder / f).exists():
+            raise WeightsMissing(f"{folder} is an audiocraft model folder without {f}: it needs both state_dict.bin "
+                                 "and compression_state_dict.bin from the same model.")
     lm_state = load_state_file(folder / "state_dict.bin")
     m = KeyMapper(lm_state, str(folder / "state_dict.bin"))
     dim = m.take("emb.0.weight").shape[1]

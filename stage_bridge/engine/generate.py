@@ -29,6 +29,7 @@ from .lm import CrossContext, StageLM
 from .model import StageModel
 from .pattern import StageLayout, build_sequence, delay_revert, step_positions
 from .sampling import SamplingParams, apply_guidance, sample_next
+from .stepper import EagerStepper, StaticStepper, make_stepper
 
 Progress = Callable[[int, int], None]  # (steps done, steps total)
 ShouldCancel = Callable[[], bool]
@@ -74,12 +75,14 @@ def generate_codes(
     overlap_frames: int = 250,
     progress: Progress | None = None,
     should_cancel: ShouldCancel | None = None,
+    use_graph: bool | None = None,
 ) -> Tensor:
     """(K, Tc) context codes (or None) -> (takes, K, total_frames) generated target codes.
 
     Context frame t is time-aligned with target frame t; context beyond the target is unused.
 
     `cross` must hold 2 * takes rows (conditional first) when guidance is on, else `takes` rows.
+    `use_graph`: replay decode steps as a CUDA graph (default: on CUDA).
     """
     cfg = lm.cfg
     device = lm.heads[0].weight.device
@@ -91,47 +94,51 @@ def generate_codes(
         context_codes = torch.zeros(cfg.num_codebooks, 0, dtype=torch.long)
     context_codes = context_codes.to(device)
     plans = plan_windows(total_frames, window_frames, overlap_frames)
+    layouts = [StageLayout(context_codes[:, p.start : p.start + p.frames].shape[-1], p.frames, cfg.num_codebooks,
+                           p.prompt) for p in plans]
     total_steps = sum(p.steps(cfg.num_codebooks) for p in plans)
     out = torch.full((takes, cfg.num_codebooks, total_frames), cfg.pad_id, dtype=torch.long, device=device)
-    done = 0
-    for plan in plans:
-        ctx = context_codes[:, plan.start : plan.start + plan.frames]
-        layout = StageLayout(ctx.shape[-1], plan.frames, cfg.num_codebooks, plan.prompt)
-        context = ctx[None].expand(takes, -1, -1)
-        if use_cfg:  # unconditional rows: the context fully masked (all padding)
-            context = torch.cat([context, torch.full_like(context, cfg.pad_id)])
-        target = out[:, :, plan.start : plan.start + plan.frames].repeat(rows // takes, 1, 1)
-        tokens, valid = build_sequence(context, target, layout, cfg.card)
-        window_out = _decode_window(lm, tokens, valid, layout, takes, sampling, generator, cross, use_cfg,
-                                    lambda n: progress(done + n, total_steps) if progress else None, should_cancel)
-        out[:, :, plan.start : plan.start + plan.frames] = window_out
-        done += plan.steps(cfg.num_codebooks)
+    max_steps = max(layout.num_steps for layout in layouts)
+    lm.setup_cache(rows, max_steps)
+    try:
+        stepper = make_stepper(lm, cross, rows, max_steps, use_graph)
+        done = 0
+        for plan, layout in zip(plans, layouts):
+            context = context_codes[None, :, plan.start : plan.start + layout.context_frames].expand(takes, -1, -1)
+            if use_cfg:  # unconditional rows: the context fully masked (all padding)
+                context = torch.cat([context, torch.full_like(context, cfg.pad_id)])
+            target = out[:, :, plan.start : plan.start + plan.frames].repeat(rows // takes, 1, 1)
+            tokens, valid = build_sequence(context, target, layout, cfg.card)
+            report = (lambda n, base=done: progress(base + n, total_steps)) if progress else (lambda n: None)
+            out[:, :, plan.start : plan.start + plan.frames] = _decode_window(
+                lm, stepper, tokens, valid, layout, takes, sampling, generator, cross, use_cfg, report, should_cancel)
+            done += plan.steps(cfg.num_codebooks)
+    finally:
+        lm.clear_cache()
     return out
 
 
-def _decode_window(lm: StageLM, tokens: Tensor, valid: Tensor, layout: StageLayout, takes: int,
-                   sampling: SamplingParams, generator: torch.Generator, cross: CrossContext | None,
-                   use_cfg: bool, on_step: Callable[[int], None], should_cancel: ShouldCancel | None) -> Tensor:
+def _decode_window(lm: StageLM, stepper: EagerStepper | StaticStepper, tokens: Tensor, valid: Tensor,
+                   layout: StageLayout, takes: int, sampling: SamplingParams, generator: torch.Generator,
+                   cross: CrossContext | None, use_cfg: bool, on_step: Callable[[int], None],
+                   should_cancel: ShouldCancel | None) -> Tensor:
     step_valid = valid.any(1)
     positions = step_positions(step_valid)
     fill = layout.generated_mask(tokens.device)  # (K, S)
     start, n_steps = layout.first_generated_step, layout.num_steps
-    lm.setup_cache(tokens.shape[0], n_steps)
-    try:
-        logits = lm(tokens[..., :start], positions[:, :start], step_valid[:, :start], 0, cross)[:, :, -1]
-        for s in range(start, n_steps):
-            if should_cancel is not None and should_cancel():
-                raise Cancelled("generation cancelled")
-            guided = apply_guidance(logits, sampling.guidance) if use_cfg else logits
-            nxt = sample_next(guided, sampling, generator)  # (takes, K)
-            if use_cfg:
-                nxt = torch.cat([nxt, nxt])
-            tokens[:, :, s] = torch.where(fill[:, s], nxt, tokens[:, :, s])
-            on_step(s - start + 1)
-            if s + 1 < n_steps:
-                logits = lm(tokens[..., s : s + 1], positions[:, s : s + 1], step_valid[:, : s + 1], s, cross)[:, :, -1]
-    finally:
-        lm.clear_cache()
+    stepper.begin_window(step_valid)
+    logits = lm(tokens[..., :start], positions[:, :start], step_valid[:, :start], 0, cross)[:, :, -1]
+    for s in range(start, n_steps):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled("generation cancelled")
+        guided = apply_guidance(logits, sampling.guidance) if use_cfg else logits
+        nxt = sample_next(guided, sampling, generator)  # (takes, K)
+        if use_cfg:
+            nxt = torch.cat([nxt, nxt])
+        tokens[:, :, s] = torch.where(fill[:, s], nxt, tokens[:, :, s])
+        on_step(s - start + 1)
+        if s + 1 < n_steps:
+            logits = stepper(tokens[..., s : s + 1], positions[:, s : s + 1], s)
     return delay_revert(tokens[:takes])[:, :, layout.target_offset :]
 
 

@@ -73,7 +73,15 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    def update(self, start: int | Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store K/V of steps [start, start + T). An int start returns only the filled prefix
+        (eager: read no more than needed); a tensor start (device scalar) returns the whole
+        cache, so shapes stay static for CUDA graphs; the mask hides the unfilled part."""
+        if isinstance(start, Tensor):
+            idx = start + torch.arange(k.shape[2], device=k.device)
+            self.k.index_copy_(2, idx, k)
+            self.v.index_copy_(2, idx, v)
+            return self.k, self.v
         end = start + k.shape[2]
         self.k[:, :, start:end] = k
         self.v[:, :, start:end] = v
@@ -88,7 +96,7 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.cache: KVCache | None = None
 
-    def forward(self, x: Tensor, start: int, mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, start: int | Tensor, mask: Tensor) -> Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         if self.cache is not None:
@@ -139,7 +147,7 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x: Tensor, start: int, mask: Tensor,
+    def forward(self, x: Tensor, start: int | Tensor, mask: Tensor,
                 cross_kv: tuple[Tensor, Tensor] | None, cross_mask: Tensor | None) -> Tensor:
         x = x + self.self_attn(self.self_norm(x), start, mask)
         if cross_kv is not None:
@@ -204,13 +212,15 @@ class StageLM(nn.Module):
         return CrossContext(kv, mask[:, None, None, :])
 
     # -- forward --------------------------------------------------------------------------
-    def forward(self, tokens: Tensor, positions: Tensor, key_valid: Tensor, start: int = 0,
+    def forward(self, tokens: Tensor, positions: Tensor, key_valid: Tensor, start: int | Tensor = 0,
                 cross: CrossContext | None = None) -> Tensor:
         """Logits for `tokens` placed at steps [start, start + T).
 
         tokens:    (B, K, T) long, no negative ids.
         positions: (B, T) long sinusoid positions (counted from each row's first valid step).
-        key_valid: (B, start + T) bool, which steps may be attended to (all steps so far).
+        key_valid: (B, >= start + T) bool, which steps may be attended to.
+        start:     int (eager), or a 0-d long tensor on the device (static shapes: attends over
+                   the whole cache; what CUDA graphs capture).
         Returns (B, K, T, card) logits. With a cache set up, K/V of these steps are stored.
         """
         b, k, t = tokens.shape
@@ -224,11 +234,12 @@ class StageLM(nn.Module):
         return torch.stack([head(x) for head in self.heads], dim=1)
 
     @staticmethod
-    def attention_mask(key_valid: Tensor, start: int, t: int) -> Tensor:
-        """(B, 1, T, start + T) bool: causal, valid keys only, and always the query itself (so a
-        fully masked query yields finite values instead of NaN; its output is never used)."""
-        n = start + t
-        q_idx = torch.arange(start, n, device=key_valid.device)[:, None]
+    def attention_mask(key_valid: Tensor, start: int | Tensor, t: int) -> Tensor:
+        """(B, 1, T, N) bool: causal, valid keys only, and always the query itself (so a fully
+        masked query yields finite values instead of NaN; its output is never used).
+        N = start + T for an int start, else the whole of `key_valid` (static shapes)."""
+        n = start + t if isinstance(start, int) else key_valid.shape[-1]
+        q_idx = (start + torch.arange(t, device=key_valid.device))[:, None]
         k_idx = torch.arange(n, device=key_valid.device)[None, :]
         causal = k_idx <= q_idx
         mask = (causal[None] & key_valid[:, None, :n]) | (k_idx == q_idx)[None]
