@@ -7,11 +7,11 @@ classifier-free guidance (2 rows per take), top-k sampling, and the same number 
 tokens and decode steps. Each side is warmed up once, then timed `--repeats` times (alternating);
 medians are reported.
 
-- OURS: the real loop, `generate_codes`, one window of `--context-frames` context frames and
-  `--gen-frames` generated frames. A progress callback stamps every sampled step: prefill = time
-  from the call (including the cross-attention precompute) to the first sampled step; ms/step =
-  time between the first and the last sampled step / (steps - 1), i.e. one decode forward plus
-  one sampling each.
+- OURS: the real loop, `generate_codes`, one window holding all `--context-frames` context
+  frames, timed over the steps of `--gen-frames` generated frames (see `run_ours`). A progress
+  callback stamps every sampled step: prefill = time from the call (including the cross-attention
+  precompute) to the first sampled step; ms/step = time between the first and the last sampled
+  step / (steps - 1), i.e. one decode forward plus one sampling each.
 - TRANSFORMERS: `MusicgenForCausalLM.generate` on a random prompt of exactly our prefill length,
   `max_new_tokens` = our step count, `guidance_scale=3.0` (transformers doubles the batch itself
   for CFG in `prepare_inputs_for_generation`), `do_sample=True, top_k=250, use_cache=True`.
@@ -157,26 +157,38 @@ def _syncer(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def _summarize(t0: float, stamps: list[float], t_end: float, steps: int, side: str) -> Run:
+def _summarize(t0: float, stamps: list[float], steps: int, side: str) -> Run:
+    """prefill = call -> first sampled step; ms/step over the rest; total = call -> last sampled step."""
     if len(stamps) != steps or steps < 2:
         raise RuntimeError(f"{side}: expected {steps} sampled steps, saw {len(stamps)}")
-    return Run(stamps[0] - t0, 1000.0 * (stamps[-1] - stamps[0]) / (steps - 1), t_end - t0, steps)
+    return Run(stamps[0] - t0, 1000.0 * (stamps[-1] - stamps[0]) / (steps - 1), stamps[-1] - t0, steps)
 
 
 def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states, sync) -> Run:
-    from .engine.generate import generate_codes
-    from .engine.pattern import StageLayout
-    from .engine.sampling import SamplingParams
+    """`generate_codes` with the whole context in one window, timed over `gen_frames + K - 1` steps.
 
-    layout = StageLayout(context_codes.shape[-1], gen_frames, NUM_CODEBOOKS)
-    steps = layout.num_steps - layout.first_generated_step
+    `generate_codes` pairs target frame t with context frame t (context beyond the target is
+    unused), so for a context longer than the generated part the request covers the context's
+    length and is cancelled (its own `should_cancel`) once `gen_frames + K - 1` steps are sampled:
+    prefill and every timed step then do exactly the work of a `[context][SEP][gen_frames]`
+    window. (Only the preallocated KV cache is longer, which the eager CPU step never reads; the
+    CUDA-graph step attends over the whole cache.)
+    """
+    from .engine.generate import generate_codes
+    from .engine.sampling import SamplingParams
+    from .errors import Cancelled
+
+    total = max(context_codes.shape[-1], gen_frames)
+    steps = gen_frames + NUM_CODEBOOKS - 1
     stamps: list[float] = []
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total_steps: int) -> None:
         sync()
         stamps.append(time.perf_counter())
 
     sampling = SamplingParams(guidance=args.guidance, top_k=args.top_k)
+    calls: list[int] = []  # tokens per forward (a CUDA-graph replay calls no hook)
+    hook = lm.register_forward_pre_hook(lambda mod, a: calls.append(a[0].shape[-1]))
     sync()
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -184,10 +196,19 @@ def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states
         if text_states is not None:
             mask = torch.ones(text_states.shape[:2], dtype=torch.bool, device=text_states.device)
             cross = lm.cross_context(text_states, mask)
-        generate_codes(lm, context_codes, gen_frames, takes=args.batch, sampling=sampling, seed=args.seed,
-                       cross=cross, window_frames=gen_frames, overlap_frames=0, progress=progress)
+        try:
+            generate_codes(lm, context_codes, total, takes=args.batch, sampling=sampling, seed=args.seed,
+                           cross=cross, window_frames=total, overlap_frames=0, progress=progress,
+                           should_cancel=lambda: len(stamps) >= steps)
+        except Cancelled:
+            pass
+        finally:
+            hook.remove()
     sync()
-    return _summarize(t0, stamps, time.perf_counter(), steps, "ours")
+    prefill = context_codes.shape[-1] + 2  # context, SEP, then the delay pattern's first step
+    if not calls or calls[0] != prefill or any(c != 1 for c in calls[1:]):
+        raise RuntimeError(f"ours: prefill saw {calls[:1]} steps (expected {prefill})")
+    return _summarize(t0, stamps, steps, "ours")
 
 
 def run_transformers(hf, prompt: torch.Tensor, steps: int, args, text_states, sync) -> Run:
@@ -219,14 +240,12 @@ def run_transformers(hf, prompt: torch.Tensor, steps: int, args, text_states, sy
         hf.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=True, top_k=args.top_k,
                     guidance_scale=args.guidance, use_cache=True, num_return_sequences=1, streamer=streamer,
                     **kwargs)
-        sync()
-        t_end = time.perf_counter()
     finally:
         hook.remove()
     if not calls or calls[0] != prompt.shape[-1] or any(c != 1 for c in calls[1:]):
         raise RuntimeError(f"transformers: prefill saw {calls[:1]} tokens (expected {prompt.shape[-1]}), "
                            "the KV cache is not used as expected")
-    return _summarize(t0, streamer.t[1:], t_end, steps, "transformers")
+    return _summarize(t0, streamer.t[1:], steps, "transformers")
 
 
 def measure_bandwidth(device: torch.device, mib: int, repeats: int = 5) -> dict:
@@ -387,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         "transformers_over_floor": hf_ms / floor_ms if hf_ms is not None else None,
         "ours_prefill_s": med([r.prefill_s for r in ours_runs]),
         "transformers_prefill_s": med([r.prefill_s for r in hf_runs]),
-        "ours_total_s": med([r.total_s for r in ours_runs]),
-        "transformers_total_s": med([r.total_s for r in hf_runs]),
+        "ours_to_last_step_s": med([r.total_s for r in ours_runs]),
+        "transformers_to_last_step_s": med([r.total_s for r in hf_runs]),
         "ours_runs_ms_per_step": [r.ms_per_step for r in ours_runs],
         "transformers_runs_ms_per_step": [r.ms_per_step for r in hf_runs],
         "repeats": args.repeats,
@@ -440,7 +459,8 @@ def format_table(r: dict) -> str:
         "",
         f"prefill ({w['prefill_tokens']} steps x {w['rows']} rows): ours {fmt(r['ours_prefill_s'], '.3f')} s, "
         f"transformers {fmt(r['transformers_prefill_s'], '.3f')} s",
-        f"whole generation: ours {fmt(r['ours_total_s'], '.2f')} s, transformers {fmt(r['transformers_total_s'], '.2f')} s",
+        f"call to last sampled step: ours {fmt(r['ours_to_last_step_s'], '.2f')} s, "
+        f"transformers {fmt(r['transformers_to_last_step_s'], '.2f')} s",
         f"floor: {f['bytes_per_step'] / 1e9:.3f} GB read per step (weights {f['weight_bytes'] / 1e9:.3f} GB, "
         f"self-attn KV {f['self_kv_bytes'] / 1e9:.3f} GB at {w['avg_keys_per_decode_step']:.1f} keys avg, "
         f"cross KV {f['cross_kv_bytes'] / 1e9:.3f} GB) / {f['bandwidth_gbps']:.2f} GB/s",

@@ -79,6 +79,39 @@ def build_parser() -> ArgumentParser:
     w.add_argument("--weights-dir", type=Path, default=None)
     w.set_defaults(func=cmd_weights)
 
+    s = sub.add_parser("serve", help="run the daemon: warm models, OSC for the Max for Live device, watched folders")
+    s.add_argument("--model", action="append", default=None, metavar="NAME|INSTRUMENT=NAME",
+                   help="model for every instrument, or per instrument (repeatable); default stage-drums / stage-bass")
+    s.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cuda, mps or cpu")
+    s.add_argument("--osc-host", default=None, help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--osc-port", type=_whole_number, default=None, help="default 9000")
+    s.add_argument("--reply-host", default=None, help="where replies go (default 127.0.0.1)")
+    s.add_argument("--reply-port", type=_whole_number, default=None, help="default 9001")
+    s.add_argument("--allow-remote", action="store_const", const=True, default=None,
+                   help="allow --osc-host other than loopback (other computers can then start jobs)")
+    s.add_argument("--midi-in", default=None, metavar="PORT_NAME", help='MIDI clock source, e.g. "IAC Driver Bus 1"')
+    s.add_argument("--midi-api", default=None, help="auto, alsa, jack, coremidi or winmm")
+    s.add_argument("--no-midi", dest="midi", action="store_const", const=False, default=None, help="no MIDI clock input")
+    s.add_argument("--no-watch", dest="watch", action="store_const", const=False, default=None, help="do not watch inbox/")
+    s.add_argument("--home", type=Path, default=None, help="folder for inbox/, outbox/, bounces/ and the job journal")
+    s.add_argument("--allow-root", action="append", type=Path, default=None, metavar="DIR",
+                   help="another folder contexts may be read from (repeatable)")
+    s.add_argument("--queue-size", type=_whole_number, default=None)
+    s.add_argument("--weights-dir", type=Path, default=None)
+    s.add_argument("--config", type=Path, default=None, help="TOML config file (default: the platform's config folder)")
+    s.add_argument("--log-level", default="INFO")
+    s.set_defaults(func=cmd_serve)
+
+    d = sub.add_parser("doctor", help="show devices, MIDI ports, weights and settings")
+    d.add_argument("--config", type=Path, default=None)
+    d.add_argument("--home", type=Path, default=None)
+    d.set_defaults(func=cmd_doctor)
+
+    j = sub.add_parser("jobs", help="list the daemon's job history")
+    j.add_argument("--home", type=Path, default=None)
+    j.add_argument("--limit", type=_whole_number, default=30)
+    j.set_defaults(func=cmd_jobs)
+
     b = sub.add_parser("bench", help="decoder speed benchmark (ours vs transformers)", add_help=False)
     b.set_defaults(func=cmd_bench)
     return p
@@ -155,6 +188,49 @@ class _progress_bar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _serve_settings(args: argparse.Namespace) -> dict:
+    keys = ("model", "device", "osc_host", "osc_port", "reply_host", "reply_port", "allow_remote", "midi",
+            "midi_in", "midi_api", "watch", "home", "allow_root", "queue_size", "weights_dir")
+    return {k: getattr(args, k, None) for k in keys}
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .bridge.config import load_config
+    from .bridge.daemon import run_daemon
+
+    logging_level = getattr(__import__("logging"), str(args.log_level).upper(), None)
+    if not isinstance(logging_level, int):
+        from .errors import BadArgument
+        raise BadArgument(f"--log-level {args.log_level}: use DEBUG, INFO, WARNING or ERROR.")
+    return run_daemon(load_config(_serve_settings(args), config_file=args.config), logging_level)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .bridge.config import load_config
+    from .bridge.daemon import doctor
+
+    return doctor(load_config({"home": args.home}, config_file=args.config))
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from .bridge.config import load_config
+    from .bridge.jobs import Journal
+
+    cfg = load_config({"home": args.home})
+    if not cfg.journal_path.exists():
+        print(f"no jobs yet ({cfg.journal_path} does not exist)")
+        return 0
+    journal = Journal(cfg.journal_path)
+    for job in journal.history(args.limit):
+        when = _dt.datetime.fromtimestamp(job.created).strftime("%Y-%m-%d %H:%M:%S")
+        p = job.params
+        what = f"{p.get('instrument')} {p.get('bars')} bars @ {p.get('bpm')} bpm ({p.get('source')})"
+        detail = ", ".join(job.outputs) if job.outputs else (f"{job.error_code}: {job.error_message}" if job.error_code else "")
+        print(f"{when}  {job.id:<24} {job.state:<9} {what}  {detail}")
+    journal.close()
+    return 0
 
 
 def cmd_weights(args: argparse.Namespace) -> int:

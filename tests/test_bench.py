@@ -46,3 +46,4 @@ def test_floor_counts_every_weight_a_decode_step_reads():
     cross = sum(p.numel() for n, p in lm.named_parameters()
                 if "cross_attn.q." in n or "cross_attn.out." in n or "cross_norm." in n)
     assert got["weights"] - no_text["weights"] == 4 * cross and no_text["cross_kv"] == 0
+

@@ -63,6 +63,20 @@ def sinusoidal_embedding(positions: Tensor, dim: int, max_period: float = 10000.
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """Scaled dot-product attention with a boolean mask (True = attend).
+
+    A single query (decode) is two batched matrix-vector products: fused kernels tile over
+    queries and leave most of a GPU idle when there is one (measured on an H100: 53 us vs a few
+    us per call), so that case is written out; several queries (prefill, training) use SDPA.
+    """
+    if q.shape[-2] != 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
 class KVCache(nn.Module):
     """Preallocated keys/values of one self-attention layer: (B, H, max_steps, head_dim)."""
 
@@ -101,7 +115,7 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         if self.cache is not None:
             k, v = self.cache.update(start, k, v)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = attend(q, k, v, mask)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -123,7 +137,7 @@ class CrossAttention(nn.Module):
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
         b, t, d = x.shape
         q = self.q(x).view(b, t, self.num_heads, -1).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+        y = attend(q, kv[0], kv[1], mask)
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
 

@@ -1,0 +1,67 @@
+"""Where does one decode step's time go? (a development tool, not a comparison)
+
+Builds a musicgen-small-sized StageLM with random weights, sets up a cache as in a real
+generation (500 context + 250 target frames, CFG rows), then reports:
+- the replay time of the CUDA-graphed step alone and of the eager step,
+- the top kernels of one eager static-shape step (torch.profiler), by total device time.
+Usage: python benchmarks/profile_step.py [--device cuda] [--dtype fp32|bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from stage_bridge.engine.lm import LMConfig, StageLM
+from stage_bridge.engine.stepper import EagerStepper, StaticStepper
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--steps", type=int, default=755)
+    p.add_argument("--rows", type=int, default=2)
+    args = p.parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    lm = StageLM(LMConfig()).to(dev, dtype).eval()
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    rows, n = args.rows, args.steps
+    valid = torch.ones(rows, n, dtype=torch.bool, device=dev)
+    tok = torch.randint(0, 2048, (rows, 4, 1), device=dev)
+    pos = torch.full((rows, 1), n - 10, device=dev)
+    with torch.inference_mode():
+        text = torch.randn(rows, 8, 768, device=dev)
+        cross = lm.cross_context(text, torch.ones(rows, 8, dtype=torch.bool, device=dev))
+        lm.setup_cache(rows, n)
+        results = {}
+        for name, stepper in (("eager", EagerStepper(lm, cross)),
+                              ("static", StaticStepper(lm, cross, rows, n, capture=False)),
+                              ("graph", StaticStepper(lm, cross, rows, n, capture=dev.type == "cuda"))):
+            stepper.begin_window(valid)
+            for _ in range(5):
+                stepper(tok, pos, n - 10)
+            sync()
+            t = time.perf_counter()
+            for _ in range(50):
+                stepper(tok, pos, n - 10)
+            sync()
+            results[name] = (time.perf_counter() - t) / 50 * 1e3
+        print({k: f"{v:.3f} ms" for k, v in results.items()})
+        static = StaticStepper(lm, cross, rows, n, capture=False)
+        static.begin_window(valid)
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(3):
+                static(tok, pos, n - 10)
+            sync()
+        key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=18))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""Daemon settings from the command line, environment variables and a TOML file.
+
+Precedence: command line > environment (STAGE_BRIDGE_*) > config file > defaults. The file
+lives in the platform's config folder (`stage-bridge doctor` prints where), e.g.
+
+    # ~/.config/stage-bridge/config.toml
+    osc_port = 9000
+    reply_port = 9001
+    device = "auto"
+    midi_in = "IAC Driver Bus 1"
+    allow_root = ["~/Music/Ableton"]
+    [model]
+    drums = "stage-drums"
+    bass = "~/models/my-bass-run"
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import BadArgument
+from ..paths import user_config_dir, user_data_dir
+from .server import ServeConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "STAGE_BRIDGE_"
+KEYS = {  # key: (type, ServeConfig field)
+    "model": (str, "models"), "device": (str, "device"), "osc_host": (str, "osc_host"), "osc_port": (int, "osc_port"),
+    "reply_host": (str, "reply_host"), "reply_port": (int, "reply_port"), "allow_remote": (bool, "allow_remote"),
+    "midi": (bool, "midi"), "midi_in": (str, "midi_in"), "midi_api": (str, "midi_api"), "home": (Path, "home"),
+    "allow_root": (list, "allow_roots"), "queue_size": (int, "queue_size"), "weights_dir": (Path, "weights_dir"),
+    "watch": (bool, "watch"), "sample_rate": (int, "sample_rate"),
+}
+MIDI_APIS = ("auto", "alsa", "jack", "coremidi", "winmm")
+
+
+def default_config_file() -> Path:
+    return user_config_dir() / "config.toml"
+
+
+def parse_models(value: Any) -> dict[str, str]:
+    """'NAME' (every instrument), 'drums=A,bass=B', a list of those, or a TOML table."""
+    models = {"drums": "stage-drums", "bass": "stage-bass"}
+    if isinstance(value, Mapping):
+        items = [f"{k}={v}" for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [x for v in value for x in str(v).split(",")]
+    else:
+        items = str(value).split(",")
+    for item in (i.strip() for i in items if i.strip()):
+        if "=" in item:
+            inst, name = (x.strip() for x in item.split("=", 1))
+            if not inst.isidentifier():
+                raise BadArgument(f"model setting '{item}': the instrument name must be a single word.")
+            models[inst.lower()] = name
+        else:
+            models = {i: item for i in models}
+    return models
+
+
+def _convert(key: str, value: Any) -> Any:
+    kind = KEYS[key][0]
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind is list:
+            items = value if isinstance(value, list) else str(value).split(os.pathsep)
+            return [Path(str(v)).expanduser() for v in items if str(v)]
+        if kind is Path:
+            return Path(str(value)).expanduser()
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        return value if key == "model" else str(value)
+    except (TypeError, ValueError):
+        raise BadArgument(f"setting {key}: {value!r} is not a valid {kind.__name__}.") from None
+
+
+def load_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
+                config_file: Path | None = None) -> ServeConfig:
+    """`cli`: settings given on the command line (None = not given)."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = config_file or Path(env.get(ENV_PREFIX + "CONFIG", default_config_file()))
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise BadArgument(f"config file {path} cannot be read: {e}. Fix or remove it.") from None
+        unknown = sorted(set(data) - set(KEYS))
+        if unknown:
+            raise BadArgument(f"config file {path}: unknown setting '{unknown[0]}' (known: {', '.join(KEYS)}).")
+        values.update({k: _convert(k, v) for k, v in data.items()})
+    for key in KEYS:
+        if ENV_PREFIX + key.upper() in env:
+            values[key] = _convert(key, env[ENV_PREFIX + key.upper()])
+    for key, value in cli.items():
+        if value is not None and key in KEYS:
+            values[key] = _convert(key, value)
+    home = values.pop("home", None) or user_data_dir()
+    cfg = ServeConfig(home=Path(home).expanduser().resolve())
+    for key, value in values.items():
+        field_name = KEYS[key][1]
+        setattr(cfg, field_name, parse_models(value) if key == "model" else value)
+    if cfg.midi_api not in MIDI_APIS:
+        raise BadArgument(f"midi api '{cfg.midi_api}': use one of {', '.join(MIDI_APIS)}.")
+    for port in (cfg.osc_port, cfg.reply_port):
+        if not 0 <= port <= 65535:
+            raise BadArgument(f"port {port} must be 0-65535.")
+    if not 1 <= cfg.queue_size <= 1000:
+        raise BadArgument(f"queue size {cfg.queue_size} must be 1-1000.")
+    return cfg

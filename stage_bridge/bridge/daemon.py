@@ -1,0 +1,116 @@
+"""`stage-bridge serve` and `stage-bridge doctor`: wiring the daemon's parts together.
+
+Models load once, before the daemon answers: a musician's first request must not wait for
+weights. A model whose weights are missing does not stop the daemon (the device can still
+connect and say what is wrong); its jobs fail with `weights_missing`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from ..errors import StageError
+from .server import Bridge, ServeConfig
+
+log = logging.getLogger("stage_bridge.daemon")
+
+
+def load_models(cfg: ServeConfig) -> tuple[dict[str, Any], str]:
+    """instrument -> StageModel (or the StageError saying why not); models shared by name."""
+    from ..engine.model import build_model, pick_device
+    from ..engine.checkpoints import resolve
+
+    device = pick_device(cfg.device)
+    loaded: dict[str, Any] = {}
+    models: dict[str, Any] = {}
+    for instrument, name in cfg.models.items():
+        if name not in loaded:
+            try:
+                log.info("loading model %s for %s on %s ...", name, instrument, device)
+                loaded[name] = build_model(resolve(name, cfg.weights_dir), device)
+                if loaded[name].is_random:
+                    log.warning("model %s has random weights: it produces noise (tests and demos only)", name)
+            except StageError as e:
+                log.warning("%s: %s", instrument, e)
+                loaded[name] = e
+        models[instrument] = loaded[name]
+    return models, str(device)
+
+
+def open_midi(cfg: ServeConfig) -> Any:
+    if not cfg.midi:
+        return None
+    from .midiclock import MidiClockInput
+
+    try:
+        midi = MidiClockInput(cfg.midi_in, cfg.midi_api)
+    except StageError as e:
+        log.warning("no MIDI clock: %s (tempo then comes from the device's /stage/tempo)", e)
+        return None
+    log.info("MIDI clock input: %s (%s)", midi.port_name, midi.api)
+    return midi
+
+
+def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    models, device = load_models(cfg)
+    midi = open_midi(cfg)
+    try:
+        bridge = Bridge(cfg, models, device, clock=midi.snapshot if midi else None)
+    except StageError:
+        if midi:
+            midi.close()
+        raise
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    if cfg.watch:
+        from .watcher import InboxWatcher
+        bridge.add_thread(InboxWatcher(bridge).run, "stage-bridge-inbox")
+    bridge.start()
+    host, port = bridge.osc_address
+    print(f"stage-bridge ready: OSC {host}:{port}, replies to {cfg.reply_host}:{cfg.reply_port}, "
+          f"device {device}, home {cfg.home}", file=sys.stderr, flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        log.info("stopping ...")
+        bridge.stop()
+        if midi:
+            midi.close()
+        log.info("stopped")
+    return 0
+
+
+def doctor(cfg: ServeConfig) -> int:
+    """Print what the daemon would find: devices, MIDI ports, weights, folders and settings."""
+    import torch
+
+    from ..engine.checkpoints import STAGE_NAMES, default_weights_dir
+    from .config import default_config_file
+
+    print(f"config file: {default_config_file()} ({'present' if default_config_file().exists() else 'not present'})")
+    print(f"home: {cfg.home}  (inbox/, outbox/, bounces/, jobs.sqlite3)")
+    print(f"OSC: listen {cfg.osc_host}:{cfg.osc_port}, reply to {cfg.reply_host}:{cfg.reply_port}")
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    print(f"devices: cuda {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}, mps {'yes' if mps else 'no'}, "
+          f"cpu yes ({torch.get_num_threads()} threads); --device {cfg.device}")
+    weights_dir = cfg.weights_dir or default_weights_dir()
+    print(f"weights folder: {weights_dir}")
+    for instrument, name in cfg.models.items():
+        present = "built in" if name == "tiny-random" else (
+            "present" if name not in STAGE_NAMES or (weights_dir / f"{name}.safetensors").exists() else "MISSING")
+        print(f"  {instrument}: {name} ({present})")
+    try:
+        from .midiclock import list_input_ports
+        ports = list_input_ports(cfg.midi_api)
+        print(f"MIDI inputs ({cfg.midi_api}): {', '.join(ports) if ports else 'none'}")
+    except StageError as e:
+        print(f"MIDI: unavailable ({e})")
+    return 0

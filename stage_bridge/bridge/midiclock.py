@@ -1,0 +1,564 @@
+"""Project tempo from MIDI beat clock (24 ticks per quarter note).
+
+Two layers:
+
+* `ClockTracker` is pure logic: it is fed time-stamped clock events (tick, Start, Continue,
+  Stop, Song Position Pointer) and answers the tempo, the transport state and the song
+  position. It does no I/O and starts no threads, so it is tested with synthetic timestamps.
+  Its methods take an internal lock, so one thread (the MIDI callback) may feed it while
+  another (the daemon) reads it.
+* `MidiClockInput` opens a MIDI input with python-rtmidi and feeds a `ClockTracker` from
+  rtmidi's callback thread.
+
+Tempo estimator
+---------------
+Clock ticks from a DAW arrive with jitter: a JACK client sees them once per process cycle
+(5.3 ms at 256 frames / 48 kHz), a Python callback adds scheduling latency, and on a shared
+CPU a stalled cycle delays a whole run of ticks that then arrive bunched together (or, if the
+sender skipped a cycle, loses them). Averaging tick intervals is therefore useless; we fit a
+straight line `time = intercept + seconds_per_tick * tick_index` to the last `window` ticks
+(least squares, which is optimal for Gaussian jitter) and report `60 / (24 * seconds_per_tick)`.
+The slope error of that fit falls as N**-1.5, so the window is the main accuracy knob.
+
+Outliers are handled by the fit itself instead of by restarting it, because a restart throws
+away the precision that was built up:
+
+* a late tick, or a run of ticks delayed by a stall and then delivered bunched, keeps its
+  tick index (MIDI never reorders) and is simply far above the line: the fit starts from a
+  robust (Theil-Sen-like, median of long-baseline slopes) line, rejects points further than
+  `reject_sigmas` robust standard deviations (1.4826 * MAD) from it, and refits, twice;
+* a gap longer than `split_factor` (1.5) tick periods may hide lost ticks, after which the
+  received-tick count no longer equals the clock's tick index. The ticks after such a gap
+  start a new *segment* with its own intercept; all segments share one slope. When the
+  offset between two segments is, within a quarter tick, a whole number of ticks (lost
+  ticks, or 0 for a mere delay), the segments are re-indexed and merged, so an xrun costs
+  no precision at all; otherwise they stay separate and still share the slope;
+* a gap longer than `reset_after_ticks` (24, one quarter note) periods means the clock was
+  paused: the window restarts.
+
+The window also restarts on Start, Continue, Stop and Song Position Pointer (a tempo may be
+changed there) and when the newest `change_run` ticks are all rejected on the same side of
+the line with a growing distance (a tempo change without any transport message, e.g. tempo
+automation); otherwise a tempo change is followed within one window anyway. After a restart
+the previous estimate is held until the new window has `min_ticks` usable ticks, so `bpm` is
+None only before the first estimate.
+
+Measured on synthetic clocks with 1 ms Gaussian jitter plus occasional 5-20 ms late ticks,
+the estimate after 2 s of ticks is within a few hundredths of a BPM at 90-174 BPM (see
+tests/test_midiclock.py).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import StageError
+
+TICKS_PER_QUARTER = 24
+
+# MIDI system real-time / common status bytes used by beat clock.
+_CLOCK, _START, _CONTINUE, _STOP, _SONG_POSITION = 0xF8, 0xFA, 0xFB, 0xFC, 0xF2
+
+
+class MidiUnavailable(StageError):
+    """No MIDI input could be opened (no MIDI system, no such port, API not built in)."""
+
+    code = "midi_unavailable"
+
+
+@dataclass(frozen=True)
+class ClockSnapshot:
+    """The clock's state at one instant (immutable, safe to hand to another thread)."""
+
+    bpm: float | None          # tempo estimate; None until enough ticks were seen
+    playing: bool              # between Start/Continue and Stop
+    position: float            # song position (quarter notes) of the most recent tick
+    alive: bool                # ticks arrived recently (a silent clock is no tempo source)
+    last_tick_time: float | None
+
+
+@dataclass(frozen=True)
+class _Fit:
+    seconds_per_tick: float
+    used: int                  # ticks the fit kept
+    stderr: float              # standard error of seconds_per_tick
+    change: str | None         # newest ticks left the line: "tempo" (drifting) or "phase" (parallel)
+    run: int                   # how many of the newest ticks left it
+
+
+class ClockTracker:
+    """Tempo, transport state and song position from time-stamped MIDI clock events.
+
+    Timestamps are seconds on any monotonic clock (use the same clock for `now` arguments).
+    Every method takes an internal lock: one thread may feed events while others read.
+    The tempo is re-estimated at every tick (about 0.2 ms), so the result never depends on
+    when or how often it is read.
+    """
+
+    def __init__(self, *, window: int = 144, min_ticks: int = 12, reject_sigmas: float = 3.5,
+                 min_reject_s: float = 0.0005, split_factor: float = 4.0,
+                 reset_after_ticks: float = 24.0, change_run: int = 8) -> None:
+        if window < min_ticks or min_ticks < 4 or change_run < 4:
+            raise ValueError("need window >= min_ticks >= 4 and change_run >= 4")
+        self.window = window
+        self.min_ticks = min_ticks
+        self.reject_sigmas = reject_sigmas
+        self.min_reject_s = min_reject_s
+        self.split_factor = split_factor
+        self.reset_after_ticks = reset_after_ticks
+        self.change_run = change_run
+        self._lock = threading.RLock()
+        # the window: tick index (received-tick count), timestamp, segment id
+        self._k: deque[int] = deque(maxlen=window)
+        self._t: deque[float] = deque(maxlen=window)
+        self._seg: deque[int] = deque(maxlen=window)
+        self._dts: deque[float] = deque(maxlen=24)   # recent tick intervals (for gap detection)
+        self._count = 0
+        self._segment = 0
+        self._fit: _Fit | None = None
+        self._bpm: float | None = None             # latest estimate, held across restarts
+        self._last_tick: float | None = None
+        self._playing = False
+        self._position_ticks = 0                   # song position of the latest tick, in ticks
+        self._first_tick_pending = False
+
+    # ------------------------------------------------------------------ events
+    def on_tick(self, t: float) -> None:
+        with self._lock:
+            if self._last_tick is not None:
+                t = max(t, self._last_tick)        # MIDI never reorders; clamp clock noise
+                dt = t - self._last_tick
+                period = float(np.median(self._dts)) if len(self._dts) >= 3 else None
+                if period is not None and dt > self.reset_after_ticks * period:
+                    self._restart_window()         # the clock was paused: its phase is unrelated
+                else:
+                    if period is not None and dt > self.split_factor * period:
+                        self._segment += 1         # ticks may have been lost: new intercept
+                    self._dts.append(dt)
+            self._last_tick = t
+            self._k.append(self._count)
+            self._t.append(t)
+            self._seg.append(self._segment)
+            self._count += 1
+            if self._playing:
+                if self._first_tick_pending:
+                    self._first_tick_pending = False  # this tick plays at the position itself
+                else:
+                    self._position_ticks += 1
+            self._refit()
+
+    def on_start(self, t: float) -> None:
+        with self._lock:
+            self._restart_window()
+            self._playing = True
+            self._position_ticks = 0
+            self._first_tick_pending = True
+
+    def on_continue(self, t: float) -> None:
+        with self._lock:
+            self._restart_window()
+            self._playing = True
+
+    def on_stop(self, t: float) -> None:
+        with self._lock:
+            self._restart_window()
+            self._playing = False
+
+    def on_song_position(self, beats16: int, t: float) -> None:
+        """Song Position Pointer: `beats16` sixteenth notes ("MIDI beats") since song start."""
+        with self._lock:
+            self._restart_window()
+            self._position_ticks = int(beats16) * (TICKS_PER_QUARTER // 4)
+            self._first_tick_pending = True        # the next tick plays at exactly this position
+
+    def reset(self) -> None:
+        """Forget everything (e.g. a different clock source)."""
+        with self._lock:
+            self._restart_window()
+            self._bpm = None
+            self._last_tick = None
+            self._playing = False
+            self._position_ticks = 0
+            self._first_tick_pending = False
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def bpm(self) -> float | None:
+        """Tempo in quarter notes per minute; None until `min_ticks` ticks were seen.
+
+        After a window restart (transport message, pause, tempo change) the previous estimate is
+        held until the new window has `min_ticks` usable ticks.
+        """
+        with self._lock:
+            return self._bpm
+
+    @property
+    def bpm_stderr(self) -> float | None:
+        """Standard error of the current window's estimate (BPM), None without a current fit."""
+        with self._lock:
+            fit = self._fit
+            if fit is None:
+                return None
+            return 60.0 / TICKS_PER_QUARTER * fit.stderr / fit.seconds_per_tick ** 2
+
+    @property
+    def playing(self) -> bool:
+        with self._lock:
+            return self._playing
+
+    @property
+    def song_position_beats(self) -> float:
+        """Song position (quarter notes since song start) of the most recent tick.
+
+        As the MIDI spec says, the first tick after Start (or after a Song Position Pointer)
+        plays at the position itself; each further tick while playing advances 1/24 quarter.
+        """
+        with self._lock:
+            return self._position_ticks / TICKS_PER_QUARTER
+
+    @property
+    def last_tick_time(self) -> float | None:
+        with self._lock:
+            return self._last_tick
+
+    def is_alive(self, now: float, timeout: float = 0.5) -> bool:
+        """True when a tick arrived within `timeout` seconds before `now`."""
+        with self._lock:
+            return self._last_tick is not None and now - self._last_tick <= timeout
+
+    def snapshot(self, now: float, timeout: float = 0.5) -> ClockSnapshot:
+        with self._lock:
+            return ClockSnapshot(bpm=self._bpm, playing=self._playing,
+                                 position=self._position_ticks / TICKS_PER_QUARTER,
+                                 alive=self.is_alive(now, timeout), last_tick_time=self._last_tick)
+
+    # ------------------------------------------------------------------ internals
+    def _restart_window(self) -> None:
+        self._k.clear()
+        self._t.clear()
+        self._seg.clear()
+        self._dts.clear()
+        self._segment += 1
+        self._fit = None
+
+    def _refit(self) -> None:
+        fit = _estimate(self)
+        if fit is not None and fit.change == "tempo":
+            # keep only the ticks at the new tempo; hold the old estimate until enough of them
+            for _ in range(len(self._t) - fit.run):
+                self._k.popleft()
+                self._t.popleft()
+                self._seg.popleft()
+            fit = _estimate(self, detect_change=False)
+        elif fit is not None and fit.change == "phase":
+            # the clock jumped by a fraction of a tick (e.g. a driver resync): new intercept
+            self._segment += 1
+            for i in range(1, fit.run + 1):
+                self._seg[-i] = self._segment
+            fit = _estimate(self, detect_change=False)
+        self._fit = fit
+        if fit is not None:
+            self._bpm = 60.0 / (TICKS_PER_QUARTER * fit.seconds_per_tick)
+
+
+def _pooled_line(k: np.ndarray, t: np.ndarray, inv: np.ndarray, nseg: int, mask: np.ndarray):
+    """Least-squares slope shared by all segments, one intercept per segment (over `mask`)."""
+    w = mask.astype(float)
+    n = np.bincount(inv, weights=w, minlength=nseg)
+    safe = np.maximum(n, 1)
+    mk = np.bincount(inv, weights=w * k, minlength=nseg) / safe
+    mt = np.bincount(inv, weights=w * t, minlength=nseg) / safe
+    kc = k - mk[inv]
+    tc = t - mt[inv]
+    sxx = float(np.sum(w * kc * kc))
+    if sxx <= 0:
+        return None
+    slope = float(np.sum(w * kc * tc)) / sxx
+    if not slope > 0:
+        return None
+    return slope, mt - slope * mk, sxx, n
+
+
+def _pairs(k: np.ndarray, t: np.ndarray):
+    """(dk, dt) of the point pairs half the run apart."""
+    h = max(len(k) // 2, 1)
+    return k[h:] - k[:-h], t[h:] - t[:-h]
+
+
+def _median_slope(dk: np.ndarray, dt: np.ndarray) -> float | None:
+    """Median of pairwise slopes (ignores a minority of outliers)."""
+    if len(dk) == 0:
+        return None
+    return float(np.median(dt / dk))
+
+
+def _estimate(tr: ClockTracker, detect_change: bool = True) -> _Fit | None:
+    n_ticks = len(tr._t)
+    if n_ticks < tr.min_ticks:
+        return None
+    k = np.fromiter(tr._k, float, n_ticks)
+    t = np.fromiter(tr._t, float, n_ticks)
+    k -= k[0]
+    t -= t[0]                                       # keep the numbers small (precision)
+    _, inv = np.unique(np.fromiter(tr._seg, int, n_ticks), return_inverse=True)
+
+    for merge_pass in range(3):
+        nseg = int(inv.max()) + 1
+        # robust start: median of the long-baseline slopes within each segment
+        pairs = [_pairs(k[inv == j], t[inv == j]) for j in range(nseg)]
+        slope = _median_slope(np.concatenate([p[0] for p in pairs]),
+                              np.concatenate([p[1] for p in pairs]))
+        if slope is None or not slope > 0:
+            return None
+        intercept = np.array([np.median(t[inv == j] - slope * k[inv == j]) for j in range(nseg)])
+        mask = np.ones(n_ticks, bool)
+        for _ in range(3):
+            r = t - intercept[inv] - slope * k
+            scale = 1.4826 * float(np.median(np.abs(r[mask] - np.median(r[mask]))))
+            threshold = max(tr.reject_sigmas * scale, tr.min_reject_s)
+            mask = np.abs(r) <= threshold
+            line = _pooled_line(k, t, inv, nseg, mask)
+            if line is None:
+                return None
+            slope, intercept, sxx, counts = line
+        r = t - intercept[inv] - slope * k
+        if nseg == 1 or merge_pass == 2:
+            break
+        # Merge segments whose offset is a whole number of ticks (lost or merely delayed ticks).
+        # Offsets are measured point by point against the best-supported segment's line and
+        # summarised by their median, so a late first tick cannot spoil a short segment's offset.
+        ref = int(np.argmax(counts))
+        merged = False
+        for j in range(nseg):
+            if j == ref:
+                continue
+            sel = inv == j
+            offset = float(np.median(t[sel] - intercept[ref] - slope * k[sel])) / slope
+            m = round(offset)
+            if abs(offset - m) <= 0.25:
+                k[sel] += m
+                inv[sel] = ref
+                merged = True
+        if not merged:
+            break
+        _, inv = np.unique(inv, return_inverse=True)
+
+    used = int(mask.sum())
+    if used < tr.min_ticks:
+        return None
+    dof = max(used - (int(inv.max()) + 1) - 1, 1)
+    stderr = math.sqrt(float(np.sum(r[mask] ** 2)) / dof / sxx)
+
+    change, run = None, 0
+    if detect_change:
+        # The newest ticks all off the line on one side: the tempo changed (they drift away) or
+        # the clock's phase jumped (they run parallel). Neither is a few late ticks: those come
+        # back to the line, and a bunch of delayed ticks has a far smaller slope.
+        sign = np.sign(r[-1])
+        while (run < n_ticks and not mask[-1 - run] and np.sign(r[-1 - run]) == sign
+               and inv[-1 - run] == inv[-1]):
+            run += 1
+        if tr.change_run <= run < n_ticks:
+            ks, ts = k[-run:], t[-run:]
+            own = _median_slope(*_pairs(ks, ts))
+            if own is not None and 0.5 * slope < own < 2.0 * slope:
+                # refine the run's own slope by least squares over its points near its own line
+                own_r = ts - float(np.median(ts - own * ks)) - own * ks
+                near = np.abs(own_r) <= threshold
+                if near.sum() >= max(tr.change_run - 2, 4):
+                    kn, tn = ks[near], ts[near]
+                    kc = kn - kn.mean()
+                    own_sxx = float(kc @ kc)
+                    own = float(kc @ (tn - tn.mean())) / own_sxx
+                    # standard error from the whole window's (well-estimated) jitter
+                    se = max(scale, tr.min_reject_s / tr.reject_sigmas) / math.sqrt(own_sxx)
+                    if abs(own - slope) > 6 * se:
+                        change = "tempo"
+                    elif abs(own - slope) < 3 * se:
+                        change = "phase"
+    return _Fit(seconds_per_tick=slope, used=used, stderr=stderr, change=change, run=run)
+
+
+# ---------------------------------------------------------------------------------- rtmidi
+_API_NAMES = ("auto", "alsa", "jack", "coremidi", "winmm")
+_NO_VIRTUAL_ON_WINDOWS = ("Windows MIDI cannot create a virtual port: pass --midi-in with the name "
+                          "of the port your DAW sends clock to (e.g. a loopMIDI port)")
+
+
+def _rtmidi():
+    try:
+        import rtmidi
+    except ImportError as e:  # pragma: no cover - dependency missing
+        raise MidiUnavailable("MIDI clock input needs python-rtmidi: pip install python-rtmidi "
+                              f"(or take the tempo from OSC instead) ({e})") from None
+    return rtmidi
+
+
+def _api_constant(rtmidi, name: str) -> int:
+    return {"alsa": rtmidi.API_LINUX_ALSA, "jack": rtmidi.API_UNIX_JACK,
+            "coremidi": rtmidi.API_MACOSX_CORE, "winmm": rtmidi.API_WINDOWS_MM}[name]
+
+
+def _api_label(rtmidi, api: int) -> str:
+    names = {rtmidi.API_LINUX_ALSA: "alsa", rtmidi.API_UNIX_JACK: "jack",
+             rtmidi.API_MACOSX_CORE: "coremidi", rtmidi.API_WINDOWS_MM: "winmm"}
+    return names.get(api) or rtmidi.get_api_name(api)
+
+
+def _open_midi_in(api: str, client_name: str):
+    """A `rtmidi.MidiIn` on the requested API; "auto" tries every compiled API in rtmidi's order."""
+    if api not in _API_NAMES:
+        raise MidiUnavailable(f"unknown MIDI API {api!r}; choose one of {', '.join(_API_NAMES)}")
+    rtmidi = _rtmidi()
+    compiled = [a for a in rtmidi.get_compiled_api() if a != rtmidi.API_RTMIDI_DUMMY]
+    compiled_names = ", ".join(_api_label(rtmidi, a) for a in compiled) or "none"
+    if api == "auto":
+        candidates = compiled
+    else:
+        wanted = _api_constant(rtmidi, api)
+        if wanted not in compiled:
+            raise MidiUnavailable(f"this python-rtmidi was built without {api} support (it has: "
+                                  f"{compiled_names}); choose another --midi-api")
+        candidates = [wanted]
+    if not candidates:
+        raise MidiUnavailable("python-rtmidi was built without any MIDI system; reinstall "
+                              "python-rtmidi or take the tempo from OSC instead")
+    failures = []
+    for a in candidates:
+        try:
+            return rtmidi.MidiIn(a, name=client_name), _api_label(rtmidi, a)
+        except Exception as e:   # rtmidi.SystemError: no ALSA sequencer, JACK server not running
+            failures.append(f"{_api_label(rtmidi, a)}: {e}")
+    hint = ("start the JACK server (or your MIDI system) first" if api in ("jack", "auto")
+            else "check that the MIDI system is running")
+    raise MidiUnavailable(f"no MIDI system could be opened ({'; '.join(failures)}); {hint}, "
+                          "choose another --midi-api, or take the tempo from OSC instead")
+
+
+def list_input_ports(api: str = "auto") -> list[str]:
+    """Names of the MIDI input ports (sources) visible on `api` (for `stage-bridge doctor`)."""
+    midi_in, _ = _open_midi_in(api, "STAGE Bridge doctor")
+    try:
+        return list(midi_in.get_ports())
+    finally:
+        midi_in.delete()
+
+
+class MidiClockInput:
+    """Feeds a `ClockTracker` from a MIDI input opened with python-rtmidi.
+
+    `port_name`: connect to the first input port whose name contains it (case-insensitive);
+    None opens a virtual input port named "STAGE Bridge" for the DAW to send clock to
+    (CoreMIDI, ALSA and JACK; impossible on Windows).
+
+    Each message is time-stamped with `time.monotonic()` as the first thing the callback does.
+    rtmidi's own delta times were rejected: under JACK they are the process-cycle time, no finer
+    than arrival time; they chain every delivered message (an error or a filtered message
+    shifts all later stamps); and monotonic arrival times share a clock with `is_alive(now)`.
+    The callback's latency jitter is what the tracker's robust fit is built to absorb.
+
+    Note: with JACK, rtmidi calls the callback in the JACK process thread, so the callback does
+    as little as possible (stamp, decode, a short locked update).
+    """
+
+    VIRTUAL_PORT = "STAGE Bridge"
+
+    def __init__(self, port_name: str | None = None, api: str = "auto", *,
+                 tracker: ClockTracker | None = None, client_name: str = "STAGE Bridge",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.tracker = tracker if tracker is not None else ClockTracker()
+        self._clock = clock
+        self._midi_in = None
+        if api == "winmm" and port_name is None:
+            raise MidiUnavailable(_NO_VIRTUAL_ON_WINDOWS)
+        midi_in, self.api = _open_midi_in(api, client_name)
+        try:
+            if port_name is None and self.api == "winmm":
+                raise MidiUnavailable(_NO_VIRTUAL_ON_WINDOWS)
+            midi_in.ignore_types(sysex=True, timing=False, active_sense=True)
+            midi_in.set_callback(self._on_message)
+            if port_name is None:
+                try:
+                    midi_in.open_virtual_port(self.VIRTUAL_PORT)
+                except Exception as e:
+                    raise MidiUnavailable(f"cannot create the virtual MIDI port {self.VIRTUAL_PORT!r} "
+                                          f"on {self.api} ({e}); pass --midi-in with the name of an "
+                                          "existing port") from None
+                self.port_name = self.VIRTUAL_PORT
+            else:
+                ports = list(midi_in.get_ports())
+                needle = port_name.casefold()
+                matches = [i for i, p in enumerate(ports) if needle in p.casefold()]
+                if not matches:
+                    listing = ", ".join(repr(p) for p in ports) or "none"
+                    raise MidiUnavailable(f"no MIDI input port matches {port_name!r} on {self.api} "
+                                          f"(available: {listing}); check --midi-in, or leave it out "
+                                          "to get a virtual port named 'STAGE Bridge'")
+                try:
+                    midi_in.open_port(matches[0], self.VIRTUAL_PORT)
+                except Exception as e:
+                    raise MidiUnavailable(f"cannot open MIDI input {ports[matches[0]]!r} ({e}); "
+                                          "is another program holding it?") from None
+                self.port_name = ports[matches[0]]
+        except BaseException:
+            midi_in.cancel_callback()
+            midi_in.delete()
+            raise
+        self._midi_in = midi_in
+
+    def _on_message(self, event, data=None) -> None:
+        t = self._clock()
+        try:
+            message = event[0]
+            if not message:
+                return
+            status = message[0]
+            tracker = self.tracker
+            if status == _CLOCK:
+                tracker.on_tick(t)
+            elif status == _START:
+                tracker.on_start(t)
+            elif status == _CONTINUE:
+                tracker.on_continue(t)
+            elif status == _STOP:
+                tracker.on_stop(t)
+            elif status == _SONG_POSITION and len(message) >= 3:
+                tracker.on_song_position((message[1] & 0x7F) | ((message[2] & 0x7F) << 7), t)
+        except Exception:  # never let an exception unwind into rtmidi's C++ thread
+            pass
+
+    def snapshot(self, timeout: float = 0.5) -> ClockSnapshot:
+        return self.tracker.snapshot(self._clock(), timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._midi_in is None
+
+    def close(self) -> None:
+        midi_in, self._midi_in = self._midi_in, None
+        if midi_in is None:
+            return
+        try:
+            midi_in.cancel_callback()
+            midi_in.close_port()
+        finally:
+            midi_in.delete()
+
+    def __enter__(self) -> MidiClockInput:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
