@@ -70,6 +70,8 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--model", default=None, help="model name or path (default: stage-drums / stage-bass)")
     g.add_argument("--weights-dir", type=Path, default=None, help="where named weights live")
     g.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="decoder precision: bf16/fp16 are about 2x faster on a GPU (default fp32)")
     g.add_argument("--out", type=Path, required=True, help="folder for the takes (created if missing)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=cmd_generate)
@@ -83,6 +85,7 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--model", action="append", default=None, metavar="NAME|INSTRUMENT=NAME",
                    help="model for every instrument, or per instrument (repeatable); default stage-drums / stage-bass")
     s.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cuda, mps or cpu")
+    s.add_argument("--precision", default=None, help="decoder precision: fp32 (default), bf16 or fp16")
     s.add_argument("--osc-host", default=None, help="address to listen on (default 127.0.0.1)")
     s.add_argument("--osc-port", type=_whole_number, default=None, help="default 9000")
     s.add_argument("--reply-host", default=None, help="where replies go (default 127.0.0.1)")
@@ -143,7 +146,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out_dir = ensure_writable(args.out)
 
     model_name = args.model or INSTRUMENT_MODELS[instrument]
-    model = load_model(model_name, args.device, args.weights_dir)
+    model = load_model(model_name, args.device, args.weights_dir, args.precision)
     if model.is_random:
         print(f"warning: model '{model.name}' has random weights and produces noise (for tests and demos only)",
               file=sys.stderr)
@@ -164,6 +167,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "sample_rate": result.sample_rate, "num_samples": result.num_samples,
         "duration_s": result.num_samples / result.sample_rate, "guidance": args.guidance, "top_k": args.top_k,
         "top_p": args.top_p, "temperature": args.temperature, "device": str(model.device),
+        "precision": args.precision,
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "stage_bridge": __version__,
     }
@@ -191,7 +195,7 @@ class _progress_bar:
 
 
 def _serve_settings(args: argparse.Namespace) -> dict:
-    keys = ("model", "device", "osc_host", "osc_port", "reply_host", "reply_port", "allow_remote", "midi",
+    keys = ("model", "device", "precision", "osc_host", "osc_port", "reply_host", "reply_port", "allow_remote", "midi",
             "midi_in", "midi_api", "watch", "home", "allow_root", "queue_size", "weights_dir")
     return {k: getattr(args, k, None) for k in keys}
 

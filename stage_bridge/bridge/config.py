@@ -32,7 +32,7 @@ else:  # pragma: no cover
 
 ENV_PREFIX = "STAGE_BRIDGE_"
 KEYS = {  # key: (type, ServeConfig field)
-    "model": (str, "models"), "device": (str, "device"), "osc_host": (str, "osc_host"), "osc_port": (int, "osc_port"),
+    "model": (str, "models"), "device": (str, "device"), "precision": (str, "precision"), "osc_host": (str, "osc_host"), "osc_port": (int, "osc_port"),
     "reply_host": (str, "reply_host"), "reply_port": (int, "reply_port"), "allow_remote": (bool, "allow_remote"),
     "midi": (bool, "midi"), "midi_in": (str, "midi_in"), "midi_api": (str, "midi_api"), "home": (Path, "home"),
     "allow_root": (list, "allow_roots"), "queue_size": (int, "queue_size"), "weights_dir": (Path, "weights_dir"),
@@ -81,12 +81,12 @@ def _convert(key: str, value: Any) -> Any:
             return [Path(str(v)).expanduser() for v in items if str(v)]
         if kind is Path:
             return Path(str(value)).expanduser()
-        if kind is int:
-            if isinstance(value, bool):
+        if kind is int:  # whole numbers only: int(9000.5) or int("1e3") must not quietly become another port
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
         return value if key == "model" else str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise BadArgument(f"setting {key}: {value!r} is not a valid {kind.__name__}.") from None
 
 

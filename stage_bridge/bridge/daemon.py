@@ -21,17 +21,18 @@ log = logging.getLogger("stage_bridge.daemon")
 
 def load_models(cfg: ServeConfig) -> tuple[dict[str, Any], str]:
     """instrument -> StageModel (or the StageError saying why not); models shared by name."""
-    from ..engine.model import build_model, pick_device
+    from ..engine.model import build_model, parse_precision, pick_device
     from ..engine.checkpoints import resolve
 
     device = pick_device(cfg.device)
+    dtype = parse_precision(cfg.precision)
     loaded: dict[str, Any] = {}
     models: dict[str, Any] = {}
     for instrument, name in cfg.models.items():
         if name not in loaded:
             try:
                 log.info("loading model %s for %s on %s ...", name, instrument, device)
-                loaded[name] = build_model(resolve(name, cfg.weights_dir), device)
+                loaded[name] = build_model(resolve(name, cfg.weights_dir), device, dtype)
                 if loaded[name].is_random:
                     log.warning("model %s has random weights: it produces noise (tests and demos only)", name)
             except StageError as e:
@@ -68,10 +69,13 @@ def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    # The OSC thread must get the interpreter quickly while the worker runs Python code between
+    # kernels: a 1 ms switch interval (default 5 ms) keeps ping answers within milliseconds.
+    sys.setswitchinterval(0.001)
+    bridge.start()  # resumes journal jobs first, so the watcher cannot queue one twice
     if cfg.watch:
         from .watcher import InboxWatcher
         bridge.add_thread(InboxWatcher(bridge).run, "stage-bridge-inbox")
-    bridge.start()
     host, port = bridge.osc_address
     print(f"stage-bridge ready: OSC {host}:{port}, replies to {cfg.reply_host}:{cfg.reply_port}, "
           f"device {device}, home {cfg.home}", file=sys.stderr, flush=True)

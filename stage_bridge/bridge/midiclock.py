@@ -249,23 +249,66 @@ class ClockTracker:
         self._fit = None
 
     def _refit(self) -> None:
-        fit = _estimate(self)
+        prior = self._fit.seconds_per_tick if self._fit is not None else None
+        fit = _estimate(self, prior)
         if fit is not None and fit.change == "tempo":
             # keep only the ticks at the new tempo; hold the old estimate until enough of them
             for _ in range(len(self._t) - fit.run):
                 self._k.popleft()
                 self._t.popleft()
                 self._seg.popleft()
-            fit = _estimate(self, detect_change=False)
+            fit = _estimate(self, None, detect_change=False)
         elif fit is not None and fit.change == "phase":
             # the clock jumped by a fraction of a tick (e.g. a driver resync): new intercept
             self._segment += 1
             for i in range(1, fit.run + 1):
                 self._seg[-i] = self._segment
-            fit = _estimate(self, detect_change=False)
+            fit = _estimate(self, fit.seconds_per_tick, detect_change=False)
         self._fit = fit
         if fit is not None:
             self._bpm = 60.0 / (TICKS_PER_QUARTER * fit.seconds_per_tick)
+
+
+_MEDIAN_SE = 1.2533   # standard error of a median, in standard errors of a mean (Gaussian)
+
+
+def _newest_ticks_changed(tr: ClockTracker, k: np.ndarray, t: np.ndarray, r: np.ndarray,
+                          inv: np.ndarray, slope: float, scale: float, threshold: float):
+    """("tempo" | "phase" | None, run): did the newest `run` ticks leave the fitted line?
+
+    The median residual of the newest L ticks (L = change_run, 2x, 4x, ... within the newest
+    segment) is tested against its standard error: a handful of late ticks cannot move a
+    median, a tempo change or a phase jump of the clock moves all of them. The run's own
+    least-squares slope (over its points near its own robust line, so a bunch of delayed
+    ticks is ignored) then tells a tempo change (slopes differ by > 6 standard errors) from a
+    phase jump (< 3); in between, nothing is decided yet.
+    """
+    n = len(t)
+    same = n - int(np.flatnonzero(inv != inv[-1])[-1]) - 1 if np.any(inv != inv[-1]) else n
+    sigma = max(scale, tr.min_reject_s / tr.reject_sigmas)
+    length = tr.change_run
+    while length <= same and length < n:
+        rr = r[-length:]
+        med = float(np.median(rr))
+        if (abs(med) > 5 * _MEDIAN_SE * sigma / math.sqrt(length)
+                and np.mean(np.sign(rr) == np.sign(med)) >= 0.75):
+            ks, ts = k[-length:], t[-length:]
+            own = _median_slope(*_pairs(ks, ts))
+            if own is not None and 0.5 * slope < own < 2.0 * slope:
+                own_r = ts - float(np.median(ts - own * ks)) - own * ks
+                near = np.abs(own_r) <= threshold
+                if near.sum() >= max(length * 3 // 4, 4):
+                    kn, tn = ks[near], ts[near]
+                    kc = kn - kn.mean()
+                    own_sxx = float(kc @ kc)
+                    own = float(kc @ (tn - tn.mean())) / own_sxx
+                    se = sigma / math.sqrt(own_sxx)
+                    if abs(own - slope) > 6 * se:
+                        return "tempo", length
+                    if abs(own - slope) < 3 * se:
+                        return "phase", length
+        length *= 2
+    return None, 0
 
 
 def _pooled_line(k: np.ndarray, t: np.ndarray, inv: np.ndarray, nseg: int, mask: np.ndarray):
@@ -299,7 +342,7 @@ def _median_slope(dk: np.ndarray, dt: np.ndarray) -> float | None:
     return float(np.median(dt / dk))
 
 
-def _estimate(tr: ClockTracker, detect_change: bool = True) -> _Fit | None:
+def _estimate(tr: ClockTracker, prior: float | None, detect_change: bool = True) -> _Fit | None:
     n_ticks = len(tr._t)
     if n_ticks < tr.min_ticks:
         return None
@@ -309,14 +352,19 @@ def _estimate(tr: ClockTracker, detect_change: bool = True) -> _Fit | None:
     t -= t[0]                                       # keep the numbers small (precision)
     _, inv = np.unique(np.fromiter(tr._seg, int, n_ticks), return_inverse=True)
 
+    # Start from the previous tick's fit when there is one: a robust start computed from scratch
+    # breaks down when a quarter of a short window sits on a shifted grid (after lost ticks).
+    slope = prior
+    floor = tr.min_reject_s / tr.reject_sigmas     # jitter floor (exact synthetic clocks)
     for merge_pass in range(3):
         nseg = int(inv.max()) + 1
-        # robust start: median of the long-baseline slopes within each segment
-        pairs = [_pairs(k[inv == j], t[inv == j]) for j in range(nseg)]
-        slope = _median_slope(np.concatenate([p[0] for p in pairs]),
-                              np.concatenate([p[1] for p in pairs]))
-        if slope is None or not slope > 0:
-            return None
+        if slope is None:
+            # robust start: median of the long-baseline slopes within each segment
+            pairs = [_pairs(k[inv == j], t[inv == j]) for j in range(nseg)]
+            slope = _median_slope(np.concatenate([p[0] for p in pairs]),
+                                  np.concatenate([p[1] for p in pairs]))
+            if slope is None or not slope > 0:
+                return None
         intercept = np.array([np.median(t[inv == j] - slope * k[inv == j]) for j in range(nseg)])
         mask = np.ones(n_ticks, bool)
         for _ in range(3):
@@ -342,7 +390,9 @@ def _estimate(tr: ClockTracker, detect_change: bool = True) -> _Fit | None:
             sel = inv == j
             offset = float(np.median(t[sel] - intercept[ref] - slope * k[sel])) / slope
             m = round(offset)
-            if abs(offset - m) <= 0.25:
+            # whole ticks within the uncertainty of a median (and never more than a quarter tick)
+            tolerance = min(0.25, 5 * _MEDIAN_SE * max(scale, floor) / math.sqrt(sel.sum()) / slope)
+            if abs(offset - m) <= tolerance:
                 k[sel] += m
                 inv[sel] = ref
                 merged = True
@@ -358,31 +408,7 @@ def _estimate(tr: ClockTracker, detect_change: bool = True) -> _Fit | None:
 
     change, run = None, 0
     if detect_change:
-        # The newest ticks all off the line on one side: the tempo changed (they drift away) or
-        # the clock's phase jumped (they run parallel). Neither is a few late ticks: those come
-        # back to the line, and a bunch of delayed ticks has a far smaller slope.
-        sign = np.sign(r[-1])
-        while (run < n_ticks and not mask[-1 - run] and np.sign(r[-1 - run]) == sign
-               and inv[-1 - run] == inv[-1]):
-            run += 1
-        if tr.change_run <= run < n_ticks:
-            ks, ts = k[-run:], t[-run:]
-            own = _median_slope(*_pairs(ks, ts))
-            if own is not None and 0.5 * slope < own < 2.0 * slope:
-                # refine the run's own slope by least squares over its points near its own line
-                own_r = ts - float(np.median(ts - own * ks)) - own * ks
-                near = np.abs(own_r) <= threshold
-                if near.sum() >= max(tr.change_run - 2, 4):
-                    kn, tn = ks[near], ts[near]
-                    kc = kn - kn.mean()
-                    own_sxx = float(kc @ kc)
-                    own = float(kc @ (tn - tn.mean())) / own_sxx
-                    # standard error from the whole window's (well-estimated) jitter
-                    se = max(scale, tr.min_reject_s / tr.reject_sigmas) / math.sqrt(own_sxx)
-                    if abs(own - slope) > 6 * se:
-                        change = "tempo"
-                    elif abs(own - slope) < 3 * se:
-                        change = "phase"
+        change, run = _newest_ticks_changed(tr, k, t, r, inv, slope, scale, threshold)
     return _Fit(seconds_per_tick=slope, used=used, stderr=stderr, change=change, run=run)
 
 

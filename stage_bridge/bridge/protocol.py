@@ -109,7 +109,9 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+    if _is_int(v):
+        return abs(v) <= 2**63  # math.isfinite would overflow on ints past float range
+    return isinstance(v, float) and math.isfinite(v)
 
 
 def check_bpm(bpm: Any) -> float:
@@ -194,6 +196,8 @@ def parse_tempo(args: Sequence[Any]) -> Tempo:
     bpm = check_bpm(args[0])
     if len(args) == 3:
         values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in args[1:]]
+        if None in values:  # an OSC nil is not "not given" here: the three-argument form names the meter
+            raise ProtocolError("bad_tempo", f"beats_per_bar and beat_unit must be whole numbers, got {values}.")
         bpb, unit = check_meter(*values)
         return Tempo(bpm, bpb, unit)
     return Tempo(bpm)
@@ -208,15 +212,15 @@ def parse_cancel(args: Sequence[Any]) -> str:
 # -- outbound ----------------------------------------------------------------------------------
 
 def message(address: str, *args: Any) -> bytes:
-    """One OSC message as bytes (ints as i, floats as f, strings as s)."""
+    """One OSC message as bytes (ints as i, floats as f, strings as s; h and d when too big for 32 bits)."""
     b = OscMessageBuilder(address=address)
     for a in args:
         if isinstance(a, bool):
             b.add_arg(int(a), "i")
-        elif isinstance(a, int):
-            b.add_arg(a, "i")
+        elif isinstance(a, int):  # int64 ('h') and double ('d') only where 32 bits cannot hold the value
+            b.add_arg(a, "i" if -2**31 <= a < 2**31 else "h")
         elif isinstance(a, float):
-            b.add_arg(a, "f")
+            b.add_arg(a, "d" if math.isfinite(a) and abs(a) > 3.4028234663852886e38 else "f")
         else:
             b.add_arg(str(a), "s")
     return b.build().dgram

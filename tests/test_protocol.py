@@ -1,0 +1,295 @@
+"""The OSC protocol's pure functions: request parsing/validation and outbound messages."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pythonosc.osc_message import OscMessage
+
+from stage_bridge.bridge import protocol as P
+from stage_bridge.bridge.protocol import GenerateRequest, ProtocolError, Tempo, parse_cancel, parse_generate, parse_tempo
+
+BASE = ["verse-1", "/music/verse.wav", "drums", 8]
+
+
+def refused(code: str, fn, *args, **kwargs) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        fn(*args, **kwargs)
+    assert info.value.code == code, (info.value.code, str(info.value))
+    assert info.value.code in P.ERROR_CODES and str(info.value)
+    return info.value
+
+
+# -- /stage/generate: accepted --------------------------------------------------------------------
+
+def test_generate_minimal_defaults():
+    req = parse_generate(BASE)
+    assert req == GenerateRequest("verse-1", "/music/verse.wav", "drums", 8)
+    assert (req.bpm, req.beats_per_bar, req.beat_unit, req.offset, req.prompt, req.takes, req.context_mode,
+            req.seed) == (None, None, None, 0.0, "", 1, "mix+click", None)
+
+
+def test_generate_every_option():
+    req = parse_generate(BASE + ["bpm", 97.5, "beats_per_bar", 7, "beat_unit", 8, "offset", 0.25,
+                                 "prompt", "Genres: Funk.", "takes", 3, "context_mode", "mix", "seed", 1234])
+    assert req == GenerateRequest("verse-1", "/music/verse.wav", "drums", 8, 97.5, 7, 8, 0.25, "Genres: Funk.",
+                                  3, "mix", 1234)
+
+
+def test_generate_whole_floats_from_max_become_ints():
+    req = parse_generate(["j", "", " Bass ", 16.0, "beats_per_bar", 3.0, "beat_unit", 4.0, "takes", 2.0,
+                          "seed", 7.0, "bpm", 120, "offset", 2, "context_mode", "click"])
+    assert req.instrument == "bass"
+    for value, expected in ((req.bars, 16), (req.beats_per_bar, 3), (req.beat_unit, 4), (req.takes, 2),
+                            (req.seed, 7)):
+        assert value == expected and type(value) is int
+    assert req.bpm == 120.0 and type(req.bpm) is float
+    assert req.offset == 2.0 and type(req.offset) is float
+
+
+@pytest.mark.parametrize("mode", P.CONTEXT_MODES)
+def test_generate_each_context_mode(mode):
+    assert parse_generate(BASE + ["context_mode", mode]).context_mode == mode
+
+
+@pytest.mark.parametrize("job_id", ["a", "A.b_c-9", "x" * 64, "0"])
+def test_generate_job_ids_accepted(job_id):
+    assert parse_generate([job_id, *BASE[1:]]).job_id == job_id
+
+
+@pytest.mark.parametrize("bars,bpm,offset,seed,takes", [(1, 30, 0, 0, 1), (512, 300.0, 3600, 2**31 - 1, 8)])
+def test_generate_range_edges_accepted(bars, bpm, offset, seed, takes):
+    req = parse_generate(["j", "p", "drums", bars, "bpm", bpm, "offset", offset, "seed", seed, "takes", takes])
+    assert (req.bars, req.bpm, req.offset, req.seed, req.takes) == (bars, bpm, offset, seed, takes)
+
+
+def test_generate_click_mode_needs_no_context():
+    assert parse_generate(["j", "", "drums", 4, "context_mode", "click"]).context_path == ""
+
+
+def test_generate_custom_instrument_list():
+    assert parse_generate(["j", "p", "keys", 4], instruments=("keys",)).instrument == "keys"
+    refused("bad_instrument", parse_generate, ["j", "p", "drums", 4], instruments=("keys",))
+
+
+def test_generate_prompt_at_limit():
+    assert len(parse_generate(BASE + ["prompt", "x" * 500]).prompt) == 500
+
+
+# -- /stage/generate: refused ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,code", [
+    ([], "bad_request"),
+    (["j", "p", "drums"], "bad_request"),
+    (["", "p", "drums", 4], "bad_job_id"),
+    (["x" * 65, "p", "drums", 4], "bad_job_id"),
+    ([".hidden", "p", "drums", 4], "bad_job_id"),
+    (["-dash", "p", "drums", 4], "bad_job_id"),
+    (["a/b", "p", "drums", 4], "bad_job_id"),
+    (["a b", "p", "drums", 4], "bad_job_id"),
+    (["é", "p", "drums", 4], "bad_job_id"),
+    (["ok\n", "p", "drums", 4], "bad_job_id"),
+    ([12, "p", "drums", 4], "bad_job_id"),
+    ([None, "p", "drums", 4], "bad_job_id"),
+    (["j", 5, "drums", 4], "bad_request"),
+    (["j", b"p", "drums", 4], "bad_request"),
+    (["j", "p", "piano", 4], "bad_instrument"),
+    (["j", "p", 1, 4], "bad_instrument"),
+    (["j", "p", "", 4], "bad_instrument"),
+    (["j", "p", "drums", 0], "bad_bars"),
+    (["j", "p", "drums", 513], "bad_bars"),
+    (["j", "p", "drums", -1], "bad_bars"),
+    (["j", "p", "drums", 4.5], "bad_bars"),
+    (["j", "p", "drums", "4"], "bad_bars"),
+    (["j", "p", "drums", True], "bad_bars"),
+    (["j", "p", "drums", math.nan], "bad_bars"),
+    (["j", "p", "drums", math.inf], "bad_bars"),
+    (["j", "p", "drums", None], "bad_bars"),
+    (BASE + ["bpm"], "bad_option"),
+    (BASE + ["bpm", 120, "takes"], "bad_option"),
+    (BASE + ["tempo", 120], "bad_option"),
+    (BASE + [5, 120], "bad_option"),
+    (BASE + [None, 1], "bad_option"),
+    (BASE + ["bpm", "120"], "bad_option"),
+    (BASE + ["bpm", True], "bad_option"),
+    (BASE + ["bpm", math.nan], "bad_option"),
+    (BASE + ["bpm", math.inf], "bad_option"),
+    (BASE + ["bpm", 10**400], "bad_option"),
+    (BASE + ["bpm", 29.99], "bad_tempo"),
+    (BASE + ["bpm", 300.01], "bad_tempo"),
+    (BASE + ["bpm", 0], "bad_tempo"),
+    (BASE + ["beats_per_bar", 0], "bad_tempo"),
+    (BASE + ["beats_per_bar", 33], "bad_tempo"),
+    (BASE + ["beats_per_bar", 2.5], "bad_option"),
+    (BASE + ["beats_per_bar", "4"], "bad_option"),
+    (BASE + ["beat_unit", 3], "bad_tempo"),
+    (BASE + ["beat_unit", 32], "bad_tempo"),
+    (BASE + ["beat_unit", 0.5], "bad_option"),
+    (BASE + ["offset", -0.001], "bad_option"),
+    (BASE + ["offset", 3600.5], "bad_option"),
+    (BASE + ["offset", math.nan], "bad_option"),
+    (BASE + ["offset", "0"], "bad_option"),
+    (BASE + ["prompt", 5], "bad_option"),
+    (BASE + ["prompt", "x" * 501], "bad_option"),
+    (BASE + ["takes", 0], "bad_option"),
+    (BASE + ["takes", 9], "bad_option"),
+    (BASE + ["takes", 1.5], "bad_option"),
+    (BASE + ["context_mode", "drums"], "bad_option"),
+    (BASE + ["context_mode", 1], "bad_option"),
+    (BASE + ["seed", -1], "bad_option"),
+    (BASE + ["seed", 2**31], "bad_option"),
+    (BASE + ["seed", 1.5], "bad_option"),
+    (["j", "", "drums", 4], "bad_request"),  # mix+click (the default) needs a context file
+    (["j", "", "drums", 4, "context_mode", "mix"], "bad_request"),
+])
+def test_generate_refused(args, code):
+    refused(code, parse_generate, args)
+
+
+def test_generate_job_id_checked_first():
+    """Errors name the job, so the id is validated before anything else can fail."""
+    refused("bad_job_id", parse_generate, ["bad id", 5, "piano", 0])
+    refused("bad_request", parse_generate, ["bad id"])  # except for too few arguments
+
+
+def test_error_messages_say_what_to_do():
+    assert "1 to 512" in str(refused("bad_bars", parse_generate, ["j", "p", "drums", 600]))
+    assert "30 to 300" in str(refused("bad_tempo", parse_generate, BASE + ["bpm", 10]))
+    assert "prompt" in str(refused("bad_option", parse_generate, BASE + ["prompt"]))
+
+
+# -- /stage/tempo and /stage/cancel ----------------------------------------------------------------
+
+@pytest.mark.parametrize("args,expected", [
+    ([120.0], Tempo(120.0)),
+    ([90], Tempo(90.0)),
+    ([140.5, 7, 8], Tempo(140.5, 7, 8)),
+    ([140.5, 6.0, 8.0], Tempo(140.5, 6, 8)),
+    ([30, 1, 1], Tempo(30.0, 1, 1)),
+    ([300, 32, 16], Tempo(300.0, 32, 16)),
+])
+def test_tempo_accepted(args, expected):
+    tempo = parse_tempo(args)
+    assert tempo == expected
+    assert type(tempo.bpm) is float
+    assert tempo.beats_per_bar is None or type(tempo.beats_per_bar) is int
+
+
+@pytest.mark.parametrize("args,code", [
+    ([], "bad_request"),
+    ([120, 4], "bad_request"),
+    ([120, 4, 4, 1], "bad_request"),
+    (["120"], "bad_tempo"),
+    ([True], "bad_tempo"),
+    ([None], "bad_tempo"),
+    ([29], "bad_tempo"),
+    ([301.0], "bad_tempo"),
+    ([math.nan], "bad_tempo"),
+    ([-math.inf], "bad_tempo"),
+    ([120, 0, 4], "bad_tempo"),
+    ([120, 33, 4], "bad_tempo"),
+    ([120, 4.5, 4], "bad_tempo"),
+    ([120, "4", 4], "bad_tempo"),
+    ([120, 4, 3], "bad_tempo"),
+    ([120, 4, 6.0], "bad_tempo"),
+    ([120, 4, None], "bad_tempo"),
+])
+def test_tempo_refused(args, code):
+    refused(code, parse_tempo, args)
+
+
+def test_cancel():
+    assert parse_cancel(["take-7"]) == "take-7"
+    refused("bad_request", parse_cancel, [])
+    refused("bad_request", parse_cancel, ["a", "b"])
+    refused("bad_job_id", parse_cancel, [7])
+    refused("bad_job_id", parse_cancel, ["../x"])
+
+
+def test_protocol_error_codes_are_known():
+    with pytest.raises(AssertionError):
+        ProtocolError("no_such_code", "x")
+    assert all(isinstance(v, str) and v for v in P.ERROR_CODES.values())
+
+
+# -- outbound ----------------------------------------------------------------------------------------
+
+def test_message_round_trip():
+    msg = OscMessage(P.message(P.DONE, "job-1", "/out/a.wav", "/out/b.wav"))
+    assert msg.address == P.DONE and msg.params == ["job-1", "/out/a.wav", "/out/b.wav"]
+    msg = OscMessage(P.message(P.STATUS, "idle", 3, 120.5, "osc", "cpu", "drums=tiny-random"))
+    assert msg.params == ["idle", 3, 120.5, "osc", "cpu", "drums=tiny-random"]
+    msg = OscMessage(P.message(P.PROGRESS, "j", 33.3))
+    assert msg.params[0] == "j" and msg.params[1] == pytest.approx(33.3, rel=1e-6)
+    assert OscMessage(P.message(P.PONG)).params == []
+    assert OscMessage(P.message(P.ACCEPTED, "j", True)).params == ["j", 1]  # bools as ints
+    assert OscMessage(P.message(P.ERROR, "j", "bad_bars", "ünïcode ✓")).params == ["j", "bad_bars", "ünïcode ✓"]
+
+
+def test_message_types_on_the_wire():
+    dgram = P.message("/x", 1, 2.0, "s")
+    assert b",ifs\x00" in dgram
+    assert len(dgram) % 4 == 0
+
+
+def test_message_values_past_32_bits():
+    """A ping token echoed back may be an int64 or a double (liblo's h and d): never a crash."""
+    for value in (2**31, -2**31 - 1, 2**62, -2**63):
+        assert OscMessage(P.message(P.PONG, value)).params == [value]
+    assert OscMessage(P.message(P.PONG, 1e300)).params == [1e300]
+    assert OscMessage(P.message(P.PONG, 2**31 - 1)).params == [2**31 - 1]
+    assert b",i" in P.message(P.PONG, 5) and b",f" in P.message(P.PONG, 5.0)
+    inf = OscMessage(P.message(P.PONG, math.inf)).params[0]
+    assert inf == math.inf
+
+
+# -- property: nothing but ProtocolError -----------------------------------------------------------
+
+_KEYS = st.sampled_from(["bpm", "beats_per_bar", "beat_unit", "offset", "prompt", "takes", "context_mode", "seed",
+                         "tempo", ""])
+_VALUES = st.one_of(
+    st.integers(), st.integers(-2**63, 2**63), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=80),
+    st.binary(max_size=16), st.booleans(), st.none(), st.lists(st.integers(), max_size=3),
+    st.sampled_from(["drums", "bass", "", "mix", "click", "mix+click", "job-1", 120.0, 4.0, 4]), _KEYS)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(
+    st.lists(_VALUES, max_size=12),
+    st.tuples(st.sampled_from(["j", "job.1", "bad id"]), st.sampled_from(["", "/p.wav", 3]),
+              st.sampled_from(["drums", "bass", "Drums ", "x"]), _VALUES,
+              st.lists(st.one_of(_KEYS, _VALUES), max_size=10)).map(lambda t: [*t[:4], *t[4]]),
+))
+def test_parse_generate_only_raises_protocol_error(args):
+    try:
+        req = parse_generate(args)
+    except ProtocolError as e:
+        assert e.code in P.ERROR_CODES
+    else:  # what it accepts is fully valid
+        assert P.JOB_ID.fullmatch(req.job_id) and req.instrument in P.INSTRUMENTS
+        assert type(req.bars) is int and 1 <= req.bars <= P.MAX_BARS
+        assert req.bpm is None or (type(req.bpm) is float and 30 <= req.bpm <= 300)
+        assert 1 <= req.takes <= P.MAX_TAKES and req.context_mode in P.CONTEXT_MODES
+        assert math.isfinite(req.offset)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_VALUES, max_size=5))
+def test_parse_tempo_and_cancel_only_raise_protocol_error(args):
+    for fn in (parse_tempo, parse_cancel):
+        try:
+            fn(args)
+        except ProtocolError:
+            pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=False, width=64),
+                          st.text(st.characters(blacklist_characters="\x00")), st.booleans()), max_size=6))
+def test_message_builds_any_reply(args):
+    """Any value an inbound message can carry (OSC strings hold no NUL) makes a parseable reply."""
+    msg = OscMessage(P.message("/stage/pong", *args))
+    assert len(msg.params) == len(args)
