@@ -196,10 +196,10 @@ class OscDump:
         """Every /stage/job/* message about `job_id`, in order of arrival."""
         return [m for m in self.snapshot() if m.address.startswith("/stage/job/") and m.args[:1] == (job_id,)]
 
-    def wait_job_end(self, job_id: str, timeout: float = 60.0) -> OscMsg:
-        """The job's last word: done, error or cancelled."""
+    def wait_job_end(self, job_id: str, timeout: float = 60.0, since: int = 0) -> OscMsg:
+        """The job's last word: done, error or cancelled (the first one from index `since`)."""
         ends = ("/stage/job/done", "/stage/job/error", "/stage/job/cancelled")
-        return self.wait_for(lambda m: m.address in ends and m.args[:1] == (job_id,), timeout)
+        return self.wait_for(lambda m: m.address in ends and m.args[:1] == (job_id,), timeout, since)
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

@@ -230,9 +230,10 @@ def test_duplicate_job_running_or_queued(rig):
         generate(rig, job, bars=1)
         err = rig.dump.wait_for(lambda m: m.address == P.ERROR and m.args[0] == job, 10, since=mark)
         assert err.args[1] == covers("duplicate_job")
+    mark = rig.dump.mark()
     for job in (queued, running):
         rig.send(CANCEL, "s", job)
-        assert rig.dump.wait_job_end(job, 30).address == P.CANCELLED
+        assert rig.dump.wait_job_end(job, 30, since=mark).address == P.CANCELLED
     sync(rig)
     assert [m.address for m in rig.dump.job(queued)] == [P.ACCEPTED, P.ERROR, P.CANCELLED]
 

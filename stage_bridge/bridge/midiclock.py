@@ -269,45 +269,41 @@ class ClockTracker:
             self._bpm = 60.0 / (TICKS_PER_QUARTER * fit.seconds_per_tick)
 
 
-_MEDIAN_SE = 1.2533   # standard error of a median, in standard errors of a mean (Gaussian)
-
-
 def _newest_ticks_changed(tr: ClockTracker, k: np.ndarray, t: np.ndarray, r: np.ndarray,
-                          inv: np.ndarray, slope: float, scale: float, threshold: float):
-    """("tempo" | "phase" | None, run): did the newest `run` ticks leave the fitted line?
+                          mask: np.ndarray, inv: np.ndarray, slope: float, scale: float,
+                          threshold: float):
+    """("tempo" | "phase" | None, run): did the newest `run` ticks all leave the fitted line?
 
-    The median residual of the newest L ticks (L = change_run, 2x, 4x, ... within the newest
-    segment) is tested against its standard error: a handful of late ticks cannot move a
-    median, a tempo change or a phase jump of the clock moves all of them. The run's own
-    least-squares slope (over its points near its own robust line, so a bunch of delayed
-    ticks is ignored) then tells a tempo change (slopes differ by > 6 standard errors) from a
-    phase jump (< 3); in between, nothing is decided yet.
+    A run of at least `change_run` newest ticks (in the newest segment), all rejected by the
+    fit on the same side, is tested: its own least-squares slope (over its points near its own
+    robust line, so a bunch of delayed ticks does not count) tells a tempo change (the slopes
+    differ by more than 6 standard errors) from a jump of the clock's phase, e.g. lost ticks
+    (less than 3); in between nothing is decided yet. Isolated late ticks never form a run.
     """
     n = len(t)
-    same = n - int(np.flatnonzero(inv != inv[-1])[-1]) - 1 if np.any(inv != inv[-1]) else n
-    sigma = max(scale, tr.min_reject_s / tr.reject_sigmas)
-    length = tr.change_run
-    while length <= same and length < n:
-        rr = r[-length:]
-        med = float(np.median(rr))
-        if (abs(med) > 5 * _MEDIAN_SE * sigma / math.sqrt(length)
-                and np.mean(np.sign(rr) == np.sign(med)) >= 0.75):
-            ks, ts = k[-length:], t[-length:]
-            own = _median_slope(*_pairs(ks, ts))
-            if own is not None and 0.5 * slope < own < 2.0 * slope:
-                own_r = ts - float(np.median(ts - own * ks)) - own * ks
-                near = np.abs(own_r) <= threshold
-                if near.sum() >= max(length * 3 // 4, 4):
-                    kn, tn = ks[near], ts[near]
-                    kc = kn - kn.mean()
-                    own_sxx = float(kc @ kc)
-                    own = float(kc @ (tn - tn.mean())) / own_sxx
-                    se = sigma / math.sqrt(own_sxx)
-                    if abs(own - slope) > 6 * se:
-                        return "tempo", length
-                    if abs(own - slope) < 3 * se:
-                        return "phase", length
-        length *= 2
+    run = 0
+    sign = np.sign(r[-1])
+    while run < n and not mask[-1 - run] and np.sign(r[-1 - run]) == sign and inv[-1 - run] == inv[-1]:
+        run += 1
+    if not tr.change_run <= run < n:
+        return None, 0
+    ks, ts = k[-run:], t[-run:]
+    own = _median_slope(*_pairs(ks, ts))
+    if own is None or not 0.5 * slope < own < 2.0 * slope:
+        return None, 0
+    own_r = ts - float(np.median(ts - own * ks)) - own * ks
+    near = np.abs(own_r) <= threshold
+    if near.sum() < max(run * 3 // 4, 4):
+        return None, 0
+    kn, tn = ks[near], ts[near]
+    kc = kn - kn.mean()
+    own_sxx = float(kc @ kc)
+    own = float(kc @ (tn - tn.mean())) / own_sxx
+    se = max(scale, tr.min_reject_s / tr.reject_sigmas) / math.sqrt(own_sxx)
+    if abs(own - slope) > 6 * se:
+        return "tempo", run
+    if abs(own - slope) < 3 * se:
+        return "phase", run
     return None, 0
 
 
@@ -355,7 +351,6 @@ def _estimate(tr: ClockTracker, prior: float | None, detect_change: bool = True)
     # Start from the previous tick's fit when there is one: a robust start computed from scratch
     # breaks down when a quarter of a short window sits on a shifted grid (after lost ticks).
     slope = prior
-    floor = tr.min_reject_s / tr.reject_sigmas     # jitter floor (exact synthetic clocks)
     for merge_pass in range(3):
         nseg = int(inv.max()) + 1
         if slope is None:
@@ -369,7 +364,9 @@ def _estimate(tr: ClockTracker, prior: float | None, detect_change: bool = True)
         mask = np.ones(n_ticks, bool)
         for _ in range(3):
             r = t - intercept[inv] - slope * k
-            scale = 1.4826 * float(np.median(np.abs(r[mask] - np.median(r[mask]))))
+            # MAD over all residuals: robust up to half outliers (a MAD over the kept points
+            # only would shrink at each pass)
+            scale = 1.4826 * float(np.median(np.abs(r - np.median(r))))
             threshold = max(tr.reject_sigmas * scale, tr.min_reject_s)
             mask = np.abs(r) <= threshold
             line = _pooled_line(k, t, inv, nseg, mask)
@@ -390,9 +387,7 @@ def _estimate(tr: ClockTracker, prior: float | None, detect_change: bool = True)
             sel = inv == j
             offset = float(np.median(t[sel] - intercept[ref] - slope * k[sel])) / slope
             m = round(offset)
-            # whole ticks within the uncertainty of a median (and never more than a quarter tick)
-            tolerance = min(0.25, 5 * _MEDIAN_SE * max(scale, floor) / math.sqrt(sel.sum()) / slope)
-            if abs(offset - m) <= tolerance:
+            if abs(offset - m) <= 0.25:
                 k[sel] += m
                 inv[sel] = ref
                 merged = True
@@ -408,7 +403,7 @@ def _estimate(tr: ClockTracker, prior: float | None, detect_change: bool = True)
 
     change, run = None, 0
     if detect_change:
-        change, run = _newest_ticks_changed(tr, k, t, r, inv, slope, scale, threshold)
+        change, run = _newest_ticks_changed(tr, k, t, r, mask, inv, slope, scale, threshold)
     return _Fit(seconds_per_tick=slope, used=used, stderr=stderr, change=change, run=run)
 
 
