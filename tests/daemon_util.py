@@ -118,6 +118,10 @@ def _parse_args(types: str, text: str) -> list[Any] | None:
     return None if tail is None else [value, *tail]
 
 
+class _PortTaken(RuntimeError):
+    pass
+
+
 class OscDump:
     """Run `oscdump -L PORT` and collect every message it prints (thread-safe)."""
 
@@ -126,6 +130,7 @@ class OscDump:
     def __init__(self, port: int | None = None, host: str = "127.0.0.1"):
         self.exe = require_tool("oscdump")
         self.host = host
+        self._fixed_port = port is not None
         self.port = port or free_udp_port()
         self.messages: list[OscMsg] = []
         self.raw: list[str] = []
@@ -133,7 +138,18 @@ class OscDump:
         self._proc: subprocess.Popen[str] | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self, timeout: float = 10.0) -> "OscDump":
+    def start(self, timeout: float = 10.0, attempts: int = 3) -> "OscDump":
+        for attempt in range(attempts):
+            try:
+                return self._start(timeout)
+            except _PortTaken:
+                if self._fixed_port or attempt == attempts - 1:
+                    raise
+                self.port = free_udp_port()  # another program took it between our check and oscdump's bind
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> "OscDump":
+        self.messages, self.raw = [], []
         # -L: line-buffered stdout even though it is a pipe (otherwise output arrives in 4 KiB lumps)
         self._proc = subprocess.Popen([self.exe, "-L", str(self.port)], stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -144,8 +160,8 @@ class OscDump:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"oscdump -L {self.port} exited with {self._proc.returncode}: "
-                                   + "".join(self.raw))
+                self._thread.join(2)
+                raise _PortTaken(f"oscdump -L {self.port} exited with {self._proc.returncode}: " + "".join(self.raw))
             oscsend(self.host, self.port, self.PROBE, "s", token)
             try:
                 self.wait_for(lambda m: m.address == self.PROBE and m.args == (token,), timeout=0.3)
@@ -229,7 +245,7 @@ class Daemon:
                  osc_port: int | None = None):
         self.home = Path(home)
         self.osc_host = "127.0.0.1"
-        self.osc_port = osc_port or free_udp_port()
+        self.osc_port = osc_port or 0  # 0: the OS picks a free port; the ready line tells which
         self.reply_port = reply_port
         self.models = list(models)
         self.extra_args = list(extra_args)
@@ -267,12 +283,18 @@ class Daemon:
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout: float = READY_TIMEOUT) -> "Daemon":
+    def launch(self) -> "Daemon":
+        """Start the process (returns at once; see `wait_ready`)."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(self.command(), cwd=REPO, env=self.environment(), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        self._thread = threading.Thread(target=self._read, name=f"daemon-{self.osc_port}", daemon=True)
+        self._thread = threading.Thread(target=self._read, name="stage-bridge-log", daemon=True)
         self._thread.start()
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> "Daemon":
+        """Until it prints the ready line; kills it and raises (with its log) if it dies or hangs."""
+        assert self.proc is not None and self._thread is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while not self._ready.wait(0.2):
             if self.proc.poll() is not None:
@@ -284,11 +306,15 @@ class Daemon:
                 raise TimeoutError(f"the daemon was not ready within {timeout} s:\n" + self.log_text())
         return self
 
+    def start(self, timeout: float = READY_TIMEOUT) -> "Daemon":
+        return self.launch().wait_ready(timeout)
+
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:  # drained to the end so the pipe never fills up
             self.log.append(line)
-            if line.startswith(READY):
+            if line.startswith(READY):  # "stage-bridge ready: OSC 127.0.0.1:PORT, replies to ..."
+                self.osc_port = int(line.split(",", 1)[0].rsplit(":", 1)[1])
                 self._ready.set()
 
     def log_text(self) -> str:
@@ -297,12 +323,16 @@ class Daemon:
     def send(self, address: str, types: str = "", *args: Any) -> None:
         oscsend(self.osc_host, self.osc_port, address, types, *args)
 
-    def stop(self, timeout: float = 40.0) -> int:
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit status (0 for a clean stop)."""
         if self.proc is None:
             return 0
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -337,23 +367,39 @@ class Rig:
 
 
 @contextlib.contextmanager
-def running_daemon(home: Path, **kwargs: Any) -> Iterator[Rig]:
-    """Start oscdump on a free port and a daemon replying to it; on exit stop both and require the
-    daemon to have exited 0 after SIGTERM."""
+def running_daemons(*specs: dict[str, Any]) -> Iterator[list[Rig]]:
+    """One oscdump + daemon per spec (`Daemon` keyword arguments, `home` required), started in
+    parallel (each start costs seconds of torch import). On exit all get SIGTERM together and each
+    must exit 0."""
     require_tool("oscsend")
     require_tool("oscdump")
-    with OscDump() as dump:
-        daemon = Daemon(home, dump.port, **kwargs)
+    with contextlib.ExitStack() as stack:
+        dumps = [stack.enter_context(OscDump()) for _ in specs]
+        daemons = [Daemon(reply_port=dump.port, **spec) for dump, spec in zip(dumps, specs)]
         try:
-            daemon.start()
+            for d in daemons:
+                d.launch()
+            for d in daemons:
+                d.wait_ready()
         except BaseException:
-            daemon.kill()
+            for d in daemons:
+                d.kill()
             raise
         ok = False
         try:
-            yield Rig(daemon, dump)
+            yield [Rig(d, dump) for d, dump in zip(daemons, dumps)]
             ok = True
         finally:
-            rc = daemon.stop()
+            for d in daemons:
+                d.terminate()
+            codes = [d.stop() for d in daemons]
         if ok:
-            assert rc == 0, f"the daemon exited with {rc} after SIGTERM:\n{daemon.log_text()}"
+            for d, rc in zip(daemons, codes):
+                assert rc == 0, f"the daemon exited with {rc} after SIGTERM:\n{d.log_text()}"
+
+
+@contextlib.contextmanager
+def running_daemon(home: Path, **kwargs: Any) -> Iterator[Rig]:
+    """`running_daemons` for a single daemon."""
+    with running_daemons(dict(home=home, **kwargs)) as (rig,):
+        yield rig

@@ -180,3 +180,14 @@ def test_output_is_sample_aligned_with_the_context(monkeypatch):
     corr = [float(np.dot(ref[50:-50], np.roll(out, lag)[50:-50])) for lag in lags]
     assert list(lags)[int(np.argmax(corr))] == 0
     assert np.abs(out[1000:-1000] - ref[1000:-1000]).max() < 0.02
+
+
+def test_real_context_from_shared_folder(tmp_path, capsys, shared_dir):
+    """A real MoisesDB mix (32 kHz stereo, 16-bit) through the whole command."""
+    ctx = sorted((shared_dir / "contexts").glob("drums_sample*.wav"))[0]
+    prompt = ctx.with_name(ctx.stem + "-desc.txt").read_text().strip()
+    assert _gen(tmp_path, "--bars", "2", "--bpm", "100", "--prompt", prompt, context=ctx) == 0
+    (path,) = capsys.readouterr().out.split()
+    data, rate = sf.read(path)
+    assert rate == sf.info(str(ctx)).samplerate == 32000
+    assert len(data) == 2 * 4 * 60 * 32000 // 100

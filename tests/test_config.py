@@ -196,7 +196,7 @@ def test_bad_values_on_the_command_line(tmp_path):
     refused(r"instrument name", {"model": ["drums=a", "1=b"]}, env={}, config_file=tmp_path / "absent.toml")
 
 
-def test_cli_overrides_a_bad_env_value_only_if_checked_after(tmp_path):
+def test_bad_env_value_is_refused_even_when_the_cli_sets_the_key(tmp_path):
     """A bad environment value is refused even when the command line sets the same key."""
     refused("osc_port", {"osc_port": 9000}, env={"STAGE_BRIDGE_OSC_PORT": "x"}, config_file=tmp_path / "a.toml")
 

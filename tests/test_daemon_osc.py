@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from daemon_util import OscMsg, Rig, running_daemon, unique_id
+from daemon_util import OscMsg, Rig, running_daemons, unique_id
 from stage_bridge.bridge import protocol as P
 
 GEN, TEMPO, CANCEL, STATUS, PING = P.GENERATE, P.TEMPO, P.CANCEL, P.STATUS, P.PING
-LONG = dict(bars=64, bpm=30.0)  # 512 s of audio: tens of seconds for the tiny model, so cancels land mid-job
+LONG = dict(bars=64, bpm=120.0)  # 128 s of audio: ~10 s for the tiny model on 2 CPU cores; always cancelled
 
 # Codes no OSC message can provoke on a healthy machine (they need the GPU/engine to fail).
 NOT_PROVOKABLE = {"out_of_memory", "engine_error"}
@@ -38,20 +38,34 @@ def _noise(path: Path, seconds: float, sr: int, channels: int = 2, seed: int = 0
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory) -> Rig:
-    home = tmp_path_factory.mktemp("osc") / "home"
-    with running_daemon(home) as r:
+def rigs(tmp_path_factory) -> tuple[Rig, Rig]:
+    """Both daemons of this module, started in parallel (each start costs seconds of torch import):
+    - main: tiny-random for drums and bass, default queue;
+    - small: --queue-size 2, drums=stage-drums with an empty weights folder (weights_missing),
+      bass=tiny-random; it never receives /stage/tempo, so no_tempo stays provokable.
+    """
+    root = tmp_path_factory.mktemp("osc")
+    weights = root / "empty-weights"
+    weights.mkdir()
+    main = dict(home=root / "home")
+    small = dict(home=root / "small-home", models=["drums=stage-drums", "bass=tiny-random"],
+                 extra_args=["--queue-size", "2"], env={"STAGE_BRIDGE_WEIGHTS": str(weights)})
+    with running_daemons(main, small) as (main_rig, small_rig):
+        home = main_rig.home
         _noise(home / "bounces" / "verse.wav", 3.0, 44100)
         _noise(home.parent / "outside.wav", 1.0, 44100)  # real audio, but outside home
         (home / "bounces" / "link.wav").symlink_to(home.parent / "outside.wav")
-        yield r
+        yield main_rig, small_rig
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory) -> Rig:
-    """A daemon with --queue-size 2 that never receives /stage/tempo (so no_tempo is provokable)."""
-    with running_daemon(tmp_path_factory.mktemp("small") / "home", extra_args=["--queue-size", "2"]) as r:
-        yield r
+@pytest.fixture
+def rig(rigs) -> Rig:
+    return rigs[0]
+
+
+@pytest.fixture
+def small(rigs) -> Rig:
+    return rigs[1]
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -75,8 +89,9 @@ def sync(rig: Rig, timeout: float = 10.0) -> None:
     rig.dump.wait_for(lambda m: m.address == P.PONG and m.args == (token,), timeout)
 
 
-def wait_running(rig: Rig, job_id: str, timeout: float = 30.0) -> None:
-    rig.dump.wait_for(lambda m: m.address == P.PROGRESS and m.args[0] == job_id, timeout)
+def wait_running(rig: Rig, job_id: str, percent: float = 0.0, timeout: float = 60.0) -> None:
+    """Until the job reports `percent` (0.0 comes as it starts, before the context is encoded)."""
+    rig.dump.wait_for(lambda m: m.address == P.PROGRESS and m.args[0] == job_id and m.args[1] >= percent, timeout)
 
 
 def status(rig: Rig) -> OscMsg:
@@ -177,7 +192,7 @@ def test_click_mode_without_context_uses_osc_tempo(rig):
 def test_cancel_running_job_leaves_no_file(rig):
     job = unique_id("cxl")
     generate(rig, job, **LONG)
-    wait_running(rig, job)
+    wait_running(rig, job, percent=4.0)  # mid-generation
     rig.send(CANCEL, "s", job)
     end = rig.dump.wait_job_end(job, 30)
     assert end.address == P.CANCELLED and end.types == "s" and end.args == (job,)
@@ -212,7 +227,7 @@ def test_status_while_busy(rig):
     generate(rig, queued, bars=1, bpm=100.0)
     rig.dump.wait_for(lambda m: m.address == P.ACCEPTED and m.args[0] == queued, 10)
     st = status(rig)
-    assert st.args[:5] == ("busy", 1, 30.0, "request", "cpu")  # the running job's tempo and its source
+    assert st.args[:5] == ("busy", 1, LONG["bpm"], "request", "cpu")  # the running job's tempo and its source
     for job in (queued, running):
         rig.send(CANCEL, "s", job)
         assert rig.dump.wait_job_end(job, 30).address == P.CANCELLED
@@ -348,23 +363,23 @@ def test_job_error_for_bad_context_file(rig, code, make, mode):
     no_part_files(rig)
 
 
-# -- the small daemon: no tempo, a full queue, an unwritable outbox ------------------------------
+# -- the small daemon: no tempo, a full queue, an unwritable outbox, missing drums weights ------------------------------
 
 def test_no_tempo(small):
     st = status(small)
     assert st.args[:4] == ("idle", 0, 0.0, "none")
     job = unique_id("notempo")
     mark = small.dump.mark()
-    generate(small, job, bpm=None, mode="click")
+    generate(small, job, instrument="bass", bpm=None, mode="click")
     expect_refused(small, job, covers("no_tempo"), mark)
 
 
 def test_queue_full(small):
     first, second, third, fourth = (unique_id(f"q{i}") for i in range(4))
-    generate(small, first, **LONG)
+    generate(small, first, instrument="bass", **LONG)
     wait_running(small, first)
     for job in (second, third, fourth):
-        generate(small, job, bars=1)
+        generate(small, job, instrument="bass", bars=1)
     err = small.dump.wait_for(lambda m: m.address == P.ERROR and m.args[0] == fourth, 10)
     assert err.args[1] == covers("queue_full")
     assert [m.args for m in small.dump.snapshot() if m.address == P.ACCEPTED and m.args[0] in (second, third)] \
@@ -373,7 +388,7 @@ def test_queue_full(small):
         small.send(CANCEL, "s", job)
         assert small.dump.wait_job_end(job, 30).address == P.CANCELLED
     again = unique_id("again")  # room again once the queue drained
-    generate(small, again, bars=1)
+    generate(small, again, instrument="bass", bars=1)
     assert small.dump.wait_job_end(again, 60).address == P.DONE
 
 
@@ -382,7 +397,7 @@ def test_output_not_writable(small):
     away = small.outbox.with_name("outbox-away")
     small.outbox.rename(away)
     try:
-        generate(small, job, bars=1)
+        generate(small, job, instrument="bass", bars=1)
         end = small.dump.wait_job_end(job, 60)
     finally:
         away.rename(small.outbox)
@@ -390,22 +405,18 @@ def test_output_not_writable(small):
     assert not small.home.joinpath("outbox-away").exists()
 
 
-# -- a daemon whose drums weights are missing ---------------------------------------------------
-
-def test_weights_missing_fails_only_that_instrument(tmp_path):
-    weights = tmp_path / "empty-weights"
-    weights.mkdir()
-    with running_daemon(tmp_path / "home", models=["drums=stage-drums", "bass=tiny-random"],
-                        env={"STAGE_BRIDGE_WEIGHTS": str(weights)}) as wrig:
-        assert status(wrig).args[5] == "drums=missing,bass=tiny-random"
-        drums, bass = unique_id("drums"), unique_id("bass")
-        generate(wrig, drums, "", "drums", bars=1)
-        generate(wrig, bass, "", "bass", bars=1)
-        d_end, b_end = wrig.dump.wait_job_end(drums, 60), wrig.dump.wait_job_end(bass, 60)
-        assert d_end.address == P.ERROR and d_end.args[1] == covers("weights_missing"), d_end
-        assert "stage-drums.safetensors" in d_end.args[2] and str(weights) in d_end.args[2]
-        assert b_end.address == P.DONE and Path(b_end.args[1]).is_file()
-        assert outputs_named(wrig, drums) == []
+def test_weights_missing_fails_only_that_instrument(small):
+    assert status(small).args[5] == "drums=missing,bass=tiny-random"
+    drums, bass = unique_id("drums"), unique_id("bass")
+    generate(small, drums, "", "drums", bars=1)
+    generate(small, bass, "", "bass", bars=1)
+    d_end, b_end = small.dump.wait_job_end(drums, 60), small.dump.wait_job_end(bass, 60)
+    assert d_end.address == P.ERROR and d_end.args[1] == covers("weights_missing"), d_end
+    assert small.dump.job(drums)[0].address == P.ACCEPTED  # accepted: the device learns why from the error
+    weights = small.daemon.extra_env["STAGE_BRIDGE_WEIGHTS"]
+    assert "stage-drums.safetensors" in d_end.args[2] and weights in d_end.args[2]
+    assert b_end.address == P.DONE and Path(b_end.args[1]).is_file()
+    assert outputs_named(small, drums) == []
 
 
 def test_every_provokable_error_code_is_covered(request):

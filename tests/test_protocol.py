@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from pythonosc.osc_message import OscMessage
 
 from stage_bridge.bridge import protocol as P
-from stage_bridge.bridge.protocol import GenerateRequest, ProtocolError, Tempo, parse_cancel, parse_generate, parse_tempo
+from stage_bridge.bridge.protocol import (GenerateRequest, ProtocolError, Tempo, parse_cancel, parse_generate,
+                                         parse_tempo)
 
 BASE = ["verse-1", "/music/verse.wav", "drums", 8]
 

@@ -12,6 +12,7 @@ Inbound (to the daemon's osc-port):
     /stage/tempo <bpm:f> [beats_per_bar:i beat_unit:i]
     /stage/cancel <job_id:s>
     /stage/status
+    /stage/info
 Outbound (to reply-host:reply-port):
     /stage/pong [token]
     /stage/job/accepted <job_id> <queue_position:i>
@@ -20,6 +21,7 @@ Outbound (to reply-host:reply-port):
     /stage/job/error <job_id> <code:s> <message:s>
     /stage/job/cancelled <job_id>
     /stage/status <state:s> <queue_length:i> <bpm:f> <tempo_source:s> <device:s> <model:s>
+    /stage/info <home:s> <bounces:s>
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from ..errors import StageError
 
 PING, GENERATE, TEMPO, CANCEL, STATUS = "/stage/ping", "/stage/generate", "/stage/tempo", "/stage/cancel", "/stage/status"
+INFO = "/stage/info"  # asked and answered under the same address
 PONG = "/stage/pong"
 ACCEPTED, PROGRESS, DONE = "/stage/job/accepted", "/stage/job/progress", "/stage/job/done"
 ERROR, CANCELLED = "/stage/job/error", "/stage/job/cancelled"

@@ -20,7 +20,7 @@ from pythonosc.osc_packet import OscPacket, ParseError
 from ..errors import Cancelled, StageError
 from . import protocol as P
 from .jobs import Job, JobQueue, Journal
-from .writer import publish_takes
+from .writer import publish_takes, remove_orphan_sidecars
 
 log = logging.getLogger("stage_bridge.server")
 
@@ -64,13 +64,26 @@ class ServeConfig:
         return self.home / "jobs.sqlite3"
 
 
+def check_listen_host(cfg: ServeConfig) -> str:
+    """Loopback unless explicitly allowed: OSC has no authentication."""
+    host = cfg.osc_host
+    if host not in LOOPBACK:
+        if not cfg.allow_remote:
+            raise StageError(f"--osc-host {host} would accept commands from other computers; add --allow-remote "
+                             "if that is really what you want (default: 127.0.0.1, this computer only).")
+        log.warning("listening on %s: any computer that can reach this port can start jobs", host)
+    return host
+
+
 def prepare_home(cfg: ServeConfig) -> None:
-    """Create the folders and remove our own half-written temp files left by a crash."""
+    """Create the folders and remove what a crash left half-done (only files we create)."""
     for d in (cfg.home, cfg.inbox, cfg.outbox, cfg.bounces):
         d.mkdir(parents=True, exist_ok=True)
     for tmp in cfg.outbox.glob(".*.part"):
         log.info("removing unfinished temp file %s", tmp.name)
         tmp.unlink(missing_ok=True)
+    for meta in remove_orphan_sidecars(cfg.outbox):
+        log.info("removed %s: its take was never written (interrupted)", meta.name)
 
 
 class Bridge:
@@ -94,16 +107,11 @@ class Bridge:
         self._threads: list[threading.Thread] = []
         self.handlers: dict[str, Callable[[list[Any]], None]] = {
             P.PING: self.on_ping, P.GENERATE: self.on_generate, P.TEMPO: self.on_tempo,
-            P.CANCEL: self.on_cancel, P.STATUS: self.on_status,
+            P.CANCEL: self.on_cancel, P.STATUS: self.on_status, P.INFO: self.on_info,
         }
 
     def _bind(self) -> socket.socket:
-        host = self.cfg.osc_host
-        if host not in LOOPBACK:
-            if not self.cfg.allow_remote:
-                raise StageError(f"--osc-host {host} would accept commands from other computers; add --allow-remote "
-                                 "if that is really what you want (default: 127.0.0.1, this computer only).")
-            log.warning("listening on %s: any computer that can reach this port can start jobs", host)
+        host = check_listen_host(self.cfg)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.bind((host, self.cfg.osc_port))
@@ -201,6 +209,10 @@ class Bridge:
         self.send(P.STATUS, "busy" if running else "idle", self.queue.queue_length, float(bpm), source,
                   self.device_name, models)
 
+    def on_info(self, args: list[Any]) -> None:
+        """Where the daemon lives, so the device writes its recordings where they may be read."""
+        self.send(P.INFO, str(self.cfg.home), str(self.cfg.bounces))
+
     def on_generate(self, args: list[Any]) -> None:
         req = P.parse_generate(args, tuple(self.models))
         self.submit(req, source="osc")
@@ -220,15 +232,22 @@ class Bridge:
         """Resolve (symlinks included) and require the file inside home or an allowed root."""
         if not text:
             return ""
-        p = Path(text).expanduser()
-        if not p.is_absolute():
-            p = self.cfg.home / p
-        real = p.resolve()
+        try:  # ~unknown-user, symlink loops (RuntimeError before 3.13), names too long, NUL bytes
+            p = Path(text).expanduser()
+            if not p.is_absolute():
+                p = self.cfg.home / p
+            real = p.resolve()
+        except (OSError, RuntimeError, ValueError):
+            raise P.ProtocolError("file_missing", f"{text[:200]} cannot be resolved to a file.") from None
         if not any(real == r or r in real.parents for r in self._roots):
             raise P.ProtocolError("forbidden_path", f"{text} is outside the folders the daemon may read "
                                                     f"({', '.join(map(str, self._roots))}); start it with "
                                                     "--allow-root FOLDER to allow more.")
-        if not real.is_file():
+        try:
+            is_file = real.is_file()
+        except (OSError, ValueError):
+            is_file = False
+        if not is_file:
             raise P.ProtocolError("file_missing", f"{text} does not exist (or is not a file).")
         return str(real)
 

@@ -3,8 +3,9 @@
 A DAW or folder watcher must never see a partial file and nothing existing is ever
 overwritten: each WAV is written to a hidden `.part` file in the destination folder and
 hard-linked into place (which fails if the name was taken meanwhile; we then take the next
-free name). The sidecar follows the same way; if it cannot be written the take is removed,
-so a take never exists without its description.
+free name). The sidecar is published first and the WAV second, so even a kill -9 between the
+two never leaves a take without its description; a sidecar left without its WAV is removed
+by `remove_orphan_sidecars` when the daemon starts again.
 """
 
 from __future__ import annotations
@@ -49,6 +50,21 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
     return write_atomic(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True).encode()))
 
 
+def remove_orphan_sidecars(folder: Path) -> list[Path]:
+    """Delete our sidecars whose WAV never appeared (a crash between the two publications)."""
+    removed = []
+    for meta in Path(folder).glob("*.json"):
+        try:
+            data = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("file") == meta.with_suffix(".wav").name and "take" in data \
+                and not meta.with_suffix(".wav").exists():
+            meta.unlink(missing_ok=True)
+            removed.append(meta)
+    return removed
+
+
 def publish_takes(folder: Path, name: str, instrument: str, bpm: float, takes: Sequence[np.ndarray],
                   sample_rate: int, sidecar: dict[str, Any]) -> list[Path]:
     """Write every take (+ `.json` sidecar with `sidecar` and the take number); returns the WAV paths.
@@ -64,12 +80,18 @@ def publish_takes(folder: Path, name: str, instrument: str, bpm: float, takes: S
                 meta = wav.with_suffix(".json")
                 if wav.exists() or meta.exists():
                     continue
-                try:
-                    write_audio_atomic(wav, audio, sample_rate, subtype="FLOAT")
+                try:  # the sidecar first: a take must never be seen (or survive a kill -9) without it
+                    write_json_atomic(meta, {**sidecar, "take": k, "file": wav.name})
                 except FileExistsError:  # taken between the check and the link
                     continue
+                try:
+                    write_audio_atomic(wav, audio, sample_rate, subtype="FLOAT")
+                except BaseException as e:
+                    meta.unlink(missing_ok=True)
+                    if isinstance(e, FileExistsError):
+                        continue
+                    raise
                 written.append(wav)
-                write_json_atomic(meta, {**sidecar, "take": k, "file": wav.name})
                 break
     except BaseException:
         for wav in written:

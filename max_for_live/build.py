@@ -1,0 +1,477 @@
+#!/usr/bin/env python3
+"""Build the STAGE Bridge Max for Live device from its readable sources.
+
+    python max_for_live/build.py            # writes src/STAGE Bridge.maxpat and STAGE Bridge.amxd
+    python max_for_live/build.py --check    # fails if the committed files differ from a fresh build
+    python max_for_live/build.py --out DIR  # writes both files into DIR instead
+    python max_for_live/build.py --unfrozen DIR   # an unfrozen device plus its .js files, for editing in Max
+
+Sources: the patcher is described below in Python (boxes and patch cords by name); the scripts are
+`src/stage_device.js` (Max glue) and `src/stage_logic.js` (plain logic, tested with Node). The
+build writes the patcher as `src/STAGE Bridge.maxpat` (readable JSON, committed) and packs it with
+both scripts into `STAGE Bridge.amxd`. Same sources -> byte-identical files (no clocks, no
+randomness).
+
+The .amxd layout (taken from Ableton's own devices in github.com/Ableton/maxdevtools: the
+unfrozen `cpu-reporter/CPU Reporter.amxd` and the frozen `maxdiff/tests/test_files/FrozenTest.amxd`
+saved by Max 8.6.4 and 9.0.10, and from maxdiff's reader `amxd_textconv.py` / `frozen_device_printer.py`):
+
+    chunks of  4-byte tag | uint32 little-endian size | data:
+      'ampf' size 4   device type: 'aaaa' audio effect ('mmmm' MIDI effect, 'iiii' instrument)
+      'meta' size 4   uint32 LE: 7 in frozen devices (0 or 1 in unfrozen ones)
+      'ptch' size N   frozen: an 'mx@c' collective; unfrozen: the patcher JSON + one NUL byte
+    the 'mx@c' collective (all integers big-endian):
+      'mx@c' | uint32 16 (header size) | uint64 offset of the directory
+      file data, back to back: first the device's patcher JSON + NUL, then each dependency as is
+      'dlst' | uint32 size (whole directory) | 'dire' entries:
+        'dire' | uint32 size | fields, each 'tag' | uint32 size (incl. 8-byte header) | data:
+          type (4 chars: JSON, TEXT...) | fnam (name, NUL, padded to 4) | sz32 | of32 (offset from
+          'mx@c') | vers (0) | flag (0x11 for the device itself, 0 for the others) | mdat (HFS+ date)
+
+A frozen device carries its scripts, so the single .amxd works when dropped into Live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import struct
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE / "src"
+DEVICE_NAME = "STAGE Bridge"
+AMXD_NAME = f"{DEVICE_NAME}.amxd"
+MAXPAT_NAME = f"{DEVICE_NAME}.maxpat"
+JS_FILES = ("stage_device.js", "stage_logic.js")
+HOST = "127.0.0.1"
+SEND_PORT = 9000      # the daemon's --osc-port default
+RECEIVE_PORT = 9001   # the daemon's --reply-port default
+DEVICE_WIDTH = 620
+DEVICE_HEIGHT = 169   # Live's device height
+AUDIO_EFFECT = b"aaaa"
+FROZEN_META = 7
+DEVICE_FLAG = 0x11
+# A fixed modification date for the frozen files (HFS+ seconds: since 1904-01-01), so that a
+# build does not depend on the clock: 2025-01-01 00:00:00 UTC.
+HFS_EPOCH_OFFSET = 2082844800
+MDAT = 1735689600 + HFS_EPOCH_OFFSET
+APPVERSION = {"major": 8, "minor": 6, "revision": 4, "architecture": "x64", "modernui": 1}  # Live 12.0's Max
+ROUTE_KEYS = ("osc", "rec", "arm", "gate", "delaytime", "delay", "status", "progress", "results", "tracks", "led")
+
+
+# -- a small patcher description language ----------------------------------------------------------
+
+class Patcher:
+    """Boxes and patch cords by name. Box ids are the names, so patch cords read like sentences."""
+
+    def __init__(self) -> None:
+        self.boxes: dict[str, dict[str, Any]] = {}
+        self.lines: list[dict[str, Any]] = []
+        self.parameters: dict[str, list[Any]] = {}
+
+    def _add(self, name: str, box: dict[str, Any]) -> str:
+        if name in self.boxes:
+            raise ValueError(f"duplicate box {name}")
+        box["id"] = name
+        self.boxes[name] = box
+        return name
+
+    def obj(self, name: str, text: str, at: tuple[float, float], inlets: int, outlets: int | list[str],
+            width: float | None = None, **attrs: Any) -> str:
+        """An object box ([newobj] in Max's terms): `outlets` is a count or the outlet types."""
+        types = outlets if isinstance(outlets, list) else [""] * outlets
+        box = {"maxclass": "newobj", "text": text, "numinlets": inlets, "numoutlets": len(types),
+               "patching_rect": [float(at[0]), float(at[1]), float(width or max(40, 7 * len(text) + 12)), 22.0]}
+        if types:
+            box["outlettype"] = types
+        box.update(attrs)
+        return self._add(name, box)
+
+    def msg(self, name: str, text: str, at: tuple[float, float]) -> str:
+        return self._add(name, {"maxclass": "message", "text": text, "numinlets": 2, "numoutlets": 1,
+                                "outlettype": [""],
+                                "patching_rect": [float(at[0]), float(at[1]), float(max(30, 7 * len(text) + 12)), 22.0]})
+
+    def ui(self, name: str, maxclass: str, at: tuple[float, float], rect: list[float], inlets: int,
+           outlets: list[str], **attrs: Any) -> str:
+        """A user-interface box, shown in the device (presentation) at `rect` = [x, y, w, h]."""
+        box = {"maxclass": maxclass, "numinlets": inlets, "numoutlets": len(outlets),
+               "patching_rect": [float(at[0]), float(at[1]), float(rect[2]), float(rect[3])],
+               "presentation": 1, "presentation_rect": [float(v) for v in rect]}
+        if outlets:
+            box["outlettype"] = outlets
+        box.update(attrs)
+        return self._add(name, box)
+
+    def param(self, name: str, maxclass: str, at: tuple[float, float], rect: list[float], outlets: list[str],
+              longname: str, shortname: str, ptype: int, stored_only: bool = True, **valueof: Any) -> str:
+        """A Live parameter (live.tab, live.menu, live.numbox, live.text): saved with the Live set."""
+        values = {"parameter_longname": longname, "parameter_shortname": shortname, "parameter_type": ptype,
+                  "parameter_invisible": 1 if stored_only else 2}
+        values.update(valueof)
+        self.parameters[name] = [longname, shortname, 0]
+        return self.ui(name, maxclass, at, rect, 1, outlets, parameter_enable=1, varname=longname,
+                       saved_attribute_attributes={"valueof": values})
+
+    def label(self, name: str, text: str, at: tuple[float, float], rect: list[float]) -> str:
+        return self.ui(name, "live.comment", at, rect, 1, [], text=text, textjustification=0)
+
+    def connect(self, source: str, outlet: int, destination: str, inlet: int = 0) -> None:
+        for box, port, key in ((source, outlet, "numoutlets"), (destination, inlet, "numinlets")):
+            if box not in self.boxes:
+                raise ValueError(f"no box {box}")
+            if not 0 <= port < self.boxes[box][key]:
+                raise ValueError(f"{box} has no {key[3:-1]} {port}")
+        self.lines.append({"patchline": {"destination": [destination, inlet], "source": [source, outlet]}})
+
+    def chain(self, *names: str) -> None:
+        """outlet 0 -> inlet 0 along the names."""
+        for a, b in zip(names, names[1:]):
+            self.connect(a, 0, b, 0)
+
+
+def device_patcher() -> dict[str, Any]:
+    """The STAGE Bridge device: audio passes through; the UI, the Live observers, the recorder and
+    the OSC link all talk to [js stage_device.js], which does what stage_logic.js decides."""
+    p = Patcher()
+    W = DEVICE_WIDTH
+
+    # -- audio: in -> out unchanged, and into the recorder ---------------------------------------------
+    p.obj("plugin", "plugin~", (40, 620), 2, ["signal", "signal"])
+    p.obj("plugout", "plugout~", (40, 700), 2, ["signal", "signal"])
+    p.obj("recorder", "sfrecord~ 2 @bitdepth 24", (200, 700), 2, ["signal"], width=160)
+    for ch in (0, 1):
+        p.connect("plugin", ch, "plugout", ch)
+        p.connect("plugin", ch, "recorder", ch)
+
+    # -- the script and its router ---------------------------------------------------------------------
+    p.obj("script", "js stage_device.js", (420, 300), 1, 1, width=130,
+          saved_object_attributes={"filename": "stage_device.js", "parameter_enable": 0})
+    p.obj("router", "route " + " ".join(ROUTE_KEYS), (420, 360), 2, len(ROUTE_KEYS) + 1, width=520)
+    p.connect("script", 0, "router", 0)
+    out = {key: i for i, key in enumerate(ROUTE_KEYS)}
+
+    # -- Live: device ready -> live_set -> observers ---------------------------------------------------
+    p.obj("thisdevice", "live.thisdevice", (40, 20), 1, ["bang", "int", "int"], width=100)
+    p.obj("ready", "t b b b", (40, 60), 1, ["bang", "bang", "bang"], width=70)
+    p.msg("msg_init", "init", (160, 100))
+    p.msg("msg_metro_on", "1", (40, 100))
+    p.obj("metro", "metro 2000", (40, 140), 2, ["bang"], width=80)
+    p.msg("msg_tick", "tick", (40, 180))
+    p.obj("liveset", "live.path live_set", (240, 100), 1, 3, width=110)
+    p.connect("thisdevice", 0, "ready", 0)
+    p.connect("ready", 2, "msg_init", 0)        # first: the script may use the Live API now
+    p.connect("ready", 1, "liveset", 0)         # then: the observers get live_set's id
+    p.connect("ready", 0, "msg_metro_on", 0)    # last: start pinging the daemon
+    p.chain("msg_metro_on", "metro", "msg_tick", "script")
+    p.connect("msg_init", 0, "script", 0)
+    for i, (prop, key) in enumerate((("tempo", "tempo"), ("signature_numerator", "num"),
+                                     ("signature_denominator", "den"), ("is_playing", "playing"))):
+        x = 240 + i * 170
+        p.obj(f"observe_{key}", f"live.observer {prop}", (x, 150), 2, 2, width=160)
+        p.obj(f"prepend_{key}", f"prepend {key}", (x, 190), 1, 1, width=100)
+        p.connect("liveset", 0, f"observe_{key}", 1)
+        p.connect(f"observe_{key}", 0, f"prepend_{key}", 0)
+        p.connect(f"prepend_{key}", 0, "script", 0)
+
+    # -- OSC: to the daemon and back -------------------------------------------------------------------
+    p.obj("udpsend", f"udpsend {HOST} {SEND_PORT}", (420, 440), 1, 0, width=150)
+    p.obj("udpreceive", f"udpreceive {RECEIVE_PORT}", (600, 240), 1, 1, width=110)
+    p.connect("router", out["osc"], "udpsend", 0)
+    p.connect("udpreceive", 0, "script", 0)
+
+    # -- the recorder: armed by the script, started by the transport at the bar line -------------------
+    # [timepoint] bangs when Live's transport reaches the tick the script set; the [gate] lets that
+    # bang through only while a recording is armed. The bang starts [sfrecord~] first, then the
+    # [delay] that stops it after the recording's length, then tells the script.
+    p.obj("timepoint", "timepoint", (200, 460), 1, ["bang"], width=70)
+    p.obj("armgate", "gate", (200, 500), 2, 1, width=40)
+    p.obj("start", "t b b b", (200, 540), 1, ["bang", "bang", "bang"], width=70)
+    p.msg("msg_rec_on", "1", (330, 580))
+    p.obj("stoptimer", "delay", (260, 580), 2, ["bang"], width=50)
+    p.msg("msg_recstarted", "recstarted", (120, 580))
+    p.obj("stop", "t b b", (260, 620), 1, ["bang", "bang"], width=50)
+    p.msg("msg_rec_off", "0", (330, 660))
+    p.msg("msg_recstopped", "recstopped", (120, 660))
+    p.connect("router", out["arm"], "timepoint", 0)
+    p.connect("router", out["gate"], "armgate", 0)
+    p.connect("timepoint", 0, "armgate", 1)
+    p.connect("armgate", 0, "start", 0)
+    p.connect("start", 2, "msg_rec_on", 0)
+    p.connect("start", 1, "stoptimer", 0)
+    p.connect("start", 0, "msg_recstarted", 0)
+    p.connect("msg_rec_on", 0, "recorder", 0)
+    p.connect("router", out["delaytime"], "stoptimer", 1)
+    p.connect("router", out["delay"], "stoptimer", 0)
+    p.connect("stoptimer", 0, "stop", 0)
+    p.connect("stop", 1, "msg_rec_off", 0)
+    p.connect("stop", 0, "msg_recstopped", 0)
+    p.connect("msg_rec_off", 0, "recorder", 0)
+    p.connect("router", out["rec"], "recorder", 0)
+    p.connect("msg_recstarted", 0, "script", 0)
+    p.connect("msg_recstopped", 0, "script", 0)
+
+    # -- the device's face ---------------------------------------------------------------------------
+    ux = 760  # patching-view column of the UI boxes
+    p.label("label_instrument", "Instrument", (ux, 20), [4, 4, 60, 16])
+    p.param("ui_instrument", "live.tab", (ux, 40), [4, 20, 128, 18], ["", "", "float"], "Instrument", "Instrument", 2,
+            parameter_enum=["drums", "bass"], parameter_mmax=1, parameter_unitstyle=9,
+            parameter_initial_enable=1, parameter_initial=[0])
+    p.label("label_bars", "Bars", (ux, 70), [4, 42, 40, 16])
+    p.param("ui_bars", "live.menu", (ux, 90), [44, 42, 88, 16], ["", "", "float"], "Bars", "Bars", 2,
+            parameter_enum=["1", "2", "4", "8", "16"], parameter_mmax=4,
+            parameter_initial_enable=1, parameter_initial=[2])
+    p.label("label_takes", "Takes", (ux, 120), [4, 62, 40, 16])
+    p.param("ui_takes", "live.numbox", (ux, 140), [44, 62, 44, 16], ["", "float"], "Takes", "Takes", 1,
+            parameter_mmin=1.0, parameter_mmax=4.0, parameter_unitstyle=0,
+            parameter_initial_enable=1, parameter_initial=[1])
+    p.label("label_mode", "Context", (ux, 170), [4, 82, 60, 16])
+    p.param("ui_mode", "live.tab", (ux, 190), [4, 98, 128, 18], ["", "", "float"], "Context", "Context", 2,
+            parameter_enum=["mix", "click", "mix+click"], parameter_mmax=2, parameter_unitstyle=9,
+            parameter_initial_enable=1, parameter_initial=[2])
+    for key, box in (("instrument", "ui_instrument"), ("bars", "ui_bars"), ("takes", "ui_takes"), ("mode", "ui_mode")):
+        p.obj(f"prepend_{key}", f"prepend {key}", (ux + 160, p.boxes[box]["patching_rect"][1]), 1, 1, width=110)
+        p.connect(box, 0, f"prepend_{key}", 0)
+        p.connect(f"prepend_{key}", 0, "script", 0)
+
+    p.label("label_prompt", "Prompt (optional), e.g. Genres: Rock. Moods: happy.", (ux, 230), [140, 4, 270, 16])
+    p.ui("ui_prompt", "textedit", (ux, 250), [140, 20, 270, 36], 1, ["", "int", "", ""],
+         parameter_enable=0, lines=2, wordwrap=1, outputmode=1, bangmode=0, fontsize=10.0,
+         hint="Words that steer the generation, e.g. Genres: Rock. Moods: happy.")
+    p.param("ui_generate", "live.text", (ux, 300), [140, 60, 100, 20], ["", ""], "Generate", "Generate", 2,
+            stored_only=False, parameter_enum=["Generate", "Generate"], parameter_mmax=1)
+    p.boxes["ui_generate"].update(mode=0, text="Generate", texton="Generate")
+    p.param("ui_cancel", "live.text", (ux, 330), [246, 60, 70, 20], ["", ""], "Cancel", "Cancel", 2,
+            stored_only=False, parameter_enum=["Cancel", "Cancel"], parameter_mmax=1)
+    p.boxes["ui_cancel"].update(mode=0, text="Cancel", texton="Cancel")
+    p.ui("ui_progress", "slider", (ux, 360), [140, 84, 270, 8], 1, [""], parameter_enable=0, orientation=1,
+         size=101.0, ignoreclick=1, knobshape=5, hint="Generation progress")
+    p.ui("ui_status", "comment", (ux, 390), [140, 94, 270, 32], 1, [], text="Looking for the stage-bridge daemon...",
+         linecount=2, fontsize=10.0)
+    p.ui("ui_led", "led", (ux, 430), [396, 62, 14, 14], 1, ["int"], parameter_enable=0, ignoreclick=1,
+         hint="Lit while the stage-bridge daemon answers")
+
+    # prompt: read the text field when Generate is pressed (typed text counts even without Return)
+    p.obj("generate_press", "t l b", (ux + 160, 300), 1, ["", "bang"], width=50)
+    p.obj("prompt_text", "route text", (ux + 300, 250), 2, 2, width=70)
+    p.obj("prepend_prompt", "prepend prompt", (ux + 300, 280), 1, 1, width=100)
+    p.obj("prepend_generate", "prepend generate", (ux + 160, 330), 1, 1, width=110)
+    p.obj("prepend_cancel", "prepend cancel", (ux + 160, 360), 1, 1, width=100)
+    p.connect("ui_generate", 0, "generate_press", 0)
+    p.connect("generate_press", 1, "ui_prompt", 0)
+    p.connect("generate_press", 0, "prepend_generate", 0)
+    p.connect("ui_prompt", 0, "prompt_text", 0)
+    p.connect("prompt_text", 0, "prepend_prompt", 0)
+    p.connect("prompt_text", 1, "prepend_prompt", 0)
+    p.connect("prepend_prompt", 0, "script", 0)
+    p.connect("prepend_generate", 0, "script", 0)
+    p.connect("ui_cancel", 0, "prepend_cancel", 0)
+    p.connect("prepend_cancel", 0, "script", 0)
+    p.obj("prepend_status", "prepend set", (ux + 460, 390), 1, 1, width=80)
+    p.obj("prepend_progress", "prepend set", (ux + 460, 360), 1, 1, width=80)
+    p.connect("router", out["status"], "prepend_status", 0)
+    p.connect("prepend_status", 0, "ui_status", 0)
+    p.connect("router", out["progress"], "prepend_progress", 0)
+    p.connect("prepend_progress", 0, "ui_progress", 0)
+    p.connect("router", out["led"], "ui_led", 0)
+
+    # results: the takes, a button that shows the file, and insertion into a track
+    p.label("label_results", "Results", (ux, 470), [420, 4, 60, 16])
+    p.ui("ui_results", "umenu", (ux, 490), [420, 20, 196, 18], 1, ["int", "", ""], parameter_enable=0,
+         items="<empty>", fontsize=10.0, hint="The last generated takes: pick one to insert or show")
+    p.param("ui_reveal", "live.text", (ux, 520), [420, 42, 96, 16], ["", ""], "Show file", "Show", 2,
+            stored_only=False, parameter_enum=["Show file", "Show file"], parameter_mmax=1)
+    p.boxes["ui_reveal"].update(mode=0, text="Show file", texton="Show file")
+    p.param("ui_target", "live.tab", (ux, 550), [420, 62, 196, 16], ["", "", "float"], "Insert into", "Insert", 2,
+            parameter_enum=["Arrangement", "Session"], parameter_mmax=1, parameter_unitstyle=9,
+            parameter_initial_enable=1, parameter_initial=[0])
+    p.label("label_track", "Track", (ux, 580), [420, 82, 40, 16])
+    p.ui("ui_tracks", "umenu", (ux, 600), [460, 82, 156, 18], 1, ["int", "", ""], parameter_enable=0,
+         items="<empty>", fontsize=10.0, hint="The audio track that Insert puts the take on")
+    p.param("ui_insert", "live.text", (ux, 630), [420, 104, 196, 20], ["", ""], "Insert clip", "Insert", 2,
+            stored_only=False, parameter_enum=["Insert clip", "Insert clip"], parameter_mmax=1)
+    p.boxes["ui_insert"].update(mode=0, text="Insert clip", texton="Insert clip")
+    for key, box, port in (("take", "ui_results", 0), ("reveal", "ui_reveal", 0), ("target", "ui_target", 0),
+                           ("track", "ui_tracks", 0), ("insert", "ui_insert", 0)):
+        y = p.boxes[box]["patching_rect"][1]
+        p.obj(f"prepend_{key}", f"prepend {key}", (ux + 220, y), 1, 1, width=100)
+        p.connect(box, port, f"prepend_{key}", 0)
+        p.connect(f"prepend_{key}", 0, "script", 0)
+    p.connect("router", out["results"], "ui_results", 0)
+    p.connect("router", out["tracks"], "ui_tracks", 0)
+
+    # settings: the daemon's folder and the ports
+    p.label("label_home", "Daemon folder (empty: automatic)", (ux, 670), [4, 130, 180, 16])
+    p.ui("ui_home", "textedit", (ux, 690), [4, 146, 300, 18], 1, ["", "int", "", ""], parameter_enable=0,
+         lines=1, wordwrap=0, outputmode=1, bangmode=0, fontsize=10.0,
+         hint="Only if the device cannot find it: the stage-bridge folder that holds bounces/")
+    p.obj("home_text", "route text", (ux + 320, 690), 2, 2, width=70)
+    p.obj("prepend_home", "prepend home", (ux + 320, 720), 1, 1, width=90)
+    p.connect("generate_press", 1, "ui_home", 0)
+    p.connect("ui_home", 0, "home_text", 0)
+    p.connect("home_text", 0, "prepend_home", 0)
+    p.connect("home_text", 1, "prepend_home", 0)
+    p.connect("prepend_home", 0, "script", 0)
+
+    p.label("label_ports", "Ports: send / receive", (ux, 750), [320, 130, 110, 16])
+    for i, (key, longname, port, dest) in enumerate((("sendport", "Send port", SEND_PORT, "udpsend"),
+                                                     ("recvport", "Receive port", RECEIVE_PORT, "udpreceive"))):
+        box = f"ui_{key}"
+        p.param(box, "live.numbox", (ux, 770 + 60 * i), [320 + 56 * i, 146, 50, 16], ["", "float"], longname,
+                longname, 1, parameter_mmin=1024.0, parameter_mmax=65535.0, parameter_unitstyle=0,
+                parameter_initial_enable=1, parameter_initial=[port])
+        p.obj(f"port_{key}", "prepend port", (ux + 160, 770 + 60 * i), 1, 1, width=90)
+        p.obj(f"prepend_{key}", f"prepend {key}", (ux + 270, 770 + 60 * i), 1, 1, width=110)
+        p.connect(box, 0, f"port_{key}", 0)
+        p.connect(f"port_{key}", 0, dest, 0)
+        p.connect(box, 0, f"prepend_{key}", 0)
+        p.connect(f"prepend_{key}", 0, "script", 0)
+
+    p.ui("title", "comment", (ux, 880), [440, 146, 176, 18], 1, [], text="STAGE Bridge", fontsize=10.0,
+         textjustification=2)
+
+    boxes = [{"box": p.boxes[name]} for name in p.boxes]
+    return {
+        "patcher": {
+            "fileversion": 1,
+            "appversion": APPVERSION,
+            "classnamespace": "box",
+            "rect": [100.0, 100.0, 1460.0, 960.0],
+            "openrect": [0.0, 0.0, float(W), float(DEVICE_HEIGHT)],
+            "bglocked": 0,
+            "openinpresentation": 1,
+            "default_fontsize": 10.0,
+            "default_fontface": 0,
+            "default_fontname": "Arial Bold",
+            "gridonopen": 1,
+            "gridsize": [8.0, 8.0],
+            "gridsnaponopen": 1,
+            "objectsnaponopen": 1,
+            "statusbarvisible": 2,
+            "toolbarvisible": 1,
+            "boxanimatetime": 500,
+            "enablehscroll": 1,
+            "enablevscroll": 1,
+            "devicewidth": float(W),
+            "description": "Records the song at a bar line and asks the stage-bridge daemon for a drum or bass stem.",
+            "digest": "STAGE stem generation via the stage-bridge daemon",
+            "tags": "",
+            "style": "",
+            "subpatcher_template": "",
+            "assistshowspatchername": 0,
+            "boxes": boxes,
+            "lines": p.lines,
+            "parameters": dict(p.parameters, inherited_shortname=1),
+            "dependency_cache": [{"name": name, "type": "TEXT", "implicit": 1} for name in JS_FILES],
+            "latency": 0,
+            "is_mpe": 0,
+            "minimum_live_version": "",
+            "minimum_max_version": "",
+            "platform_compatibility": 0,
+            "project": {
+                "version": 1, "creationdate": 3590052493, "modificationdate": 3590052493,
+                "viewrect": [0.0, 0.0, 300.0, 500.0], "autoorganize": 1, "hideprojectwindow": 1,
+                "showdependencies": 1, "autolocalize": 0, "contents": {"patchers": {}}, "layout": {},
+                "searchpath": {}, "detailsvisible": 0, "amxdtype": int.from_bytes(AUDIO_EFFECT, "big"),
+                "readonly": 0, "devpathtype": 0, "devpath": ".", "sortmode": 0, "viewmode": 0, "includepackages": 0,
+            },
+            "autosave": 0,
+        }
+    }
+
+
+# -- serialising ----------------------------------------------------------------------------------
+
+def patcher_bytes(patcher: dict[str, Any]) -> bytes:
+    return (json.dumps(patcher, indent="\t", ensure_ascii=True) + "\n").encode("ascii")
+
+
+def chunk(tag: bytes, data: bytes) -> bytes:
+    """A top-level .amxd chunk: tag, little-endian size, data."""
+    assert len(tag) == 4
+    return tag + struct.pack("<I", len(data)) + data
+
+
+def mx_field(tag: bytes, data: bytes) -> bytes:
+    """A field of the 'mx@c' collective: tag, big-endian size including this 8-byte header, data."""
+    assert len(tag) == 4
+    return tag + struct.pack(">I", len(data) + 8) + data
+
+
+def padded_name(name: str) -> bytes:
+    raw = name.encode("utf-8") + b"\0"
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def collective(files: Iterable[tuple[str, bytes, bytes, int]]) -> bytes:
+    """'mx@c' + directory of (name, 4-char type, data, flag); data back to back after a 16-byte header."""
+    body = b""
+    entries = b""
+    offset = 16
+    for name, kind, data, flag in files:
+        fields = (mx_field(b"type", kind) + mx_field(b"fnam", padded_name(name)) +
+                  mx_field(b"sz32", struct.pack(">I", len(data))) + mx_field(b"of32", struct.pack(">I", offset)) +
+                  mx_field(b"vers", struct.pack(">I", 0)) + mx_field(b"flag", struct.pack(">I", flag)) +
+                  mx_field(b"mdat", struct.pack(">I", MDAT)))
+        entries += mx_field(b"dire", fields)
+        body += data
+        offset += len(data)
+    directory = mx_field(b"dlst", entries)
+    return b"mx@c" + struct.pack(">IQ", 16, 16 + len(body)) + body + directory
+
+
+def amxd_frozen(patcher_json: bytes, scripts: dict[str, bytes]) -> bytes:
+    files = [(AMXD_NAME, b"JSON", patcher_json + b"\0", DEVICE_FLAG)]
+    files += [(name, b"TEXT", scripts[name], 0) for name in JS_FILES]
+    return (chunk(b"ampf", AUDIO_EFFECT) + chunk(b"meta", struct.pack("<I", FROZEN_META)) +
+            chunk(b"ptch", collective(files)))
+
+
+def amxd_unfrozen(patcher_json: bytes) -> bytes:
+    return (chunk(b"ampf", AUDIO_EFFECT) + chunk(b"meta", struct.pack("<I", 0)) +
+            chunk(b"ptch", patcher_json + b"\0"))
+
+
+def read_scripts(src: Path = SRC) -> dict[str, bytes]:
+    return {name: (src / name).read_bytes() for name in JS_FILES}
+
+
+def build_outputs(src: Path = SRC) -> dict[str, bytes]:
+    """Relative path (inside max_for_live/) -> bytes, for every file the build writes."""
+    patcher_json = patcher_bytes(device_patcher())
+    return {f"src/{MAXPAT_NAME}": patcher_json, AMXD_NAME: amxd_frozen(patcher_json, read_scripts(src))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=None, help="write the .amxd and .maxpat into this folder")
+    ap.add_argument("--check", action="store_true", help="compare with the committed files; write nothing")
+    ap.add_argument("--unfrozen", type=Path, default=None, metavar="DIR",
+                    help="also write an unfrozen device and its .js files into DIR (to edit it in Max)")
+    args = ap.parse_args(argv)
+    outputs = build_outputs()
+    if args.check:
+        stale = [rel for rel, data in outputs.items() if not (HERE / rel).is_file() or (HERE / rel).read_bytes() != data]
+        for rel in stale:
+            print(f"out of date: max_for_live/{rel} (run python max_for_live/build.py)", file=sys.stderr)
+        return 1 if stale else 0
+    for rel, data in outputs.items():
+        path = (args.out / Path(rel).name) if args.out else HERE / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        print(f"wrote {path} ({len(data):,} bytes)")
+    if args.unfrozen:
+        args.unfrozen.mkdir(parents=True, exist_ok=True)
+        (args.unfrozen / AMXD_NAME).write_bytes(amxd_unfrozen(outputs[f"src/{MAXPAT_NAME}"]))
+        for name in JS_FILES:
+            shutil.copyfile(SRC / name, args.unfrozen / name)
+        print(f"wrote an unfrozen {AMXD_NAME} and {', '.join(JS_FILES)} into {args.unfrozen}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

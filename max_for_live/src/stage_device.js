@@ -1,0 +1,336 @@
+/*
+ * stage_device.js - the Max [js] glue of the STAGE Bridge device. Kept thin on purpose: it turns
+ * Max messages into StageLogic events and StageLogic actions into Max messages. Every decision
+ * (messages, timing, paths, states, texts) is in stage_logic.js, which Node tests.
+ *
+ * Inlet 0 receives (see the patcher, max_for_live/build.py):
+ *   init                          from [live.thisdevice] once the Live API is usable
+ *   tempo f / num i / den i / playing i       from the [live.observer]s
+ *   instrument i / bars i / takes f / mode i / target i / prompt ... / home ...   from the UI
+ *   sendport i / recvport i       the port boxes (the patcher also sends them to udpsend/udpreceive)
+ *   generate x / cancel x / insert x / reveal x / take i / track i            buttons and menus
+ *   tick                          from [metro 2000]: ping the daemon
+ *   recstarted / recstopped       from the recorder chain ([timepoint] -> [gate] ... [delay])
+ *   /stage/...                    the daemon's replies, from [udpreceive]
+ * Outlet 0 goes to [route osc rec arm gate delaytime delay status progress results tracks led].
+ */
+autowatch = 0;
+inlets = 1;
+outlets = 1;
+setinletassist(0, 'UI values, Live values, daemon replies');
+setoutletassist(0, 'to [route osc rec arm gate delaytime delay status progress results tracks led]');
+
+include('stage_logic.js');
+
+var L = StageLogic;
+var API_MISSING = 'Live did not create the clip: inserting needs Live 12 with the Live API for audio clips ' +
+    '(Session view: Live 12.0.5 or later). Drag the take from Live\'s browser instead.';
+
+var ctl = new L.Controller({
+    os: max.os,
+    bootVolume: volumeOf(max.apppath),
+    devicePath: this.patcher ? this.patcher.filepath : '',
+    now: Date.now()
+});
+var song = null;           // LiveAPI on live_set, once the device is ready
+var tracksWatch = null;    // observes live_set tracks to refresh the track menu
+var audioTracks = [];      // [{index, name}] shown in the track menu
+var chosenTrack = -1;      // index into live_set tracks
+var timers = [];
+var shown = { status: null, progress: null, results: null, led: null };
+
+function volumeOf(maxPath) {
+    var m = /^([^\/:]+):\//.exec(String(maxPath || ''));
+    return m && max.os === 'macintosh' ? m[1] : '';
+}
+
+function first(values) {
+    return values && values.length ? values[0] : undefined;
+}
+
+// -- events in ---------------------------------------------------------------------------------
+
+function dispatch(event) {
+    event.now = Date.now();
+    var actions = [];
+    try {
+        actions = ctl.dispatch(event);
+    } catch (e) {
+        post('STAGE Bridge: ' + e.message + '\n');
+    }
+    for (var i = 0; i < actions.length; i++) {
+        perform(actions[i]);
+    }
+    render();
+}
+
+function init() {
+    song = new LiveAPI(null, 'live_set');
+    tracksWatch = new LiveAPI(function (args) {
+        if (args && args[0] === 'tracks') {
+            refreshTracks();
+        }
+    }, 'live_set');
+    tracksWatch.property = 'tracks';
+    refreshTracks();
+    render();
+}
+
+function setting(key, value) {
+    dispatch({ type: 'set', key: key, value: value });
+}
+
+function instrument(i) { setting('instrumentIndex', i); }
+function bars(i) { setting('barsIndex', i); }
+function takes(v) { setting('takes', v); }
+function mode(i) { setting('modeIndex', i); }
+function target(i) { setting('targetIndex', i); }
+function sendport(v) { setting('sendPort', v); }
+function recvport(v) { setting('receivePort', v); }
+function prompt() { setting('prompt', arrayfromargs(arguments).join(' ')); }
+function home() { setting('home', arrayfromargs(arguments).join(' ')); }
+
+function live(key, value) {
+    dispatch({ type: 'live', key: key, value: value, transport: key === 'playing' ? transport() : undefined });
+}
+
+function tempo(v) { live('tempo', v); }
+function num(v) { live('num', v); }
+function den(v) { live('den', v); }
+function playing(v) { live('playing', v); }
+
+function pressed(args) {
+    // live.text buttons send 1 (or a bang); a 0 is a release and means nothing here.
+    return !(args.length && args[0] === 0);
+}
+
+function generate() {
+    if (pressed(arrayfromargs(arguments))) {
+        dispatch({ type: 'generate', transport: transport(), date: Date.now() });
+    }
+}
+
+function cancel() {
+    if (pressed(arrayfromargs(arguments))) {
+        dispatch({ type: 'cancel' });
+    }
+}
+
+function insert() {
+    if (pressed(arrayfromargs(arguments))) {
+        dispatch({ type: 'insert', trackIndex: chosenTrack });
+    }
+}
+
+function reveal() {
+    if (pressed(arrayfromargs(arguments))) {
+        dispatch({ type: 'reveal' });
+    }
+}
+
+function take(i) { dispatch({ type: 'selectTake', index: i }); }
+
+function track(i) {
+    chosenTrack = i >= 0 && i < audioTracks.length ? audioTracks[i].index : -1;
+}
+
+function tick() { dispatch({ type: 'tick' }); }
+function recstarted() { dispatch({ type: 'recordStarted' }); }
+function recstopped() { dispatch({ type: 'recordStopped' }); }
+
+function anything() {
+    var address = messagename;
+    if (address.charAt(0) === '/') {
+        dispatch({ type: 'osc', address: address, args: arrayfromargs(arguments) });
+    } else {
+        post('STAGE Bridge: unknown message ' + address + '\n');
+    }
+}
+
+// -- Live ---------------------------------------------------------------------------------------
+
+function transport() {
+    if (!song) {
+        return {};
+    }
+    return {
+        songBeats: Number(first(song.get('current_song_time'))),
+        playing: Number(first(song.get('is_playing'))) === 1,
+        loopOn: Number(first(song.get('loop'))) === 1,
+        loopStart: Number(first(song.get('loop_start'))),
+        loopLength: Number(first(song.get('loop_length')))
+    };
+}
+
+function refreshTracks() {
+    if (!song) {
+        return;
+    }
+    var previous = chosenTrack;
+    audioTracks = [];
+    outlet(0, 'tracks', 'clear');
+    var count = song.getcount('tracks');
+    var chosen = -1;
+    for (var i = 0; i < count; i++) {
+        var t = new LiveAPI(null, 'live_set tracks ' + i);
+        if (Number(first(t.get('has_audio_input'))) === 1 && Number(first(t.get('is_foldable'))) !== 1) {
+            if (i === previous) {
+                chosen = audioTracks.length;
+            }
+            audioTracks.push({ index: i, name: String(first(t.get('name'))) });
+            outlet(0, 'tracks', 'append', (i + 1) + ' ' + audioTracks[audioTracks.length - 1].name);
+        }
+    }
+    if (chosen < 0 && audioTracks.length) {
+        chosen = 0;
+    }
+    chosenTrack = chosen >= 0 ? audioTracks[chosen].index : -1;
+    if (chosen >= 0) {
+        outlet(0, 'tracks', 'set', chosen);
+    }
+}
+
+function insertClip(a) {
+    var base = 'live_set tracks ' + a.trackIndex;
+    var t = new LiveAPI(null, base);
+    if (!t || Number(t.id) === 0) {
+        return { ok: false, message: 'That track no longer exists: choose another one.' };
+    }
+    if (Number(first(t.get('has_audio_input'))) !== 1) {
+        return { ok: false, message: 'Choose an audio track (takes are audio).' };
+    }
+    var clip;
+    var where;
+    if (a.target === 'session') {
+        var slots = t.getcount('clip_slots');
+        for (var i = 0; i < slots && !clip; i++) {
+            var slot = new LiveAPI(null, base + ' clip_slots ' + i);
+            if (Number(first(slot.get('has_clip'))) === 0) {
+                slot.call('create_audio_clip', a.path);
+                if (Number(first(slot.get('has_clip'))) !== 1) {
+                    return { ok: false, message: API_MISSING };
+                }
+                clip = new LiveAPI(null, base + ' clip_slots ' + i + ' clip');
+                where = 'Session view, scene ' + (i + 1);
+            }
+        }
+        if (!clip) {
+            return { ok: false, message: 'That track has no empty clip slot: add a scene, or choose Arrangement.' };
+        }
+    } else {
+        var before = t.getcount('arrangement_clips');
+        t.call('create_audio_clip', a.path, a.startBeats);
+        var after = t.getcount('arrangement_clips');
+        if (!(after > before)) {
+            return { ok: false, message: API_MISSING };
+        }
+        for (var j = 0; j < after && !clip; j++) {
+            var c = new LiveAPI(null, base + ' arrangement_clips ' + j);
+            if (Math.abs(Number(first(c.get('start_time'))) - a.startBeats) < 1e-6) {
+                clip = c;
+            }
+        }
+        where = 'Arrangement view at beat ' + (Math.round(a.startBeats * 1000) / 1000);
+    }
+    if (clip) {
+        clip.set('warping', 0);
+        clip.set('name', a.name);
+    }
+    return { ok: true, message: 'Inserted ' + a.name + ' (' + where + ', warping off).' };
+}
+
+// -- actions out -------------------------------------------------------------------------------
+
+function perform(a) {
+    switch (a.type) {
+    case 'send':
+        outlet(0, ['osc'].concat(L.toAtoms(a.message)));
+        break;
+    case 'recorder':
+        if (a.command === 'open') {
+            outlet(0, 'rec', 'open', a.path, 'wave');
+        } else {
+            outlet(0, 'rec', 0);
+        }
+        break;
+    case 'arm':
+        outlet(0, 'arm', a.ticks);
+        break;
+    case 'gate':
+        outlet(0, 'gate', a.open ? 1 : 0);
+        break;
+    case 'stopAfter':
+        if (a.cancel) {
+            outlet(0, 'delay', 'stop');
+        } else {
+            outlet(0, 'delaytime', a.ms);
+        }
+        break;
+    case 'schedule':
+        var task = new Task(function (event) {
+            dispatch(event);
+        }, this, a.event);
+        timers.push(task);
+        if (timers.length > 8) {
+            timers.shift();
+        }
+        task.schedule(a.afterMs);
+        break;
+    case 'insertClip':
+        var result;
+        try {
+            result = insertClip(a);
+        } catch (e) {
+            result = { ok: false, message: API_MISSING + ' (' + e.message + ')' };
+        }
+        dispatch({ type: 'insertResult', ok: result.ok, message: result.message });
+        break;
+    case 'reveal':
+        messnamed('max', 'launchbrowser', a.url);   // Finder / Explorer opens the folder
+        break;
+    default:
+        break;
+    }
+}
+
+function render() {
+    var v = ctl.view();
+    if (v.status !== shown.status) {
+        shown.status = v.status;
+        outlet(0, 'status', v.status);
+    }
+    if (v.progress !== shown.progress) {
+        shown.progress = v.progress;
+        outlet(0, 'progress', v.progress);
+    }
+    var list = v.results.join('\n');
+    if (list !== shown.results) {
+        shown.results = list;
+        outlet(0, 'results', 'clear');
+        for (var i = 0; i < v.results.length; i++) {
+            outlet(0, 'results', 'append', v.results[i]);
+        }
+        if (v.results.length) {
+            outlet(0, 'results', 'set', v.selected);
+            refreshTracks();
+        }
+    }
+    var led = v.connection === 'connected' ? 1 : 0;
+    if (led !== shown.led) {
+        shown.led = led;
+        outlet(0, 'led', led);
+    }
+}
+
+// Helpers are not messages: Max must not call them from the patcher.
+volumeOf.local = 1;
+first.local = 1;
+dispatch.local = 1;
+setting.local = 1;
+live.local = 1;
+pressed.local = 1;
+transport.local = 1;
+refreshTracks.local = 1;
+insertClip.local = 1;
+perform.local = 1;
+render.local = 1;

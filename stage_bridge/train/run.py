@@ -1,0 +1,353 @@
+"""`stage-bridge train`: fine-tune MusicGen into a STAGE model for one instrument.
+
+    stage-bridge train --data DIR --instrument drums --base facebook/musicgen-small --out RUN_DIR
+
+Single process by default; launched by `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK set) it trains
+with DistributedDataParallel, one process per GPU, and only rank 0 logs and saves.
+See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import BadArgument, StageError
+from .schedule import ScheduleConfig
+from .trainer import DistInfo, TrainConfig, Trainer
+
+TRAIN_CONFIG = "train_config.json"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# Options that define the run: on --resume they come from train_config.json, not the command line.
+RUN_DEFINING = ("data", "instrument", "base", "batch", "grad_accum", "seed", "phase1_steps", "warmup_steps", "lr",
+                "sep_lr", "context_dropout", "text_dropout", "weight_decay", "clip")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return v
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 0")
+    return v
+
+
+def _probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be between 0 and 1")
+    return v
+
+
+def _rate(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not v >= 0.0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' must be a finite number >= 0")
+    return v
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = parser
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder of songs with separated stems (see docs/training.md); required unless --resume")
+    p.add_argument("--instrument", default=None, help="the stem to learn to generate (drums, bass, ...); "
+                   "required unless --resume")
+    p.add_argument("--base", default="facebook/musicgen-small",
+                   help="model to start from: facebook/musicgen-small, a STAGE .safetensors or a run folder")
+    p.add_argument("--out", type=Path, required=True, help="run folder (must be new or empty unless --resume)")
+    p.add_argument("--steps", type=_positive_int, default=10_000, help="optimizer steps in all (default 10000)")
+    p.add_argument("--batch", type=_positive_int, default=2, help="examples per micro-batch and process (default 2)")
+    p.add_argument("--grad-accum", type=_positive_int, default=4, help="micro-batches per optimizer step (default 4)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="autocast precision; master weights stay fp32 (auto: bf16 on a GPU that has it, else fp32)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (torchrun: one GPU per process)")
+    p.add_argument("--valid-every", type=_positive_int, default=500, help="validation loss every K steps")
+    p.add_argument("--valid-batches", type=_count, default=50, help="validation micro-batches per evaluation (0: all)")
+    p.add_argument("--save-every", type=_positive_int, default=1000, help="checkpoint every K steps (and at the end)")
+    p.add_argument("--keep-checkpoints", type=_positive_int, default=1, help="how many checkpoints to keep")
+    p.add_argument("--log-every", type=_positive_int, default=10, help="metrics row every K steps")
+    p.add_argument("--seed", type=int, default=0, help="data order, split and dropout draws")
+    p.add_argument("--phase1-steps", type=_count, default=200, help="steps training only the context token (default 200)")
+    p.add_argument("--warmup-steps", type=_count, default=500, help="phase-2 learning-rate ramp (default 500)")
+    p.add_argument("--lr", type=_rate, default=1e-5, help="phase-2 learning rate of the LM weights (default 1e-5)")
+    p.add_argument("--sep-lr", type=_rate, default=1e-4, help="context-token learning rate in phase 1 (default 1e-4)")
+    p.add_argument("--context-dropout", type=_probability, default=0.1, help="P(context replaced by padding)")
+    p.add_argument("--text-dropout", type=_probability, default=0.5,
+                   help="P(prompt dropped); 1 trains without prompts (no T5 needed)")
+    p.add_argument("--weight-decay", type=_rate, default=1e-3)
+    p.add_argument("--clip", type=_rate, default=1.0, help="gradient-norm clipping (0: off)")
+    p.add_argument("--num-workers", type=_count, default=0, help="DataLoader worker processes")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="token cache folder, shared by runs (default: the per-user data folder's train-cache)")
+    p.add_argument("--weights-dir", type=Path, default=None, help="where named weights live")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+# -- distributed -----------------------------------------------------------------------------------
+
+def init_distributed(device_arg: str) -> tuple[DistInfo, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK: join the process group, one GPU per process."""
+    from ..engine.model import pick_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or "RANK" not in os.environ:
+        return DistInfo(), pick_device(device_arg)
+    import torch.distributed as dist
+
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    base = pick_device(device_arg)
+    if base.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    elif base.type == "cpu":
+        device, backend = base, "gloo"
+    else:
+        raise BadArgument(f"multi-process training runs on CUDA GPUs (or CPU), not {base.type}")
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return DistInfo(rank, world, local_rank), device
+
+
+def _finish_distributed(info: DistInfo) -> None:
+    if info.enabled:
+        import torch.distributed as dist
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _barrier(info: DistInfo) -> None:
+    if info.enabled:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise BadArgument("--precision fp16 needs a CUDA GPU (it uses a gradient scaler); use bf16 or fp32")
+    return name
+
+
+def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    keys = RUN_DEFINING + ("precision", "steps", "valid_every", "valid_batches", "save_every", "keep_checkpoints",
+                           "log_every", "num_workers")
+    out = {k: getattr(args, k) for k in keys}
+    out["data"] = str(Path(args.data).expanduser().resolve()) if args.data is not None else None
+    base = Path(args.base).expanduser()
+    out["base"] = str(base.resolve()) if base.exists() else args.base
+    out["cache"] = str(Path(args.cache).expanduser().resolve()) if args.cache else str(default_cache_dir())
+    return out
+
+
+def _train_config(s: dict[str, Any], precision: str, progress: bool, meta: dict) -> TrainConfig:
+    return TrainConfig(
+        steps=s["steps"], batch=s["batch"], grad_accum=s["grad_accum"], precision=precision,
+        schedule=ScheduleConfig(phase1_steps=s["phase1_steps"], warmup_steps=s["warmup_steps"], sep_lr=s["sep_lr"],
+                                lr=s["lr"], sep_final_lr=s["lr"]),
+        weight_decay=s["weight_decay"], clip=s["clip"], context_dropout=s["context_dropout"],
+        text_dropout=s["text_dropout"], valid_every=s["valid_every"], valid_batches=s["valid_batches"],
+        save_every=s["save_every"], keep_checkpoints=s["keep_checkpoints"], log_every=s["log_every"], seed=s["seed"],
+        num_workers=s["num_workers"], progress=progress, meta=meta)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool, info: DistInfo) -> None:
+    if resume:
+        if not (run_dir / TRAIN_CONFIG).is_file():
+            raise BadArgument(f"--resume: {run_dir} is not a training run (no {TRAIN_CONFIG}).")
+        return
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise BadArgument(f"{run_dir} already exists and is not empty: choose a new --out, or add --resume to "
+                          "continue the run in it.")
+    if info.main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise BadArgument(f"cannot create the run folder {run_dir} ({e.strerror or e}).") from None
+
+
+def default_cache_dir() -> Path:
+    from ..paths import user_data_dir
+    return user_data_dir() / "train-cache"
+
+
+def build_datasets(settings: dict[str, Any], model, run_dir: Path, resume: bool, write: bool):
+    """Songs -> split (split.json; re-read on --resume) -> the train and valid datasets."""
+    import copy
+
+    from . import dataset as ds
+
+    songs, warnings = ds.discover_songs(Path(settings["data"]))  # logs each warning itself
+    by_name = {s.name: s for s in songs}
+    split_file = run_dir / getattr(ds, "SPLIT_FILE", "split.json")
+    if resume and split_file.exists():
+        split = ds.read_split(run_dir)
+    else:
+        split = ds.split_songs(songs, settings["seed"])
+        if write:
+            ds.write_split(run_dir, split)
+    gone = [n for part in ("train", "valid") for n in split.get(part, []) if n not in by_name]
+    if gone:
+        print(f"warning: {len(gone)} song(s) of the run's split are no longer usable in {settings['data']} "
+              f"(e.g. {gone[0]})", file=sys.stderr)
+    if warnings:
+        print(f"note: {len(songs)} songs found, {len(warnings)} skipped (see the warnings above)", file=sys.stderr)
+    codec = model.codec
+    if settings["num_workers"] > 0 and codec.device.type != "cpu":  # workers encode on the CPU
+        from ..engine.codec import Codec
+        codec = Codec(copy.deepcopy(codec.model).cpu(), codec.num_codebooks)
+    cache = Path(settings["cache"])
+
+    def make(part: str, augment: bool):
+        chosen = [by_name[n] for n in split.get(part, []) if n in by_name]
+        if not chosen:
+            return None
+        return ds.StemPairDataset(chosen, settings["instrument"], codec, cache, seed=settings["seed"], augment=augment)
+
+    train = make("train", True)
+    if train is None:
+        raise BadArgument(f"no training songs: the split of {len(songs)} song(s) left none for training.")
+    try:
+        valid = make("valid", False)
+    except StageError as e:  # e.g. no audible window in the few validation songs
+        print(f"warning: no validation set ({e}); the validation loss is not computed", file=sys.stderr)
+        valid = None
+    return train, valid
+
+
+def run_training(args: argparse.Namespace) -> int:
+    """Entry point of `stage-bridge train`. Returns the exit status (0, 2 usage, 130 interrupted)."""
+    from ..engine.checkpoints import resolve
+    from ..engine.model import build_model
+    from . import checkpoint as ckpt_io
+
+    info = DistInfo()
+    run_dir = Path(args.out).expanduser()
+    try:
+        info, device = init_distributed(args.device)
+        if not args.resume and (args.data is None or args.instrument is None):
+            raise BadArgument("--data and --instrument are required (except with --resume).")
+        _prepare_run_dir(run_dir, args.resume, info)
+        _barrier(info)
+        settings = _settings_from_args(args)
+        step_dir = None
+        if args.resume:
+            stored = json.loads((run_dir / TRAIN_CONFIG).read_text())
+            old = stored["settings"]
+            defaults = add_train_arguments(argparse.ArgumentParser(add_help=False))
+            given = [k for k in RUN_DEFINING if k not in ("data", "base") and getattr(args, k) != defaults.get_default(k)]
+            changed = [k for k in given if k in old and old[k] != settings[k]]
+            if changed and info.main:
+                print("note: resuming with the run's own "
+                      + ", ".join(f"--{k.replace('_', '-')} {old[k]}" for k in changed) + f" ({TRAIN_CONFIG})",
+                      file=sys.stderr)
+            moved_data = settings["data"]  # an explicit --data may point to where the songs are now
+            settings.update({k: old[k] for k in RUN_DEFINING if k in old})
+            if moved_data is not None:
+                settings["data"] = moved_data
+            if args.precision == "auto":  # an explicit --precision may change (exactness needs the same one)
+                settings["precision"] = old.get("precision", "auto")
+            step_dir = ckpt_io.latest_checkpoint(run_dir)
+        precision = resolve_precision(settings["precision"], device)
+        settings["precision"] = precision
+
+        base_ckpt = resolve(str(step_dir) if step_dir is not None else settings["base"], args.weights_dir)
+        if base_ckpt.meta.get("decoder_only"):
+            raise BadArgument(f"{settings['base']} is a bare decoder without EnCodec/T5; use a full model "
+                              "(facebook/musicgen-small).")
+        model = build_model(base_ckpt, device, torch.float32)
+        if model.is_random and info.main:
+            print(f"warning: model '{model.name}' has random weights (for tests and demos only)", file=sys.stderr)
+        base_ckpt.lm_state, base_ckpt.codec_state = {}, {}  # the live modules hold the weights now
+        if model.text is not None:
+            base_ckpt.text_state = None
+
+        meta = {"name": run_dir.resolve().name, "instrument": settings["instrument"],
+                "base": base_ckpt.meta.get("base", settings["base"])}
+        config = _train_config(settings, precision, progress=not args.quiet, meta=meta)
+        config.validate()
+        if info.main and not args.resume:
+            stored = {"settings": settings, "train_config": config.to_dict(), "world_size": info.world,
+                      "stage_bridge_version": _version()}
+            tmp = run_dir / f".{TRAIN_CONFIG}.part"
+            tmp.write_text(json.dumps(stored, indent=2))
+            os.replace(tmp, run_dir / TRAIN_CONFIG)
+        if not info.main:  # rank 0 analyses the songs first; the others then read its cache
+            _barrier(info)
+        train_set, valid_set = build_datasets(settings, model, run_dir, args.resume, write=info.main)
+        if info.main:
+            _barrier(info)
+
+        trainer = Trainer(model, base_ckpt, train_set, valid_set, run_dir, config, info)
+        if step_dir is not None:
+            trainer.restore(step_dir, load_weights=False)  # the model was built from step_dir itself
+            if info.main:
+                print(f"resuming {run_dir} at step {trainer.step}", file=sys.stderr)
+        if trainer.step >= config.steps:
+            if info.main:
+                print(f"the run is already at step {trainer.step} >= --steps {config.steps}; nothing to do "
+                      "(raise --steps to train further)", file=sys.stderr)
+            return 0
+        trainer.fit()
+        if info.main:
+            print(f"trained {trainer.step} steps; the model is {run_dir} (stage-bridge generate --model {run_dir})")
+        return 0
+    except KeyboardInterrupt:
+        if info.main:
+            last = ckpt_io.latest_checkpoint(run_dir) if run_dir.is_dir() else None
+            where = f"the last checkpoint ({last.name}) is intact" if last else "no checkpoint was written yet"
+            print(f"\ninterrupted: {where}; continue with --resume", file=sys.stderr)
+        return 130
+    except StageError as e:
+        if info.main:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        _finish_distributed(info)
+
+
+def _version() -> str:
+    try:
+        from .. import __version__
+        return __version__
+    except Exception:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m stage_bridge.train.run ...` (what docs/training.md shows for torchrun)."""
+    parser = argparse.ArgumentParser(prog="stage-bridge train", description="Fine-tune MusicGen into STAGE.")
+    add_train_arguments(parser)
+    return run_training(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
