@@ -115,6 +115,12 @@ def build_parser() -> ArgumentParser:
     j.add_argument("--limit", type=_whole_number, default=30)
     j.set_defaults(func=cmd_jobs)
 
+    from .train.run import add_train_arguments
+
+    t = sub.add_parser("train", help="fine-tune MusicGen into a STAGE model for any instrument")
+    add_train_arguments(t)
+    t.set_defaults(func=cmd_train)
+
     b = sub.add_parser("bench", help="decoder speed benchmark (ours vs transformers)", add_help=False)
     b.set_defaults(func=cmd_bench)
     return p
@@ -259,6 +265,12 @@ def cmd_weights(args: argparse.Namespace) -> int:
         snap = hub_snapshot(repo)
         print(f"  {repo:<24} {'present' if snap else 'missing'}  {snap or '(Hugging Face cache)'}")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.run import run_training
+
+    return run_training(args)
 
 
 def cmd_bench(args: argparse.Namespace, rest: Sequence[str] = ()) -> int:

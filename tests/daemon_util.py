@@ -152,7 +152,8 @@ class OscDump:
         self.messages, self.raw = [], []
         # -L: line-buffered stdout even though it is a pipe (otherwise output arrives in 4 KiB lumps)
         self._proc = subprocess.Popen([self.exe, "-L", str(self.port)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
+                                      stderr=subprocess.STDOUT, text=True, encoding="utf-8", errors="replace",
+                                      bufsize=1)
         self._thread = threading.Thread(target=self._read, name=f"oscdump-{self.port}", daemon=True)
         self._thread.start()
         # liblo prints nothing when it is listening: probe until our own message comes back
@@ -254,6 +255,7 @@ class Daemon:
         self.log: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
+        self._terminated = False
         self._thread: threading.Thread | None = None
 
     @property
@@ -287,7 +289,8 @@ class Daemon:
         """Start the process (returns at once; see `wait_ready`)."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(self.command(), cwd=REPO, env=self.environment(), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+                                     errors="replace", bufsize=1)
         self._thread = threading.Thread(target=self._read, name="stage-bridge-log", daemon=True)
         self._thread.start()
         return self
@@ -324,7 +327,10 @@ class Daemon:
         oscsend(self.osc_host, self.osc_port, address, types, *args)
 
     def terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        """One SIGTERM only: a second one may land while the interpreter shuts down, after Python has put
+        the default handler back, and kill it with -15."""
+        if self.proc is not None and self.proc.poll() is None and not self._terminated:
+            self._terminated = True
             self.proc.send_signal(signal.SIGTERM)
 
     def stop(self, timeout: float = 60.0) -> int:

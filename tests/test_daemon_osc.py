@@ -136,6 +136,14 @@ def test_ping_pong_echoes_token(rig):
     assert bare.args == ()
 
 
+def test_info_tells_home_and_bounces(rig):
+    mark = rig.dump.mark()
+    rig.send(P.INFO)
+    info = rig.dump.wait_for(lambda m: m.address == P.INFO and m.types, 10, since=mark)
+    assert info.types == "ss"
+    assert info.args == (str(rig.home.resolve()), str(rig.home.resolve() / "bounces"))
+
+
 def test_generate_exact_length_wav_sidecar_and_events(rig):
     job = unique_id("gen")
     context = str(rig.home / "bounces" / "verse.wav")
@@ -162,6 +170,20 @@ def test_generate_exact_length_wav_sidecar_and_events(rig):
     assert meta["tempo_source"] == "request" and meta["num_samples"] == frames and meta["sample_rate"] == 44100
     assert meta["context_path"] == str(Path(context).resolve()) and meta["file"] == wav.name
     no_part_files(rig)
+
+
+def test_context_path_with_spaces_and_non_ascii(rig):
+    """Paths as DAWs make them ("Samples/Recorded/My Song – Café (v2).wav") survive the UTF-8 round trip."""
+    folder = rig.home / "bounces" / "Ableton Project" / "Samples"
+    context = _noise(folder / "My Song – Café (v2).wav", 2.0, 48000, channels=1)
+    job = unique_id("utf8")
+    generate(rig, job, str(context), "bass", bars=1, bpm=120.0, mode="mix")
+    end = rig.dump.wait_job_end(job, 60)
+    assert end.address == P.DONE, (end, rig.daemon.log_text())
+    wav = Path(end.args[1])
+    assert wav.is_file() and wav.name.startswith("My Song") and "Café" in wav.name, wav
+    meta = json.loads(wav.with_suffix(".json").read_text(encoding="utf-8"))
+    assert meta["context_path"] == str(context.resolve())
 
 
 def test_click_mode_without_context_uses_osc_tempo(rig):
@@ -419,8 +441,9 @@ def test_weights_missing_fails_only_that_instrument(small):
     assert outputs_named(small, drums) == []
 
 
-def test_every_provokable_error_code_is_covered(request):
-    """Runs last (file order): every code but those needing a failing engine was seen above."""
+def test_every_provokable_error_code_is_covered(request, rigs):
+    """Runs last (file order): every code but those needing a failing engine was seen above.
+    (`rigs`: skipped with the others when oscsend/oscdump are missing.)"""
     selected = {item.originalname for item in request.session.items if item.module is request.module}
     if selected != {name for name in dir(request.module) if name.startswith("test_")}:
         pytest.skip("only part of this file was selected")

@@ -673,10 +673,11 @@ def test_kill_9_at_any_point_loses_nothing_and_leaves_no_partial_file(tmp_path, 
         timings.setdefault("ready_s", []).append(round(d.ready_after, 1))
         return d
 
-    def killed(d: Daemon, where: str) -> dict[str, dict]:
+    def killed(d: Daemon, where: str, long_may_be_done: bool = False) -> dict[str, dict]:
         d.kill()
         states = journal_states(home)
-        assert states.get(LONG) in ("queued", "running") and states.get(SHORT) == "queued", (where, states)
+        long_states = ("queued", "running", "done") if long_may_be_done else ("queued", "running")
+        assert states.get(LONG) in long_states and states.get(SHORT) == "queued", (where, states)
         try:
             return check_outbox(outbox, lone)
         except AssertionError as e:
@@ -705,21 +706,24 @@ def test_kill_9_at_any_point_loses_nothing_and_leaves_no_partial_file(tmp_path, 
     timings["to_part_s"] = round(time.monotonic() - t0, 1)
     timings["delay_ms"] = round(rng.uniform(0, 25), 1)
     time.sleep(timings["delay_ms"] / 1000)
-    killed(d, f"while writing ({timings['delay_ms']} ms after the first .part appeared)")
+    # the sidecar goes first and a tiny model writes fast: the kill may also come after the last link
+    killed(d, f"while writing ({timings['delay_ms']} ms after the first .part appeared)", long_may_be_done=True)
+    long_done = journal_states(home)[LONG] == "done"
     timings["after_kill"] = sorted(os.listdir(outbox))
 
     # 4. the last restart finishes everything
     d = start()
     mark = replies.mark()
     d.generate(SHORT2, SHORT_BARS)  # and takes new work as usual
-    for job_id in (LONG, SHORT, SHORT2):
+    expected = ([] if long_done else [LONG]) + [SHORT, SHORT2]
+    for job_id in expected:
         replies.wait(job_event(P.DONE, job_id), 120, since=mark, what=f"done {job_id}")
     assert d.ping("alive") < 5
     order = [p[0] for a, p in replies.find(lambda a, p: a == P.DONE, since=mark)]
-    assert order == [LONG, SHORT, SHORT2]  # resumed in their original order, new work after
+    assert order == expected  # resumed in their original order, new work after
     takes = check_outbox(outbox, lone)
     for job_id, bars, n_takes in ((LONG, LONG_BARS, LONG_TAKES), (SHORT, SHORT_BARS, 1), (SHORT2, SHORT_BARS, 1)):
-        paths = replies.find(job_event(P.DONE, job_id), since=mark)[0][1][1:]
+        paths = replies.find(job_event(P.DONE, job_id), since=mark if job_id in expected else 0)[-1][1][1:]
         assert len(paths) == n_takes
         for path in map(Path, paths):
             assert path.parent == outbox and path.name in takes

@@ -89,8 +89,8 @@ class _Fit:
     seconds_per_tick: float
     used: int                  # ticks the fit kept
     stderr: float              # standard error of seconds_per_tick
-    change: str | None         # the clock changed: "tempo" (a ramp) or "phase" (a step)
-    run: int                   # how many of the newest ticks follow the change
+    change: str | None         # the newest `run` ticks left the line: "tempo" or "phase"
+    run: int
 
 
 class ClockTracker:
@@ -104,16 +104,16 @@ class ClockTracker:
 
     def __init__(self, *, window: int = 144, min_ticks: int = 12, reject_sigmas: float = 3.5,
                  min_reject_s: float = 0.0005, split_factor: float = 4.0,
-                 reset_after_ticks: float = 24.0, change_sigmas: float = 5.0) -> None:
-        if window < min_ticks or min_ticks < 4:
-            raise ValueError("need window >= min_ticks >= 4")
+                 reset_after_ticks: float = 24.0, change_run: int = 8) -> None:
+        if window < min_ticks or min_ticks < 4 or change_run < 4:
+            raise ValueError("need window >= min_ticks >= 4 and change_run >= 4")
         self.window = window
         self.min_ticks = min_ticks
         self.reject_sigmas = reject_sigmas
         self.min_reject_s = min_reject_s
         self.split_factor = split_factor
         self.reset_after_ticks = reset_after_ticks
-        self.change_sigmas = change_sigmas
+        self.change_run = change_run
         self._lock = threading.RLock()
         # the window: tick index (received-tick count), timestamp, segment id
         self._k: deque[int] = deque(maxlen=window)
@@ -269,56 +269,45 @@ class ClockTracker:
             self._bpm = 60.0 / (TICKS_PER_QUARTER * fit.seconds_per_tick)
 
 
-def _change_point(tr: ClockTracker, k: np.ndarray, r: np.ndarray, inv: np.ndarray,
-                  slope: float, scale: float) -> tuple[str | None, int]:
-    """Did the clock change inside the newest segment? ("tempo" | "phase" | None, first index).
+def _newest_run_changed(tr: ClockTracker, k: np.ndarray, t: np.ndarray, r: np.ndarray,
+                        mask: np.ndarray, inv: np.ndarray, slope: float, scale: float,
+                        threshold: float) -> tuple[str | None, int]:
+    """("tempo" | "phase" | None, run): did the newest ticks all leave the fitted line?
 
-    Late ticks are set aside first with a Hampel filter (a residual more than 3 sigma from the
-    median of its 5 neighbours): they stick out from their neighbours, a change does not.
-    Then, for every candidate first tick c among the newest `_SCAN` ticks, the residuals from
-    c on are explained by a *step* (the clock's phase jumped: lost ticks, or a JACK driver that
-    slipped part of a cycle) or by a *ramp* rising from c (the tempo changed). The best
-    candidate counts when it explains `change_sigmas`**2 jitter variances and `_MIN_AFTER`
-    ticks follow it; step and ramp are told apart by their residual sums of squares.
+    A run of at least `change_run` newest ticks of the newest segment, all rejected by the fit
+    on the same side, is either a tempo change or a jump of the clock's phase (lost ticks, a
+    driver that re-anchored its cycle after an xrun). Its own least-squares slope, over its
+    points near its own robust line (so a bunch of delayed ticks does not count), tells them
+    apart: more than 6 standard errors from the window's slope is a tempo change, less than 3
+    a phase jump; in between nothing is decided yet (the run grows). Isolated late ticks never
+    form such a run.
     """
-    n = len(r)
-    others = np.flatnonzero(inv != inv[-1])
-    start = max(int(others[-1]) + 1 if len(others) else 0, n - _SCAN)
-    if n - start < _MIN_BEFORE + _MIN_AFTER:
+    n = len(t)
+    run = 0
+    sign = np.sign(r[-1])
+    while run < n and not mask[-1 - run] and np.sign(r[-1 - run]) == sign \
+            and inv[-1 - run] == inv[-1]:
+        run += 1
+    if not tr.change_run <= run < n:
         return None, 0
-    sigma = max(scale, tr.min_reject_s / tr.reject_sigmas)
-    rs, ks = r[start:], k[start:]
-    padded = np.pad(rs, 2, mode="edge")
-    local = np.median(np.lib.stride_tricks.sliding_window_view(padded, 5), axis=1)
-    keep = np.abs(rs - local) <= 3 * sigma
-    w = keep.astype(float)
-
-    def tail_sums(a: np.ndarray) -> np.ndarray:      # sum over i >= j, for every j
-        return np.cumsum(a[::-1])[::-1]
-
-    n2, s_r, s_k = tail_sums(w), tail_sums(w * rs), tail_sums(w * ks)
-    s_kk, s_kr = tail_sums(w * ks * ks), tail_sums(w * ks * rs)
-    j = np.arange(_MIN_BEFORE, len(rs) - _MIN_AFTER + 1)
-    j = j[n2[j] >= _MIN_AFTER]
-    if len(j) == 0:
+    ks, ts = k[-run:], t[-run:]
+    own = _median_slope(*_pairs(ks, ts))
+    if own is None or not 0.5 * slope < own < 2.0 * slope:
         return None, 0
-    origin = ks[j] - 1.0                                # a ramp rises from 0 one tick before c
-    sxx = s_kk[j] - 2 * origin * s_k[j] + n2[j] * origin ** 2
-    sxr = s_kr[j] - origin * s_r[j]
-    gain_step = s_r[j] ** 2 / n2[j]
-    gain_ramp = sxr ** 2 / sxx
-    best = int(np.argmax(np.maximum(gain_step, gain_ramp)))
-    if max(gain_step[best], gain_ramp[best]) < (tr.change_sigmas * sigma) ** 2:
+    own_r = ts - float(np.median(ts - own * ks)) - own * ks
+    near = np.abs(own_r) <= threshold
+    if near.sum() < max(run * 3 // 4, 4):
         return None, 0
-    c = start + int(j[best])
-    if gain_ramp[best] > gain_step[best]:
-        if not 0.5 * slope < slope + sxr[best] / sxx[best] < 2.0 * slope:
-            return None, 0
-        return "tempo", c
-    return "phase", c
-
-
-_SCAN, _MIN_BEFORE, _MIN_AFTER = 64, 4, 5
+    kn, tn = ks[near], ts[near]
+    kc = kn - kn.mean()
+    own_sxx = float(kc @ kc)
+    own = float(kc @ (tn - tn.mean())) / own_sxx
+    se = max(scale, tr.min_reject_s / tr.reject_sigmas) / math.sqrt(own_sxx)
+    if abs(own - slope) > 6 * se:
+        return "tempo", run
+    if abs(own - slope) < 3 * se:
+        return "phase", run
+    return None, 0
 
 
 def _pooled_line(k: np.ndarray, t: np.ndarray, inv: np.ndarray, nseg: int, mask: np.ndarray):
@@ -420,8 +409,7 @@ def _estimate(tr: ClockTracker, prior: float | None, detect_change: bool = True)
 
     change, run = None, 0
     if detect_change:
-        change, at = _change_point(tr, k, r, inv, slope, scale)
-        run = n_ticks - at if change else 0
+        change, run = _newest_run_changed(tr, k, t, r, mask, inv, slope, scale, threshold)
     return _Fit(seconds_per_tick=slope, used=used, stderr=stderr, change=change, run=run)
 
 

@@ -177,7 +177,8 @@ class Bridge:
             try:
                 handler(list(msg.params))
             except P.ProtocolError as e:
-                job_id = msg.params[0] if msg.params and isinstance(msg.params[0], str) else ""
+                about_job = msg.address in (P.GENERATE, P.CANCEL) and msg.params and isinstance(msg.params[0], str)
+                job_id = msg.params[0] if about_job else ""
                 log.info("refused %s %s: %s", msg.address, job_id, e)
                 self.send(P.ERROR, job_id, e.code, str(e))
             except Exception:

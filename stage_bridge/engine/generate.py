@@ -129,8 +129,7 @@ def _decode_window(lm: StageLM, stepper: EagerStepper | StaticStepper, tokens: T
     stepper.begin_window(step_valid)
     logits = lm(tokens[..., :start], positions[:, :start], step_valid[:, :start], 0, cross)[:, :, -1]
     for s in range(start, n_steps):
-        if should_cancel is not None and should_cancel():
-            raise Cancelled("generation cancelled")
+        _check_cancel(should_cancel)
         guided = apply_guidance(logits, sampling.guidance) if use_cfg else logits
         nxt = sample_next(guided, sampling, generator)  # (takes, K)
         if use_cfg:
@@ -211,6 +210,7 @@ def render_stem(model: StageModel, req: StemRequest, progress: Progress | None =
                             beat_unit=req.beat_unit, offset_s=req.offset, click_gain_db=req.click_gain_db)
     codec = model.codec
     context_codes = codec.encode(torch.from_numpy(ctx_wav)[None])[0]
+    _check_cancel(should_cancel)
     t_encoded = time.perf_counter()
 
     rows = 2 * req.takes if req.sampling.guidance != 1.0 else req.takes
@@ -222,12 +222,18 @@ def render_stem(model: StageModel, req: StemRequest, progress: Progress | None =
     codes = generate_codes(model.lm, context_codes, codec.frames_for(n_model), req.takes, req.sampling, seed, cross,
                            window_frames, overlap_frames, progress, should_cancel)
     t_generated = time.perf_counter()
+    _check_cancel(should_cancel)
     audio = codec.decode(codes)[:, :n_model].float().cpu().numpy()
     takes = [_exact_length(resample(a, sr, sr_out), n_out) for a in audio]
     t_done = time.perf_counter()
     timings = {"encode_s": t_encoded - t_start, "generate_s": t_generated - t_encoded,
                "decode_s": t_done - t_generated, "total_s": t_done - t_start}
     return StemResult(takes, sr_out, n_out, seed, timings, warnings)
+
+
+def _check_cancel(should_cancel: ShouldCancel | None) -> None:
+    if should_cancel is not None and should_cancel():
+        raise Cancelled("generation cancelled")
 
 
 def _exact_length(x: np.ndarray, n: int) -> np.ndarray:

@@ -1,36 +1,7 @@
-"""Fine-tuning STAGE on multitrack data: song discovery, splits, pair construction, augmentation.
+"""Fine-tuning STAGE on multitrack data.
 
-The trainer lives in `stage_bridge.train.trainer`; this package's data half is torch-Dataset
-based and knows nothing about optimisation.
+dataset.py (songs, splits, pairs, token cache), augment.py (speed/pitch), beats.py (beat
+tracking, clicks), trainer.py (loss, context-token parameter, training loop), schedule.py
+(the two phases), checkpoint.py (atomic saves, exact resume), run.py (`stage-bridge train`).
+Modules are imported where used, so the CLI does not pay for them on every call.
 """
-
-from stage_bridge.train.augment import SPEED_GRID, Augmentation, stretch
-from stage_bridge.train.beats import click_at, track_beats
-from stage_bridge.train.dataset import (
-    DatasetError,
-    SongSource,
-    StemPairDataset,
-    TrainExample,
-    describe,
-    discover_songs,
-    read_split,
-    split_songs,
-    write_split,
-)
-
-__all__ = [
-    "SPEED_GRID",
-    "Augmentation",
-    "DatasetError",
-    "SongSource",
-    "StemPairDataset",
-    "TrainExample",
-    "click_at",
-    "describe",
-    "discover_songs",
-    "read_split",
-    "split_songs",
-    "stretch",
-    "track_beats",
-    "write_split",
-]

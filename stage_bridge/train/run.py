@@ -14,13 +14,17 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BadArgument, StageError
-from .schedule import ScheduleConfig
-from .trainer import DistInfo, TrainConfig, Trainer
+
+if TYPE_CHECKING:
+    import torch
+
+    from .trainer import DistInfo
+
+# torch, the engine and the trainer are imported when training starts: `add_train_arguments` is
+# called whenever the CLI builds its parser, which must stay fast.
 
 TRAIN_CONFIG = "train_config.json"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -112,7 +116,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def init_distributed(device_arg: str) -> tuple[DistInfo, torch.device]:
     """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK: join the process group, one GPU per process."""
+    import torch
+
     from ..engine.model import pick_device
+    from .trainer import DistInfo
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or "RANK" not in os.environ:
@@ -134,14 +141,14 @@ def init_distributed(device_arg: str) -> tuple[DistInfo, torch.device]:
     return DistInfo(rank, world, local_rank), device
 
 
-def _finish_distributed(info: DistInfo) -> None:
+def _finish_distributed(info) -> None:
     if info.enabled:
         import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _barrier(info: DistInfo) -> None:
+def _barrier(info) -> None:
     if info.enabled:
         import torch.distributed as dist
         dist.barrier()
@@ -149,7 +156,9 @@ def _barrier(info: DistInfo) -> None:
 
 # -- the command -----------------------------------------------------------------------------------
 
-def resolve_precision(name: str, device: torch.device) -> str:
+def resolve_precision(name: str, device) -> str:
+    import torch
+
     if name == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if name == "fp16" and device.type != "cuda":
@@ -168,7 +177,10 @@ def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _train_config(s: dict[str, Any], precision: str, progress: bool, meta: dict) -> TrainConfig:
+def _train_config(s: dict[str, Any], precision: str, progress: bool, meta: dict):
+    from .schedule import ScheduleConfig
+    from .trainer import TrainConfig
+
     return TrainConfig(
         steps=s["steps"], batch=s["batch"], grad_accum=s["grad_accum"], precision=precision,
         schedule=ScheduleConfig(phase1_steps=s["phase1_steps"], warmup_steps=s["warmup_steps"], sep_lr=s["sep_lr"],
@@ -179,7 +191,7 @@ def _train_config(s: dict[str, Any], precision: str, progress: bool, meta: dict)
         num_workers=s["num_workers"], progress=progress, meta=meta)
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool, info: DistInfo) -> None:
+def _prepare_run_dir(run_dir: Path, resume: bool, info) -> None:
     if resume:
         if not (run_dir / TRAIN_CONFIG).is_file():
             raise BadArgument(f"--resume: {run_dir} is not a training run (no {TRAIN_CONFIG}).")
@@ -245,9 +257,12 @@ def build_datasets(settings: dict[str, Any], model, run_dir: Path, resume: bool,
 
 def run_training(args: argparse.Namespace) -> int:
     """Entry point of `stage-bridge train`. Returns the exit status (0, 2 usage, 130 interrupted)."""
+    import torch
+
     from ..engine.checkpoints import resolve
     from ..engine.model import build_model
     from . import checkpoint as ckpt_io
+    from .trainer import DistInfo, Trainer
 
     info = DistInfo()
     run_dir = Path(args.out).expanduser()
