@@ -45,7 +45,7 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
         raise not_writable(folder, exc) from exc
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_folder(folder)
+    fsync_folder(folder)
     return path
 
 
@@ -60,7 +60,7 @@ def _publish(tmp: Path, final: Path) -> None:
         os.rename(tmp, final)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     """Persist the new directory entry; best effort, since not every OS allows it."""
     try:
         fd = os.open(folder, os.O_RDONLY)

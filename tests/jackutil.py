@@ -23,7 +23,7 @@ import shutil
 import signal
 import struct
 import subprocess
-import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -132,9 +132,9 @@ def clean_stale(prefix: str = PREFIX) -> list[str]:
     # semaphores and sockets of servers that are not running (any leftover of ours)
     running = {name for pid, name in registry_servers() if _alive(pid)}
     uid = os.getuid()
-    # our names are PREFIX<pid>-<n>; semaphores: jack_sem.<uid>_<server>_<client>,
+    # our names (PREFIX<pid>-<n>) have no "_"; semaphores: jack_sem.<uid>_<server>_<client>,
     # sockets: jack_<server>_<uid>_<n>
-    pattern = re.compile(rf"^jack(?:_sem\.{uid})?_({re.escape(prefix)}[0-9-]*)_")
+    pattern = re.compile(rf"^jack(?:_sem\.{uid})?_({re.escape(prefix)}[^_]*)_")
     for path in itertools.chain(SHM.glob(f"jack_sem.{uid}_{prefix}*"), SHM.glob(f"jack_{prefix}*")):
         match = pattern.match(path.name)
         if match is None or match.group(1) in running:
@@ -197,19 +197,48 @@ def wait_for_port(server: str, fragment: str, timeout: float = 5.0) -> str:
         time.sleep(0.05)
 
 
-def _start(name: str, rate: int, period: int, log) -> subprocess.Popen:
-    return subprocess.Popen(["jackd", "-n", name, "-d", "dummy", "-r", str(rate), "-p", str(period)],
-                            env=jack_env(name), stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+class JackServer(str):
+    """The server name (a str), plus what jackd printed, time-stamped with time.monotonic().
+
+    `xruns` lists the monotonic times of jackd's xrun reports: after an xrun the dummy driver
+    re-anchors its cycle clock, so every later timestamp shifts (a phase jump).
+    """
+
+    process: subprocess.Popen
+    lines: list[tuple[float, str]]
+
+    @property
+    def xruns(self) -> list[float]:
+        return [t for t, line in list(self.lines) if "xrun" in line.lower()]
+
+    def log(self) -> str:
+        return "\n".join(line for _, line in list(self.lines))
 
 
-def _wait_ready(proc: subprocess.Popen, name: str, timeout: float) -> bool:
+def _start(name: str, rate: int, period: int) -> JackServer:
+    server = JackServer(name)
+    server.lines = []
+    server.process = subprocess.Popen(
+        ["jackd", "-n", name, "-d", "dummy", "-r", str(rate), "-p", str(period)],
+        env=jack_env(name), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def read(stream=server.process.stdout, lines=server.lines) -> None:
+        for raw in iter(stream.readline, b""):
+            lines.append((time.monotonic(), raw.decode(errors="replace").rstrip()))
+        stream.close()
+
+    threading.Thread(target=read, name=f"jackd-log-{name}", daemon=True).start()
+    return server
+
+
+def _wait_ready(server: JackServer, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
+        if server.process.poll() is not None:
             return False
         with contextlib.suppress(subprocess.TimeoutExpired):
-            if any(p.startswith("system:") for p in ports(name)):
+            if any(p.startswith("system:") for p in ports(server)):
                 return True
         time.sleep(0.05)
     return False
@@ -217,40 +246,37 @@ def _wait_ready(proc: subprocess.Popen, name: str, timeout: float) -> bool:
 
 @contextlib.contextmanager
 def jack_server(name: str | None = None, *, rate: int = 48000, period: int = 256,
-                timeout: float = 10.0, set_environ: bool = True) -> Iterator[str]:
+                timeout: float = 10.0, set_environ: bool = True) -> Iterator[JackServer]:
     """Start `jackd -d dummy` under its own server name; yield the name; always clean up.
 
+    The name is a `JackServer` (a str with jackd's time-stamped output and xrun times).
     With `set_environ`, JACK_DEFAULT_SERVER (and JACK_NO_START_SERVER) are set in this process
     while the server runs, for in-process clients such as python-rtmidi's JACK backend.
     """
     name = name or f"{PREFIX}{os.getpid()}-{next(_counter)}"
     clean_stale()
-    with tempfile.TemporaryFile() as log:
-        proc = None
-        try:
-            for attempt in range(2):
-                proc = _start(name, rate, period, log)
-                if _wait_ready(proc, name, timeout):
-                    break
-                _stop(proc)
-                if attempt == 0 and clean_stale():
-                    continue          # stale slots were in the way: try once more
-                log.seek(0)
-                raise RuntimeError(f"jackd -n {name} -d dummy did not start:\n"
-                                   + log.read().decode(errors="replace")[-2000:])
-            saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
-            if set_environ:
-                os.environ.update(JACK_DEFAULT_SERVER=name, JACK_NO_START_SERVER="1")
-            try:
-                yield name
-            finally:
-                for k, v in saved.items():
-                    if set_environ:
-                        if v is None:
-                            os.environ.pop(k, None)
-                        else:
-                            os.environ[k] = v
-        finally:
-            if proc is not None:
-                _stop(proc)
-            clean_stale()
+    server = None
+    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
+    try:
+        for attempt in range(2):
+            server = _start(name, rate, period)
+            if _wait_ready(server, timeout):
+                break
+            _stop(server.process)
+            if attempt == 0 and clean_stale():
+                continue              # stale slots of dead servers were in the way: once more
+            time.sleep(0.1)           # let the reader thread collect the last lines
+            raise RuntimeError(f"jackd -n {name} -d dummy did not start:\n{server.log()[-2000:]}")
+        if set_environ:
+            os.environ.update(JACK_DEFAULT_SERVER=name, JACK_NO_START_SERVER="1")
+        yield server
+    finally:
+        if set_environ:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        if server is not None:
+            _stop(server.process)
+        clean_stale()

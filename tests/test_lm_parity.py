@@ -77,3 +77,14 @@ def test_conditional_generation_logits_match_with_text(tmp_path):
         cross = ours.cross_context(t5_states, mask.bool())
         got = ours(tokens, torch.arange(s).expand(b, s), torch.ones(b, s, dtype=torch.bool), cross=cross)
     assert (got - want).abs().max().item() < 1e-4
+
+
+def test_decode_linear_equals_f_linear():
+    """The CPU decode path computes weight @ x.T; same numbers as F.linear."""
+    from stage_bridge.engine.lm import linear
+
+    w = torch.randn(96, 32)
+    for shape in [(1, 1, 32), (2, 1, 32), (4, 3, 32), (3, 40, 32)]:
+        x = torch.randn(shape)
+        assert torch.allclose(linear(x, w), torch.nn.functional.linear(x, w), atol=1e-5)
+        assert linear(x, w).shape == (*shape[:-1], 96)

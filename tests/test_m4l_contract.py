@@ -184,13 +184,14 @@ class Device:
                 break
         self.osc_reply(address, args)
         assert self.view["connection"] == "connected"
-        assert self.sent[-1]["address"] == P.STATUS, self.sent[-3:]
-        while True:   # the status reply
+        assert [m["address"] for m in self.sent[-2:]] == [P.STATUS, P.INFO], self.sent[-3:]
+        waiting = {P.STATUS, P.INFO}
+        while waiting:   # the status and info replies
             address, args = self.replies.next(since, 10)
             since += 1
-            if address == P.STATUS:
+            if address in waiting:
                 self.osc_reply(address, args)
-                break
+                waiting.discard(address)
 
     def run_job(self, job_id: str, timeout: float = 90.0,
                 on_reply: Callable[[str, list[Any]], None] | None = None, since: int = 0) -> tuple[str, list[Any]]:

@@ -362,10 +362,6 @@ def _has_tokenizer(folder: Path) -> bool:
 
 
 def from_audiocraft_folder(folder: Path, name: str | None = None) -> Checkpoint:
-    for f in ("state_dict.bin", "compression_state_dict.bin"):
-        if not (folder / f).exists():
-            raise WeightsMissing(f"{folder} is an audiocraft model folder without {f}: it needs both state_dict.bin "
-                                 "and compression_state_dict.bin from the same model.")
     lm_state = load_state_file(folder / "state_dict.bin")
     m = KeyMapper(lm_state, str(folder / "state_dict.bin"))
     dim = m.take("emb.0.weight").shape[1]
@@ -375,6 +371,9 @@ def from_audiocraft_folder(folder: Path, name: str | None = None) -> Checkpoint:
                    text_dim=m.take("condition_provider.conditioners.description.output_proj.weight").shape[1])
     lm = lm_from_audiocraft(m, cfg)
     m.finish()
+    if not (folder / "compression_state_dict.bin").exists():
+        raise WeightsMissing(f"{folder} has the audiocraft LM (state_dict.bin) but not its EnCodec: put "
+                             "compression_state_dict.bin from the same model next to it.")
     cm = KeyMapper(load_state_file(folder / "compression_state_dict.bin"), str(folder / "compression_state_dict.bin"))
     codec = codec_from_audiocraft(cm)
     cm.finish()

@@ -63,6 +63,21 @@ def sinusoidal_embedding(positions: Tensor, dim: int, max_period: float = 10000.
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
 
 
+def linear(x: Tensor, weight: Tensor) -> Tensor:
+    """x @ weight.T for a bias-free layer, fast for decode-sized inputs on a CPU.
+
+    Decoding multiplies a handful of rows by every weight matrix, so it is bound by reading the
+    weights. On CPUs, `F.linear` with a few rows can stream weights at a fraction of memory
+    bandwidth (measured on a 2-core AMD EPYC: ~9 GB/s), while the same product as
+    weight @ x.T runs near copy bandwidth (~34 GB/s). Same numbers, different loop order.
+    """
+    rows = x.numel() // x.shape[-1]
+    if x.device.type != "cpu" or rows > 16:
+        return F.linear(x, weight)
+    flat = x.reshape(rows, x.shape[-1])
+    return torch.mm(weight, flat.t()).t().contiguous().view(*x.shape[:-1], weight.shape[0])
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     """Scaled dot-product attention with a boolean mask (True = attend).
 
@@ -112,11 +127,11 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, start: int | Tensor, mask: Tensor) -> Tensor:
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = linear(x, self.qkv.weight).view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         if self.cache is not None:
             k, v = self.cache.update(start, k, v)
         y = attend(q, k, v, mask)
-        return self.out(y.transpose(1, 2).reshape(b, t, d))
+        return linear(y.transpose(1, 2).reshape(b, t, d), self.out.weight)
 
 
 class CrossAttention(nn.Module):
@@ -136,9 +151,9 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], mask: Tensor) -> Tensor:
         b, t, d = x.shape
-        q = self.q(x).view(b, t, self.num_heads, -1).transpose(1, 2)
+        q = linear(x, self.q.weight).view(b, t, self.num_heads, -1).transpose(1, 2)
         y = attend(q, kv[0], kv[1], mask)
-        return self.out(y.transpose(1, 2).reshape(b, t, d))
+        return linear(y.transpose(1, 2).reshape(b, t, d), self.out.weight)
 
 
 class FeedForward(nn.Module):
@@ -148,7 +163,7 @@ class FeedForward(nn.Module):
         self.down = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.gelu(self.up(x)))
+        return linear(F.gelu(linear(x, self.up.weight)), self.down.weight)
 
 
 class Block(nn.Module):
@@ -245,7 +260,7 @@ class StageLM(nn.Module):
         for i, blk in enumerate(self.layers):
             x = blk(x, start, mask, cross.kv[i] if cross.kv is not None else None, cross.mask)
         x = self.out_norm(x)
-        return torch.stack([head(x) for head in self.heads], dim=1)
+        return torch.stack([linear(x, head.weight) for head in self.heads], dim=1)
 
     @staticmethod
     def attention_mask(key_valid: Tensor, start: int | Tensor, t: int) -> Tensor:

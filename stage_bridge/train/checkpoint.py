@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..engine.checkpoints import NATIVE_CONFIG, NATIVE_WEIGHTS, Checkpoint, save_native
+from ..atomic import fsync_folder
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
@@ -89,12 +90,12 @@ def save_checkpoint(run_dir: Path, step: int, model: Checkpoint, trainer_state: 
             os.chmod(f, FILE_MODE)  # readable by the daemon whatever user it runs as
             _fsync_file(f)
         os.chmod(tmp, DIR_MODE)  # mkdtemp gives 0700
-        _fsync_dir(tmp)
+        fsync_folder(tmp)
         os.rename(tmp, final)
     except BaseException:  # KeyboardInterrupt included: leave nothing partial behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(root)
+    fsync_folder(root)
     publish(run_dir, final)
     prune(run_dir, keep)
     return final
@@ -115,7 +116,7 @@ def publish(run_dir: Path, step_dir: Path) -> None:
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
-    _fsync_dir(Path(run_dir))
+    fsync_folder(Path(run_dir))
 
 
 def prune(run_dir: Path, keep: int) -> None:
@@ -166,16 +167,3 @@ def restore_rng(state: dict[str, Any], extra: dict[str, torch.Generator] | None 
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
