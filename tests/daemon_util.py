@@ -243,7 +243,7 @@ class Daemon:
 
     def __init__(self, home: Path, reply_port: int, models: Sequence[str] = ("tiny-random",),
                  extra_args: Sequence[str] = (), env: dict[str, str] | None = None, watch: bool = False,
-                 osc_port: int | None = None):
+                 osc_port: int | None = None, midi: bool = False):
         self.home = Path(home)
         self.osc_host = "127.0.0.1"
         self.osc_port = osc_port or 0  # 0: the OS picks a free port; the ready line tells which
@@ -252,6 +252,7 @@ class Daemon:
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
         self.watch = watch
+        self.midi = midi
         self.log: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
@@ -267,7 +268,9 @@ class Daemon:
         for m in self.models:
             cmd += ["--model", m]
         cmd += ["--device", "cpu", "--home", str(self.home), "--osc-port", str(self.osc_port),
-                "--reply-port", str(self.reply_port), "--no-midi"]
+                "--reply-port", str(self.reply_port)]
+        if not self.midi:
+            cmd.append("--no-midi")
         if not self.watch:
             cmd.append("--no-watch")
         return cmd + self.extra_args

@@ -63,7 +63,7 @@ def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
     models, device = load_models(cfg)
     midi = open_midi(cfg)
     try:
-        bridge = Bridge(cfg, models, device, clock=midi.snapshot if midi else None)
+        bridge = Bridge(cfg, models, device, clock=midi)
     except StageError:
         if midi:
             midi.close()
