@@ -14,7 +14,6 @@ from stage_bridge.audio import (
     load_audio,
     resample,
     to_mono,
-    unique_path,
     write_audio_atomic,
 )
 from stage_bridge.errors import (
@@ -262,19 +261,6 @@ def test_write_rejects_nan_and_bad_names(tmp_path):
     with pytest.raises(BadArgument):
         write_audio_atomic(tmp_path / "take1.flac", _stereo(), SR, subtype="FLOAT")
     assert list(tmp_path.iterdir()) == []
-
-
-# --- unique_path --------------------------------------------------------------------------
-
-
-def test_unique_path(tmp_path):
-    assert unique_path(tmp_path, "drums", ".wav") == tmp_path / "drums.wav"
-    (tmp_path / "drums.wav").touch()
-    assert unique_path(tmp_path, "drums", ".wav") == tmp_path / "drums-2.wav"
-    (tmp_path / "drums-2.wav").touch()
-    (tmp_path / "drums-3.wav").touch()
-    assert unique_path(tmp_path, "drums", "wav") == tmp_path / "drums-4.wav"
-    assert unique_path(tmp_path, "drums", ".flac") == tmp_path / "drums.flac"
 
 
 # --- resample -----------------------------------------------------------------------------

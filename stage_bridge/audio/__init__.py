@@ -12,7 +12,6 @@ from stage_bridge.audio.io import (
     is_silent,
     load_audio,
     to_mono,
-    unique_path,
     write_audio_atomic,
 )
 from stage_bridge.audio.resample import resample
@@ -46,7 +45,6 @@ __all__ = [
     "resample",
     "seconds_to_samples",
     "to_mono",
-    "unique_path",
     "validate_tempo",
     "write_audio_atomic",
 ]

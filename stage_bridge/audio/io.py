@@ -134,23 +134,6 @@ def is_silent(samples: np.ndarray, threshold_db: float = -60.0) -> bool:
     return 20.0 * math.log10(peak) < threshold_db
 
 
-def unique_path(folder: str | os.PathLike[str], stem: str, suffix: str) -> Path:
-    """Return ``folder/stem+suffix``, or ``stem-2``, ``stem-3``, ... the first that does not exist.
-
-    Takes are never overwritten, so callers need a fresh name. The check is racy by nature;
-    `write_audio_atomic` still refuses to overwrite if another writer wins the race.
-    """
-    folder = Path(folder)
-    if suffix and not suffix.startswith("."):
-        suffix = "." + suffix
-    candidate = folder / f"{stem}{suffix}"
-    number = 2
-    while candidate.exists() or candidate.is_symlink():
-        candidate = folder / f"{stem}-{number}{suffix}"
-        number += 1
-    return candidate
-
-
 def write_audio_atomic(
     path: str | os.PathLike[str],
     samples: np.ndarray,
@@ -165,7 +148,7 @@ def write_audio_atomic(
     links are unsupported we fall back to ``os.rename`` after checking the name is free. On any
     failure the temporary file is removed.
 
-    Raises `FileExistsError` if ``path`` exists (pick names with `unique_path`),
+    Raises `FileExistsError` if ``path`` exists (callers pick free names),
     `OutputNotWritable` if the folder is missing or cannot be written, `NonFiniteAudio` for
     NaN/inf samples and `BadArgument` for an unsupported suffix or subtype.
     """
