@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import math
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from . import __version__
+from .argtypes import real, whole_number
 from .errors import StageError
 
 INSTRUMENT_MODELS = {"drums": "stage-drums", "bass": "stage-bass"}
@@ -26,24 +26,6 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-def _whole_number(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    return value
-
-
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
-    return value
-
-
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="stage-bridge", description="Generate a drum or bass stem that fits your song.")
     p.add_argument("--version", action="version", version=f"stage-bridge {__version__}")
@@ -52,21 +34,21 @@ def build_parser() -> ArgumentParser:
     g = sub.add_parser("generate", help="generate a stem for a context audio file")
     g.add_argument("--context", type=Path, help="the song so far (WAV/FLAC/AIFF/OGG); optional with --context-mode click")
     g.add_argument("--instrument", required=True, help="drums or bass")
-    g.add_argument("--bpm", type=_finite_float, required=True, help="tempo in quarter notes per minute (30-300)")
-    g.add_argument("--bars", type=_whole_number, required=True, help="length of the stem in bars")
-    g.add_argument("--beats-per-bar", type=_whole_number, default=4)
-    g.add_argument("--beat-unit", type=_whole_number, default=4, help="the meter's denominator (4 for 4/4, 8 for 6/8)")
-    g.add_argument("--offset", type=_finite_float, default=0.0, help="seconds from the context's start to its first downbeat")
+    g.add_argument("--bpm", type=real(), required=True, help="tempo in quarter notes per minute (30-300)")
+    g.add_argument("--bars", type=whole_number(), required=True, help="length of the stem in bars")
+    g.add_argument("--beats-per-bar", type=whole_number(), default=4)
+    g.add_argument("--beat-unit", type=whole_number(), default=4, help="the meter's denominator (4 for 4/4, 8 for 6/8)")
+    g.add_argument("--offset", type=real(), default=0.0, help="seconds from the context's start to its first downbeat")
     g.add_argument("--prompt", default="", help='optional text, e.g. "Genres: Rock. Moods: happy."')
-    g.add_argument("--takes", type=_whole_number, default=1, help="how many variations to generate (1-8)")
+    g.add_argument("--takes", type=whole_number(), default=1, help="how many variations to generate (1-8)")
     g.add_argument("--context-mode", default="mix", choices=["mix", "click", "mix+click"])
-    g.add_argument("--click-gain-db", type=_finite_float, default=-6.0, help="click level in mix+click mode")
+    g.add_argument("--click-gain-db", type=real(), default=-6.0, help="click level in mix+click mode")
     g.add_argument("--seed", type=int, default=None, help="same seed, same result (default: random, saved in the sidecar)")
-    g.add_argument("--guidance", type=_finite_float, default=3.0, help="classifier-free guidance scale")
+    g.add_argument("--guidance", type=real(), default=3.0, help="classifier-free guidance scale")
     g.add_argument("--top-k", type=int, default=250)
-    g.add_argument("--top-p", type=_finite_float, default=0.0)
-    g.add_argument("--temperature", type=_finite_float, default=1.0)
-    g.add_argument("--sample-rate", type=_whole_number, default=44100, help="output rate when there is no context file")
+    g.add_argument("--top-p", type=real(), default=0.0)
+    g.add_argument("--temperature", type=real(), default=1.0)
+    g.add_argument("--sample-rate", type=whole_number(), default=44100, help="output rate when there is no context file")
     g.add_argument("--model", default=None, help="model name or path (default: stage-drums / stage-bass)")
     g.add_argument("--weights-dir", type=Path, default=None, help="where named weights live")
     g.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
@@ -87,9 +69,9 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cuda, mps or cpu")
     s.add_argument("--precision", default=None, help="decoder precision: fp32 (default), bf16 or fp16")
     s.add_argument("--osc-host", default=None, help="address to listen on (default 127.0.0.1)")
-    s.add_argument("--osc-port", type=_whole_number, default=None, help="default 9000")
+    s.add_argument("--osc-port", type=whole_number(), default=None, help="default 9000")
     s.add_argument("--reply-host", default=None, help="where replies go (default 127.0.0.1)")
-    s.add_argument("--reply-port", type=_whole_number, default=None, help="default 9001")
+    s.add_argument("--reply-port", type=whole_number(), default=None, help="default 9001")
     s.add_argument("--allow-remote", action="store_const", const=True, default=None,
                    help="allow --osc-host other than loopback (other computers can then start jobs)")
     s.add_argument("--midi-in", default=None, metavar="PORT_NAME", help='MIDI clock source, e.g. "IAC Driver Bus 1"')
@@ -99,7 +81,7 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--home", type=Path, default=None, help="folder for inbox/, outbox/, bounces/ and the job journal")
     s.add_argument("--allow-root", action="append", type=Path, default=None, metavar="DIR",
                    help="another folder contexts may be read from (repeatable)")
-    s.add_argument("--queue-size", type=_whole_number, default=None)
+    s.add_argument("--queue-size", type=whole_number(), default=None)
     s.add_argument("--weights-dir", type=Path, default=None)
     s.add_argument("--config", type=Path, default=None, help="TOML config file (default: the platform's config folder)")
     s.add_argument("--log-level", default="INFO")
@@ -112,7 +94,7 @@ def build_parser() -> ArgumentParser:
 
     j = sub.add_parser("jobs", help="list the daemon's job history")
     j.add_argument("--home", type=Path, default=None)
-    j.add_argument("--limit", type=_whole_number, default=30)
+    j.add_argument("--limit", type=whole_number(), default=30)
     j.set_defaults(func=cmd_jobs)
 
     from .train.run import add_train_arguments

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadArgument, StageError
+from ..argtypes import real, whole_number
 
 if TYPE_CHECKING:
     import torch
@@ -33,46 +34,6 @@ RUN_DEFINING = ("data", "instrument", "base", "batch", "grad_accum", "seed", "ph
                 "sep_lr", "context_dropout", "text_dropout", "weight_decay", "clip")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
-    return v
-
-
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be at least 0")
-    return v
-
-
-def _probability(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be between 0 and 1")
-    return v
-
-
-def _rate(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not v >= 0.0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"'{text}' must be a finite number >= 0")
-    return v
-
-
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser
     p.add_argument("--data", type=Path, default=None,
@@ -82,29 +43,29 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--base", default="facebook/musicgen-small",
                    help="model to start from: facebook/musicgen-small, a STAGE .safetensors or a run folder")
     p.add_argument("--out", type=Path, required=True, help="run folder (must be new or empty unless --resume)")
-    p.add_argument("--steps", type=_positive_int, default=10_000, help="optimizer steps in all (default 10000)")
-    p.add_argument("--batch", type=_positive_int, default=2, help="examples per micro-batch and process (default 2)")
-    p.add_argument("--grad-accum", type=_positive_int, default=4, help="micro-batches per optimizer step (default 4)")
+    p.add_argument("--steps", type=whole_number(1), default=10_000, help="optimizer steps in all (default 10000)")
+    p.add_argument("--batch", type=whole_number(1), default=2, help="examples per micro-batch and process (default 2)")
+    p.add_argument("--grad-accum", type=whole_number(1), default=4, help="micro-batches per optimizer step (default 4)")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="autocast precision; master weights stay fp32 (auto: bf16 on a GPU that has it, else fp32)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (torchrun: one GPU per process)")
-    p.add_argument("--valid-every", type=_positive_int, default=500, help="validation loss every K steps")
-    p.add_argument("--valid-batches", type=_count, default=50, help="validation micro-batches per evaluation (0: all)")
-    p.add_argument("--save-every", type=_positive_int, default=1000, help="checkpoint every K steps (and at the end)")
-    p.add_argument("--keep-checkpoints", type=_positive_int, default=1, help="how many checkpoints to keep")
-    p.add_argument("--log-every", type=_positive_int, default=10, help="metrics row every K steps")
+    p.add_argument("--valid-every", type=whole_number(1), default=500, help="validation loss every K steps")
+    p.add_argument("--valid-batches", type=whole_number(0), default=50, help="validation micro-batches per evaluation (0: all)")
+    p.add_argument("--save-every", type=whole_number(1), default=1000, help="checkpoint every K steps (and at the end)")
+    p.add_argument("--keep-checkpoints", type=whole_number(1), default=1, help="how many checkpoints to keep")
+    p.add_argument("--log-every", type=whole_number(1), default=10, help="metrics row every K steps")
     p.add_argument("--seed", type=int, default=0, help="data order, split and dropout draws")
-    p.add_argument("--phase1-steps", type=_count, default=200, help="steps training only the context token (default 200)")
-    p.add_argument("--warmup-steps", type=_count, default=500, help="phase-2 learning-rate ramp (default 500)")
-    p.add_argument("--lr", type=_rate, default=1e-5, help="phase-2 learning rate of the LM weights (default 1e-5)")
-    p.add_argument("--sep-lr", type=_rate, default=1e-4, help="context-token learning rate in phase 1 (default 1e-4)")
-    p.add_argument("--context-dropout", type=_probability, default=0.1, help="P(context replaced by padding)")
-    p.add_argument("--text-dropout", type=_probability, default=0.5,
+    p.add_argument("--phase1-steps", type=whole_number(0), default=200, help="steps training only the context token (default 200)")
+    p.add_argument("--warmup-steps", type=whole_number(0), default=500, help="phase-2 learning-rate ramp (default 500)")
+    p.add_argument("--lr", type=real(0.0), default=1e-5, help="phase-2 learning rate of the LM weights (default 1e-5)")
+    p.add_argument("--sep-lr", type=real(0.0), default=1e-4, help="context-token learning rate in phase 1 (default 1e-4)")
+    p.add_argument("--context-dropout", type=real(0.0, 1.0), default=0.1, help="P(context replaced by padding)")
+    p.add_argument("--text-dropout", type=real(0.0, 1.0), default=0.5,
                    help="P(prompt dropped); 1 trains without prompts (no T5 needed)")
-    p.add_argument("--weight-decay", type=_rate, default=1e-3)
-    p.add_argument("--clip", type=_rate, default=1.0, help="gradient-norm clipping (0: off)")
-    p.add_argument("--num-workers", type=_count, default=0, help="DataLoader worker processes")
+    p.add_argument("--weight-decay", type=real(0.0), default=1e-3)
+    p.add_argument("--clip", type=real(0.0), default=1.0, help="gradient-norm clipping (0: off)")
+    p.add_argument("--num-workers", type=whole_number(0), default=0, help="DataLoader worker processes")
     p.add_argument("--cache", type=Path, default=None,
                    help="token cache folder, shared by runs (default: the per-user data folder's train-cache)")
     p.add_argument("--weights-dir", type=Path, default=None, help="where named weights live")
