@@ -133,6 +133,16 @@ class Patcher:
         for a, b in zip(names, names[1:]):
             self.connect(a, 0, b, 0)
 
+    def text_setting(self, key: str, textedit: str, at: tuple[float, float], width: float) -> None:
+        """textedit -> [route text] -> [prepend KEY] -> script. Both outlets of the route feed the
+        prepend: typed text arrives as `text ...`, a symbol set from elsewhere as a plain list."""
+        self.obj(f"{key}_text", "route text", at, 2, 2, width=70)
+        self.obj(f"prepend_{key}", f"prepend {key}", (at[0], at[1] + 30), 1, 1, width=width)
+        self.connect(textedit, 0, f"{key}_text", 0)
+        self.connect(f"{key}_text", 0, f"prepend_{key}", 0)
+        self.connect(f"{key}_text", 1, f"prepend_{key}", 0)
+        self.connect(f"prepend_{key}", 0, "script", 0)
+
 
 def device_patcher() -> dict[str, Any]:
     """The STAGE Bridge device: audio passes through; the UI, the Live observers, the recorder and
@@ -257,17 +267,12 @@ def device_patcher() -> dict[str, Any]:
 
     # prompt: read the text field when Generate is pressed (typed text counts even without Return)
     p.obj("generate_press", "t l b", (ux + 160, 300), 1, ["", "bang"], width=50)
-    p.obj("prompt_text", "route text", (ux + 300, 250), 2, 2, width=70)
-    p.obj("prepend_prompt", "prepend prompt", (ux + 300, 280), 1, 1, width=100)
+    p.text_setting("prompt", "ui_prompt", (ux + 300, 250), width=100)
     p.obj("prepend_generate", "prepend generate", (ux + 160, 330), 1, 1, width=110)
     p.obj("prepend_cancel", "prepend cancel", (ux + 160, 360), 1, 1, width=100)
     p.connect("ui_generate", 0, "generate_press", 0)
     p.connect("generate_press", 1, "ui_prompt", 0)
     p.connect("generate_press", 0, "prepend_generate", 0)
-    p.connect("ui_prompt", 0, "prompt_text", 0)
-    p.connect("prompt_text", 0, "prepend_prompt", 0)
-    p.connect("prompt_text", 1, "prepend_prompt", 0)
-    p.connect("prepend_prompt", 0, "script", 0)
     p.connect("prepend_generate", 0, "script", 0)
     p.connect("ui_cancel", 0, "prepend_cancel", 0)
     p.connect("prepend_cancel", 0, "script", 0)
@@ -309,13 +314,8 @@ def device_patcher() -> dict[str, Any]:
     p.ui("ui_home", "textedit", (ux, 690), [4, 146, 300, 18], 1, ["", "int", "", ""], parameter_enable=0,
          lines=1, wordwrap=0, outputmode=1, bangmode=0, fontsize=10.0,
          hint="Only if the device cannot find it: the stage-bridge folder that holds bounces/")
-    p.obj("home_text", "route text", (ux + 320, 690), 2, 2, width=70)
-    p.obj("prepend_home", "prepend home", (ux + 320, 720), 1, 1, width=90)
+    p.text_setting("home", "ui_home", (ux + 320, 690), width=90)
     p.connect("generate_press", 1, "ui_home", 0)
-    p.connect("ui_home", 0, "home_text", 0)
-    p.connect("home_text", 0, "prepend_home", 0)
-    p.connect("home_text", 1, "prepend_home", 0)
-    p.connect("prepend_home", 0, "script", 0)
 
     p.label("label_ports", "Ports: send / receive", (ux, 750), [320, 130, 110, 16])
     for i, (key, longname, port, dest) in enumerate((("sendport", "Send port", SEND_PORT, "udpsend"),

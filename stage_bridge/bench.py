@@ -292,6 +292,15 @@ def floor_bytes(cfg, rows: int, avg_keys: float, text_tokens: int, elem_bytes: i
             "total": (weights + kv + cross_kv) * elem_bytes}
 
 
+def _proc_field(path: str, prefix: str) -> str | None:
+    """The first line of a /proc file starting with `prefix` (None off Linux)."""
+    try:
+        with open(path) as fh:
+            return next((line for line in fh if line.startswith(prefix)), None)
+    except OSError:
+        return None
+
+
 def machine_info(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count()}
@@ -299,22 +308,12 @@ def machine_info(device: torch.device) -> dict:
         info["cores_available"] = len(os.sched_getaffinity(0))
     except AttributeError:
         pass
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal"):
-                    info["mem_total_gib"] = round(int(line.split()[1]) / 2**20, 1)
-                    break
-    except OSError:
-        pass
+    cpu_model = _proc_field("/proc/cpuinfo", "model name")
+    if cpu_model:
+        info["cpu_model"] = cpu_model.split(":", 1)[1].strip()
+    mem_total = _proc_field("/proc/meminfo", "MemTotal")
+    if mem_total:
+        info["mem_total_gib"] = round(int(mem_total.split()[1]) / 2**20, 1)
     if hasattr(os, "getloadavg"):  # other work on the machine skews every number here
         info["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
     if device.type == "cuda":

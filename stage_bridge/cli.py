@@ -138,7 +138,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if model.is_random:
         print(f"warning: model '{model.name}' has random weights and produces noise (for tests and demos only)",
               file=sys.stderr)
-    progress = None if args.quiet else _progress_bar()
+    progress = None if args.quiet else ProgressBar()
     try:
         result = render_stem(model, request, progress=progress)
     finally:
@@ -165,7 +165,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-class _progress_bar:
+class ProgressBar:
     """A tqdm bar fed by the engine's (done, total) progress callback."""
 
     def __init__(self) -> None:

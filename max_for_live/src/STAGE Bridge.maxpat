@@ -2584,42 +2584,6 @@
 			{
 				"patchline": {
 					"destination": [
-						"generate_press",
-						0
-					],
-					"source": [
-						"ui_generate",
-						0
-					]
-				}
-			},
-			{
-				"patchline": {
-					"destination": [
-						"ui_prompt",
-						0
-					],
-					"source": [
-						"generate_press",
-						1
-					]
-				}
-			},
-			{
-				"patchline": {
-					"destination": [
-						"prepend_generate",
-						0
-					],
-					"source": [
-						"generate_press",
-						0
-					]
-				}
-			},
-			{
-				"patchline": {
-					"destination": [
 						"prompt_text",
 						0
 					],
@@ -2661,6 +2625,42 @@
 					],
 					"source": [
 						"prepend_prompt",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"generate_press",
+						0
+					],
+					"source": [
+						"ui_generate",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"ui_prompt",
+						0
+					],
+					"source": [
+						"generate_press",
+						1
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"prepend_generate",
+						0
+					],
+					"source": [
+						"generate_press",
 						0
 					]
 				}
@@ -2908,18 +2908,6 @@
 			{
 				"patchline": {
 					"destination": [
-						"ui_home",
-						0
-					],
-					"source": [
-						"generate_press",
-						1
-					]
-				}
-			},
-			{
-				"patchline": {
-					"destination": [
 						"home_text",
 						0
 					],
@@ -2962,6 +2950,18 @@
 					"source": [
 						"prepend_home",
 						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"ui_home",
+						0
+					],
+					"source": [
+						"generate_press",
+						1
 					]
 				}
 			},

@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from ..errors import StageError
-from .server import LOOPBACK, Bridge, ServeConfig, check_listen_host
+from .server import Bridge, ServeConfig, check_listen_host
 
 log = logging.getLogger("stage_bridge.daemon")
 
@@ -58,8 +58,7 @@ def open_midi(cfg: ServeConfig) -> Any:
 
 def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if cfg.osc_host not in LOOPBACK and not cfg.allow_remote:
-        check_listen_host(cfg)  # refuse at once, before minutes of model loading
+    check_listen_host(cfg)  # refuse at once, before minutes of model loading
     models, device = load_models(cfg)
     midi = open_midi(cfg)
     try:

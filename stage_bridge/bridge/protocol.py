@@ -33,7 +33,10 @@ from typing import Any, Sequence
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 
+from ..audio.context import CONTEXT_MODES
+from ..audio.timing import BEAT_UNITS, BEATS_PER_BAR_RANGE, BPM_RANGE
 from ..errors import StageError
+from ..limits import MAX_BARS, MAX_TAKES
 
 PING, GENERATE, TEMPO, CANCEL, STATUS = "/stage/ping", "/stage/generate", "/stage/tempo", "/stage/cancel", "/stage/status"
 INFO = "/stage/info"  # asked and answered under the same address
@@ -42,11 +45,7 @@ ACCEPTED, PROGRESS, DONE = "/stage/job/accepted", "/stage/job/progress", "/stage
 ERROR, CANCELLED = "/stage/job/error", "/stage/job/cancelled"
 
 INSTRUMENTS = ("drums", "bass")
-CONTEXT_MODES = ("mix", "click", "mix+click")
 DEFAULT_CONTEXT_MODE = "mix+click"
-BPM_RANGE = (30.0, 300.0)
-MAX_BARS = 512
-MAX_TAKES = 8
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 # Every error code the daemon sends in /stage/job/error, with what it means for the musician.
@@ -124,9 +123,10 @@ def check_bpm(bpm: Any) -> float:
 
 
 def check_meter(beats_per_bar: Any, beat_unit: Any) -> tuple[int | None, int | None]:
-    if beats_per_bar is not None and (not _is_int(beats_per_bar) or not 1 <= beats_per_bar <= 32):
+    lo, hi = BEATS_PER_BAR_RANGE
+    if beats_per_bar is not None and (not _is_int(beats_per_bar) or not lo <= beats_per_bar <= hi):
         raise ProtocolError("bad_tempo", f"beats_per_bar {beats_per_bar!r} must be a whole number from 1 to 32.")
-    if beat_unit is not None and (not _is_int(beat_unit) or beat_unit not in (1, 2, 4, 8, 16)):
+    if beat_unit is not None and (not _is_int(beat_unit) or beat_unit not in BEAT_UNITS):
         raise ProtocolError("bad_tempo", f"beat_unit {beat_unit!r} must be 1, 2, 4, 8 or 16.")
     return beats_per_bar, beat_unit
 

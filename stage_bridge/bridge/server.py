@@ -67,11 +67,9 @@ class ServeConfig:
 def check_listen_host(cfg: ServeConfig) -> str:
     """Loopback unless explicitly allowed: OSC has no authentication."""
     host = cfg.osc_host
-    if host not in LOOPBACK:
-        if not cfg.allow_remote:
-            raise StageError(f"--osc-host {host} would accept commands from other computers; add --allow-remote "
-                             "if that is really what you want (default: 127.0.0.1, this computer only).")
-        log.warning("listening on %s: any computer that can reach this port can start jobs", host)
+    if host not in LOOPBACK and not cfg.allow_remote:
+        raise StageError(f"--osc-host {host} would accept commands from other computers; add --allow-remote "
+                         "if that is really what you want (default: 127.0.0.1, this computer only).")
     return host
 
 
@@ -112,6 +110,8 @@ class Bridge:
 
     def _bind(self) -> socket.socket:
         host = check_listen_host(self.cfg)
+        if host not in LOOPBACK:
+            log.warning("listening on %s: any computer that can reach this port can start jobs", host)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.bind((host, self.cfg.osc_port))

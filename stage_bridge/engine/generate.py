@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..audio import Audio, CONTEXT_MODES, bars_to_samples, build_context, is_silent, resample, to_mono, validate_tempo
 from ..errors import BadArgument, Cancelled, EmptyAudio
+from ..limits import MAX_BARS, MAX_TAKES
 from .lm import CrossContext, StageLM
 from .model import StageModel
 from .pattern import StageLayout, build_sequence, delay_revert, step_positions
@@ -34,8 +35,6 @@ from .stepper import EagerStepper, StaticStepper, make_stepper
 Progress = Callable[[int, int], None]  # (steps done, steps total)
 ShouldCancel = Callable[[], bool]
 
-MAX_TAKES = 8
-MAX_BARS = 512
 
 
 @dataclass(frozen=True)

@@ -78,22 +78,7 @@ def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype = tor
     _load(codec_model, codec_state, f"{ckpt.name} (EnCodec)")
     codec = Codec(codec_model.to(device).eval(), ckpt.lm_config.num_codebooks)
 
-    text, reason = None, ""
-    tokenizer = ByteTokenizer() if ckpt.tokenizer is None else _load_tokenizer(ckpt.tokenizer)
-    if tokenizer is None:
-        reason = ("The text prompt needs the t5-base tokenizer, which is not on this machine. Run "
-                  "`stage-bridge weights --fetch t5-base` where a network exists, or generate without a prompt.")
-    else:
-        t5 = T5EncoderModel(ckpt.text_config)
-        if ckpt.text_state is not None:
-            _load(t5, ckpt.text_state, f"{ckpt.name} (T5)")
-        else:
-            t5 = _pretrained_t5(ckpt.tokenizer)
-        if t5 is None:
-            reason = ("The text prompt needs the t5-base encoder weights; run `stage-bridge weights --fetch t5-base` "
-                      "where a network exists, or generate without a prompt.")
-        else:
-            text = TextEncoder(t5.to(device).eval(), tokenizer)
+    text, reason = _text_encoder(ckpt, device)
     return StageModel(ckpt.name, lm, codec, text, device, ckpt.is_random, reason)
 
 
@@ -117,6 +102,23 @@ def _match_weight_norm(state: dict, model_keys) -> dict:
         return {k.replace("parametrizations.weight.original0", "weight_g")
                  .replace("parametrizations.weight.original1", "weight_v"): v for k, v in state.items()}
     return state
+
+
+def _text_encoder(ckpt: Checkpoint, device: torch.device) -> tuple[TextEncoder | None, str]:
+    """T5 + tokenizer, or None and what to do to get them (prompts are optional)."""
+    tokenizer = ByteTokenizer() if ckpt.tokenizer is None else _load_tokenizer(ckpt.tokenizer)
+    if tokenizer is None:
+        return None, ("The text prompt needs the t5-base tokenizer, which is not on this machine. Run "
+                      "`stage-bridge weights --fetch t5-base` where a network exists, or generate without a prompt.")
+    if ckpt.text_state is not None:
+        t5 = T5EncoderModel(ckpt.text_config)
+        _load(t5, ckpt.text_state, f"{ckpt.name} (T5)")
+    else:  # audiocraft does not store T5: the pretrained t5-base next to its tokenizer
+        t5 = _pretrained_t5(ckpt.tokenizer)
+        if t5 is None:
+            return None, ("The text prompt needs the t5-base encoder weights; run `stage-bridge weights --fetch "
+                          "t5-base` where a network exists, or generate without a prompt.")
+    return TextEncoder(t5.to(device).eval(), tokenizer), ""
 
 
 def _load_tokenizer(source: str):
