@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from ..errors import Cancelled, StageError
-from .protocol import ProtocolError
+from .protocol import ERROR_CODES, ProtocolError
 
 log = logging.getLogger("stage_bridge.jobs")
 
@@ -228,5 +228,4 @@ class JobQueue:
 
 
 def _code(e: StageError) -> str:
-    from .protocol import ERROR_CODES
     return e.code if e.code in ERROR_CODES else "engine_error"
