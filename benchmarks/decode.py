@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without `pip install -e .`
 
-from stage_bridge.bench import main  # noqa: E402
+from stage_bridge.cli import main  # noqa: E402  (the CLI entry: same process set-up as `stage-bridge bench`)
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main(["bench", *sys.argv[1:]]))

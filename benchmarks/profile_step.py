@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
+from stage_bridge.cli import prefer_huge_pages
 
-from stage_bridge.engine.lm import LMConfig, StageLM
-from stage_bridge.engine.stepper import EagerStepper, StaticStepper
+prefer_huge_pages()  # as the CLI does; it must run before torch is imported
+
+import torch  # noqa: E402
+
+from stage_bridge.engine.lm import LMConfig, StageLM  # noqa: E402
+from stage_bridge.engine.stepper import EagerStepper, StaticStepper  # noqa: E402
 
 
 def main() -> None:
@@ -29,6 +33,7 @@ def main() -> None:
     dev = torch.device(args.device)
     torch.manual_seed(0)
     lm = StageLM(LMConfig()).to(dev, dtype).eval()
+    lm.pack_for_cpu()  # as build_model does for inference (CPU, fp32)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     rows, n = args.rows, args.steps
     valid = torch.ones(rows, n, dtype=torch.bool, device=dev)

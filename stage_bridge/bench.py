@@ -28,9 +28,13 @@ medians are reported.
   decode step touches (all linears of all layers, cross-attention q/out only when there is text,
   layer norms, the output heads, and just the K embedding rows per row) + the self-attention
   KV cache at the average number of keys over the decode steps + the cross-attention K/V (text
-  only). Bandwidth = (bytes read + bytes written) / time of the fastest of several copies of a
-  `--bw-mib` tensor on the device (the STREAM "copy" convention), taken as the rate at which a
-  decode step can stream its bytes.
+  only). Bandwidth = (bytes read + bytes written) / time of a copy of a `--bw-mib` tensor on the
+  device (the STREAM "copy" convention), taken as the rate at which a decode step can stream its
+  bytes. On a shared machine that rate drifts by a third or more within minutes, so it is
+  measured during the timed runs themselves: every `--probe-every` sampled steps one copy runs
+  with the run's clock stopped (`StepProbe`). Each run is compared with the median of its own
+  probes (ours/floor = median over runs); `floor_ms_per_step` uses the median of all of them.
+  A separate fastest-of-5 probe after the runs is reported for reference.
 """
 
 from __future__ import annotations
@@ -80,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     p.add_argument("--bw-mib", type=int, default=512, help="size of the bandwidth-probe copy")
+    p.add_argument("--probe-every", type=int, default=16,
+                   help="probe the bandwidth every this many sampled steps of each timed run (clock stopped)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-transformers", action="store_true", help="time ours only")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress on stderr)")
@@ -149,6 +155,45 @@ class Run:
     ms_per_step: float
     total_s: float
     steps: int
+    copy_gbps: list[float]  # the copy probes taken during this run
+
+
+class StepProbe:
+    """Measures memory bandwidth during a timed run, between its decode steps.
+
+    Why: on a shared machine the copy rate drifts by a third or more within minutes (measured
+    here: 31 to 65 GB/s within one benchmark), so a probe taken before or after a run says little
+    about the run. Every `every` sampled steps this copies a `mib` MiB tensor once (read + written
+    bytes / time) and stops the run's clock meanwhile (`paused`), so the steps are timed without
+    the probes and the floor is computed from the bandwidth of the same seconds.
+    """
+
+    def __init__(self, device: torch.device, mib: int, every: int, sync: Callable[[], None]):
+        self.src = torch.ones(mib * 2**20 // 4, dtype=torch.float32, device=device)
+        self.dst = torch.empty_like(self.src)
+        self.dst.copy_(self.src)  # fault the pages in
+        self.every, self.sync = every, sync
+        self.rates: list[float] = []
+        self.paused = 0.0
+
+    def start(self) -> None:
+        """A new run: forget earlier probes."""
+        self.rates, self.paused = [], 0.0
+
+    def now(self) -> float:
+        """The run's clock: wall time less the time spent probing."""
+        return time.perf_counter() - self.paused
+
+    def after_step(self, done: int) -> None:
+        if done % self.every:
+            return
+        self.sync()
+        t = time.perf_counter()
+        self.dst.copy_(self.src)
+        self.sync()
+        dt = time.perf_counter() - t
+        self.rates.append(2 * self.src.numel() * 4 / dt / 1e9)
+        self.paused += dt
 
 
 def _syncer(device: torch.device) -> Callable[[], None]:
@@ -157,14 +202,15 @@ def _syncer(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def _summarize(t0: float, stamps: list[float], steps: int, side: str) -> Run:
+def _summarize(t0: float, stamps: list[float], steps: int, side: str, probe: StepProbe) -> Run:
     """prefill = call -> first sampled step; ms/step over the rest; total = call -> last sampled step."""
     if len(stamps) != steps or steps < 2:
         raise RuntimeError(f"{side}: expected {steps} sampled steps, saw {len(stamps)}")
-    return Run(stamps[0] - t0, 1000.0 * (stamps[-1] - stamps[0]) / (steps - 1), stamps[-1] - t0, steps)
+    return Run(stamps[0] - t0, 1000.0 * (stamps[-1] - stamps[0]) / (steps - 1), stamps[-1] - t0, steps,
+               list(probe.rates))
 
 
-def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states, sync) -> Run:
+def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states, probe: StepProbe) -> Run:
     """`generate_codes` with the whole context in one window, timed over `gen_frames + K - 1` steps.
 
     `generate_codes` pairs target frame t with context frame t (context beyond the target is
@@ -183,14 +229,16 @@ def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states
     stamps: list[float] = []
 
     def progress(done: int, total_steps: int) -> None:
-        sync()
-        stamps.append(time.perf_counter())
+        probe.sync()
+        stamps.append(probe.now())
+        probe.after_step(done)
 
     sampling = SamplingParams(guidance=args.guidance, top_k=args.top_k)
     calls: list[int] = []  # steps per forward (CUDA-graph capture runs 1-step forwards; a replay calls no hook)
     hook = lm.register_forward_pre_hook(lambda mod, a: calls.append(a[0].shape[-1]))
-    sync()
-    t0 = time.perf_counter()
+    probe.start()
+    probe.sync()
+    t0 = probe.now()
     with torch.inference_mode():
         cross = None
         if text_states is not None:
@@ -204,14 +252,13 @@ def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states
             pass
         finally:
             hook.remove()
-    sync()
     prefill = context_codes.shape[-1] + 2  # context, SEP, then the delay pattern's first step
     if calls.count(prefill) != 1 or any(c not in (1, prefill) for c in calls):
         raise RuntimeError(f"ours: forwards saw {sorted(set(calls))} steps (expected one prefill of {prefill})")
-    return _summarize(t0, stamps, steps, "ours")
+    return _summarize(t0, stamps, steps, "ours", probe)
 
 
-def run_transformers(hf, prompt: torch.Tensor, steps: int, args, text_states, sync) -> Run:
+def run_transformers(hf, prompt: torch.Tensor, steps: int, args, text_states, probe: StepProbe) -> Run:
     from transformers.generation.streamers import BaseStreamer
 
     class Stamps(BaseStreamer):
@@ -219,8 +266,10 @@ def run_transformers(hf, prompt: torch.Tensor, steps: int, args, text_states, sy
             self.t: list[float] = []
 
         def put(self, value):  # first call: the prompt (before prefill); then one per sampled token
-            sync()
-            self.t.append(time.perf_counter())
+            probe.sync()
+            self.t.append(probe.now())
+            if len(self.t) > 1:
+                probe.after_step(len(self.t) - 1)
 
         def end(self):
             pass
@@ -235,8 +284,9 @@ def run_transformers(hf, prompt: torch.Tensor, steps: int, args, text_states, sy
         kwargs = dict(encoder_hidden_states=text_states,
                       past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()))
     try:
-        sync()
-        t0 = time.perf_counter()
+        probe.start()
+        probe.sync()
+        t0 = probe.now()
         hf.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=True, top_k=args.top_k,
                     guidance_scale=args.guidance, use_cache=True, num_return_sequences=1, streamer=streamer,
                     **kwargs)
@@ -245,7 +295,7 @@ def run_transformers(hf, prompt: torch.Tensor, steps: int, args, text_states, sy
     if not calls or calls[0] != prompt.shape[-1] or any(c != 1 for c in calls[1:]):
         raise RuntimeError(f"transformers: prefill saw {calls[:1]} tokens (expected {prompt.shape[-1]}), "
                            "the KV cache is not used as expected")
-    return _summarize(t0, streamer.t[1:], steps, "transformers")
+    return _summarize(t0, streamer.t[1:], steps, "transformers", probe)
 
 
 def measure_bandwidth(device: torch.device, mib: int, repeats: int = 5) -> dict:
@@ -328,8 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.guidance <= 1.0:
         _log("--guidance must be > 1 (transformers only applies CFG above 1).")
         return 2
-    if min(args.context_frames, args.batch, args.repeats) < 1 or args.gen_frames < 2 or args.dim % args.heads:
-        _log("need --context-frames >= 1, --gen-frames >= 2, --batch >= 1, --repeats >= 1, dim divisible by heads.")
+    if min(args.context_frames, args.batch, args.repeats, args.probe_every) < 1 or args.gen_frames < 2 \
+            or args.dim % args.heads:
+        _log("need --context-frames >= 1, --gen-frames >= 2, --batch >= 1, --repeats >= 1, --probe-every >= 1, "
+             "dim divisible by heads.")
         return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         _log("--device cuda: no CUDA device is available.")
@@ -344,7 +396,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
-    sync = _syncer(device)
     if hasattr(os, "getloadavg") and os.getloadavg()[0] > 0.5 and device.type == "cpu":
         _log(f"note: load average is {os.getloadavg()[0]:.2f}; other processes will skew the timings.")
     load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
@@ -352,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"building models ({args.layers} layers, d={args.dim}, {args.heads} heads, ffn {args.ffn}) "
          f"on {args.device} {args.dtype}, {threads} threads ...")
     hf, ours, cfg = build_models(args, device, dtype)
+    packed = ours.pack_for_cpu()  # what build_model does for inference (CPU, fp32)
     layout = StageLayout(args.context_frames, args.gen_frames, NUM_CODEBOOKS)
     prefill_tokens, steps = layout.first_generated_step, layout.num_steps - layout.first_generated_step
     rows = 2 * args.batch
@@ -363,34 +415,40 @@ def main(argv: list[str] | None = None) -> int:
     if args.text_tokens > 0:
         text = torch.randn(rows, args.text_tokens, args.dim, generator=g).to(device=device, dtype=dtype)
 
-    warm = max(2, min(args.warmup_frames, args.gen_frames))
-    warm_steps = StageLayout(args.context_frames, warm, NUM_CODEBOOKS).num_steps - prefill_tokens
-    _log(f"warm-up ({warm} frames) ...")
-    run_ours(ours, context, warm, args, text, sync)
-    if not args.skip_transformers:
-        run_transformers(hf, prompt, warm_steps, args, text, sync)
-
-    ours_runs: list[Run] = []
-    hf_runs: list[Run] = []
-    for r in range(args.repeats):
-        o = run_ours(ours, context, args.gen_frames, args, text, sync)
-        ours_runs.append(o)
-        _log(f"[{r + 1}/{args.repeats}] ours:         prefill {o.prefill_s:.3f} s, {o.ms_per_step:.2f} ms/step")
-        if not args.skip_transformers:
-            h = run_transformers(hf, prompt, steps, args, text, sync)
-            hf_runs.append(h)
-            _log(f"[{r + 1}/{args.repeats}] transformers: prefill {h.prefill_s:.3f} s, {h.ms_per_step:.2f} ms/step")
-    attn_impl = getattr(hf.config, "_attn_implementation", None)
-    del hf, ours
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-    _log(f"bandwidth probe ({args.bw_mib} MiB copy) ...")
-    bw = measure_bandwidth(device, args.bw_mib)
     # decode forwards run at steps prefill_tokens .. prefill_tokens + steps - 2; step s attends to s + 1 keys
     avg_keys = prefill_tokens + steps / 2.0
     fb = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(dtype).bits // 8)
-    floor_ms = 1000.0 * fb["total"] / (bw["copy_gbps"] * 1e9)
+    floor_ms = lambda gbps: 1000.0 * fb["total"] / (gbps * 1e9)  # noqa: E731
+    probe_every = max(1, min(args.probe_every, steps - 1))
+    probe = StepProbe(device, args.bw_mib, probe_every, _syncer(device))
+
+    warm = max(2, min(args.warmup_frames, args.gen_frames))
+    warm_steps = StageLayout(args.context_frames, warm, NUM_CODEBOOKS).num_steps - prefill_tokens
+    _log(f"warm-up ({warm} frames) ...")
+    run_ours(ours, context, warm, args, text, probe)
+    if not args.skip_transformers:
+        run_transformers(hf, prompt, warm_steps, args, text, probe)
+
+    ours_runs: list[Run] = []
+    hf_runs: list[Run] = []
+    over_floor = lambda run: run.ms_per_step / floor_ms(statistics.median(run.copy_gbps))  # noqa: E731
+    for r in range(args.repeats):
+        o = run_ours(ours, context, args.gen_frames, args, text, probe)
+        ours_runs.append(o)
+        _log(f"[{r + 1}/{args.repeats}] ours:         prefill {o.prefill_s:.3f} s, {o.ms_per_step:.2f} ms/step, "
+             f"{over_floor(o):.2f}x the floor")
+        if not args.skip_transformers:
+            h = run_transformers(hf, prompt, steps, args, text, probe)
+            hf_runs.append(h)
+            _log(f"[{r + 1}/{args.repeats}] transformers: prefill {h.prefill_s:.3f} s, {h.ms_per_step:.2f} ms/step, "
+                 f"{over_floor(h):.2f}x the floor")
+    attn_impl = getattr(hf.config, "_attn_implementation", None)
+    del hf, ours, probe
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    _log(f"bandwidth probe ({args.bw_mib} MiB copy, fastest of 5) ...")
+    bw = measure_bandwidth(device, args.bw_mib)
+    in_run = [g for run in ours_runs + hf_runs for g in run.copy_gbps]
 
     med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
     ours_ms = med([r.ms_per_step for r in ours_runs])
@@ -400,19 +458,22 @@ def main(argv: list[str] | None = None) -> int:
         "transformers_ms_per_step": hf_ms,
         "ratio": hf_ms / ours_ms if hf_ms is not None else None,
         "ratio_definition": "transformers_ms_per_step / ours_ms_per_step (> 1: ours is faster)",
-        "floor_ms_per_step": floor_ms,
-        "ours_over_floor": ours_ms / floor_ms,
-        "transformers_over_floor": hf_ms / floor_ms if hf_ms is not None else None,
+        "floor_ms_per_step": floor_ms(statistics.median(in_run)),
+        "ours_over_floor": med([over_floor(r) for r in ours_runs]),
+        "transformers_over_floor": med([over_floor(r) for r in hf_runs]),
         "ours_prefill_s": med([r.prefill_s for r in ours_runs]),
         "transformers_prefill_s": med([r.prefill_s for r in hf_runs]),
         "ours_to_last_step_s": med([r.total_s for r in ours_runs]),
         "transformers_to_last_step_s": med([r.total_s for r in hf_runs]),
         "ours_runs_ms_per_step": [r.ms_per_step for r in ours_runs],
         "transformers_runs_ms_per_step": [r.ms_per_step for r in hf_runs],
+        "ours_runs_over_floor": [over_floor(r) for r in ours_runs],
+        "transformers_runs_over_floor": [over_floor(r) for r in hf_runs],
         "repeats": args.repeats,
         "device": args.device,
         "dtype": args.dtype,
         "threads": threads,
+        "ours_weights_packed": packed,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "transformers_attn_implementation": attn_impl,
@@ -423,11 +484,14 @@ def main(argv: list[str] | None = None) -> int:
                      "rows": rows, "guidance": args.guidance, "top_k": args.top_k, "text_tokens": args.text_tokens,
                      "prefill_tokens": prefill_tokens, "decode_steps": steps, "avg_keys_per_decode_step": avg_keys},
         "floor": {"bytes_per_step": fb["total"], "weight_bytes": fb["weights"], "self_kv_bytes": fb["self_kv"],
-                  "cross_kv_bytes": fb["cross_kv"], "bandwidth_gbps": bw["copy_gbps"],
-                  "bandwidth_convention": "fastest copy of a large tensor: (bytes read + bytes written) / time; "
+                  "cross_kv_bytes": fb["cross_kv"], "bandwidth_gbps": statistics.median(in_run),
+                  "bandwidth_convention": "copies of a large tensor taken between decode steps of the timed runs "
+                                          "(clock stopped meanwhile): (bytes read + bytes written) / time, median; "
                                           "the floor assumes a decode step streams its bytes at this rate",
-                  "copy_one_way_gbps": bw["copy_one_way_gbps"], "sum_read_gbps": bw["sum_read_gbps"],
-                  "probe_mib": args.bw_mib},
+                  "in_run_copy_gbps": in_run,
+                  "separate_probe": {"copy_gbps": bw["copy_gbps"], "copy_one_way_gbps": bw["copy_one_way_gbps"],
+                                     "sum_read_gbps": bw["sum_read_gbps"], "note": "fastest of 5, after the runs"},
+                  "probe_mib": args.bw_mib, "probe_every_steps": probe_every},
     }
     table = format_table(result)
     if args.json:
@@ -440,12 +504,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_table(r: dict) -> str:
     w, f, m = r["workload"], r["floor"], r["machine"]
+    sep = f["separate_probe"]
     fmt = lambda x, spec: format(x, spec) if x is not None else "-"  # noqa: E731
     where = m.get("gpu") or m.get("cpu_model") or m.get("processor")
     lines = [
         f"decode benchmark: {r['model']['layers']} layers, d={r['model']['dim']}, {r['model']['heads']} heads, "
         f"ffn {r['model']['ffn']}, 4x{CARD} codebooks, random weights (identical on both sides)",
-        f"{r['device']} ({where}), {r['dtype']}, {r['threads']} threads, torch {r['torch_version']}, "
+        f"{r['device']} ({where}), {r['dtype']}{' (ours: oneDNN-packed weights)' if r.get('ours_weights_packed') else ''}, "
+        f"{r['threads']} threads, torch {r['torch_version']}, "
         f"transformers {r['transformers_version']} (attn: {r['transformers_attn_implementation']})",
         f"context {w['context_frames']} frames, {w['gen_frames']} generated: prefill {w['prefill_tokens']} steps, "
         f"{w['decode_steps']} sampled steps, {w['rows']} rows (batch {w['batch']} x CFG {w['guidance']:g}), "
@@ -463,7 +529,12 @@ def format_table(r: dict) -> str:
         f"floor: {f['bytes_per_step'] / 1e9:.3f} GB read per step (weights {f['weight_bytes'] / 1e9:.3f} GB, "
         f"self-attn KV {f['self_kv_bytes'] / 1e9:.3f} GB at {w['avg_keys_per_decode_step']:.1f} keys avg, "
         f"cross KV {f['cross_kv_bytes'] / 1e9:.3f} GB) / {f['bandwidth_gbps']:.2f} GB/s",
-        f"bandwidth: {f['probe_mib']} MiB copy, (read + written bytes) / time = {f['bandwidth_gbps']:.2f} GB/s "
-        f"({f['copy_one_way_gbps']:.2f} GB/s each way); read-only sum: {f['sum_read_gbps']:.2f} GB/s",
+        f"bandwidth during the runs ({len(f['in_run_copy_gbps'])} copies of {f['probe_mib']} MiB, one every "
+        f"{f['probe_every_steps']} steps, (read + written bytes) / time): median {f['bandwidth_gbps']:.1f}, "
+        f"range {min(f['in_run_copy_gbps']):.1f}-{max(f['in_run_copy_gbps']):.1f} GB/s",
+        f"separate probe after the runs (fastest of 5): copy {sep['copy_gbps']:.1f} GB/s "
+        f"({sep['copy_one_way_gbps']:.1f} each way), read-only sum {sep['sum_read_gbps']:.1f} GB/s",
+        f"ours/floor per run (each against its own probes): "
+        f"{', '.join(format(x, '.2f') for x in r['ours_runs_over_floor'])}",
     ]
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -260,7 +261,20 @@ def cmd_bench(args: argparse.Namespace, rest: Sequence[str] = ()) -> int:
     return bench_main(list(rest))
 
 
+def prefer_huge_pages() -> None:
+    """Ask PyTorch to back its large CPU tensors (weights, KV cache) with transparent huge pages.
+
+    Why: a decode step streams ~1.4 GB of weights; with 4 KiB pages the packed-weight products
+    reached 0.80-0.85 of the copy bandwidth on a 2-core AMD EPYC, with huge pages 0.86-1.0.
+    PyTorch reads THP_MEM_ALLOC_ENABLE once, at its first allocation, so this only acts before
+    torch is imported (a user's own setting wins; Linux only, elsewhere it changes nothing).
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    prefer_huge_pages()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv[:1] == ["bench"]:

@@ -7,7 +7,7 @@ import json
 from stage_bridge.bench import main
 
 TINY = ["--layers", "2", "--dim", "64", "--heads", "4", "--ffn", "128", "--context-frames", "20",
-        "--gen-frames", "10", "--repeats", "1", "--json", "--bw-mib", "64"]
+        "--gen-frames", "10", "--repeats", "1", "--json", "--bw-mib", "64", "--probe-every", "4"]
 
 
 def test_bench_json(capsys):
@@ -24,6 +24,10 @@ def test_bench_json(capsys):
     assert (w["prefill_tokens"], w["decode_steps"], w["rows"]) == (22, 13, 2)  # 20 + 1 + 1; 10 + 4 - 1; CFG
     assert result["floor"]["bytes_per_step"] > result["floor"]["weight_bytes"] > 0
     assert abs(result["ratio"] - result["transformers_ms_per_step"] / result["ours_ms_per_step"]) < 1e-9
+    # bandwidth drifts on shared machines: probed between the steps of each timed run (13 steps, every 4th)
+    assert len(result["floor"]["in_run_copy_gbps"]) == 2 * 3 and result["floor"]["probe_every_steps"] == 4
+    assert len(result["ours_runs_over_floor"]) == 1 and result["ours_over_floor"] == result["ours_runs_over_floor"][0]
+    assert isinstance(result["ours_weights_packed"], bool)
 
 
 def test_floor_counts_every_weight_a_decode_step_reads():

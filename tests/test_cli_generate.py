@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,18 @@ def test_real_context_from_shared_folder(tmp_path, capsys, shared_dir):
     data, rate = sf.read(path)
     assert rate == sf.info(str(ctx)).samplerate == 32000
     assert len(data) == 2 * 4 * 60 * 32000 // 100
+
+
+@pytest.mark.parametrize("preset, want", [(None, "1"), ("0", "0")])
+def test_cli_asks_for_huge_pages_before_torch_loads(preset, want):
+    """The entry point sets PyTorch's THP switch before torch is imported; a user's value wins."""
+    code = ("import os, sys\n"
+            "from stage_bridge.cli import prefer_huge_pages\n"
+            "prefer_huge_pages()\n"
+            "import torch\n"
+            "print(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if preset is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = preset
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == want

@@ -55,6 +55,28 @@ def test_cached_prefill_and_steps_equal_full_forward():
 
 
 @torch.no_grad()
+def test_packed_cpu_weights_decode_like_plain_ones():
+    """Inference on a CPU runs on oneDNN-packed weights: cached decode must match plain recompute."""
+    plain, packed = _lm(), _lm()
+    if not packed.pack_for_cpu():
+        pytest.skip("this torch build cannot pack weights for oneDNN")
+    tokens, step_valid, layout = _sequence()
+    positions = step_positions(step_valid)
+    text = torch.randn(2, 3, CFG.text_dim)
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    full = plain(tokens, positions, step_valid, 0, plain.cross_context(text, mask))
+    cross = packed.cross_context(text, mask)
+    split, n = layout.first_generated_step, tokens.shape[-1]
+    packed.setup_cache(2, n)
+    got = [packed(tokens[..., :split], positions[:, :split], step_valid[:, :split], 0, cross)]
+    for s in range(split, n):
+        got.append(packed(tokens[..., s:s + 1], positions[:, s:s + 1], step_valid[:, :s + 1], s, cross))
+    got = torch.cat(got, dim=2)
+    valid_rows = step_valid[:, :, None, None].transpose(1, 2).expand_as(full)
+    assert (got - full)[valid_rows].abs().max() < 1e-4
+
+
+@torch.no_grad()
 def test_masked_steps_are_the_same_as_absent_steps():
     """A fully masked context changes nothing compared to no context at all."""
     lm = _lm(1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+
+import pytest
 import torch
 from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForCausalLM,
                           MusicgenForConditionalGeneration, T5Config)
@@ -14,10 +17,16 @@ TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_he
             dropout=0.0, activation_dropout=0.0, attention_dropout=0.0)
 
 
-def _ours(folder) -> tuple[StageLM, object]:
+# Where oneDNN is part of every torch build (x86-64), packing must happen, not fall back quietly.
+PACKING_EXPECTED = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def _ours(folder, packed: bool = False) -> tuple[StageLM, object]:
     ckpt = from_transformers_folder(folder)
     lm = StageLM(ckpt.lm_config)
     lm.load_state_dict(ckpt.lm_state, strict=True)
+    if packed:
+        assert lm.pack_for_cpu() or not PACKING_EXPECTED
     return lm.eval(), ckpt
 
 
@@ -27,11 +36,13 @@ def _random_init(model: torch.nn.Module) -> None:
             p.normal_(0.0, 0.2)
 
 
-def test_causal_lm_logits_match(tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
+def test_causal_lm_logits_match(tmp_path, packed):
+    """Also with the weights packed for the CPU, which is how inference runs there."""
     hf = MusicgenForCausalLM(MusicgenDecoderConfig(**TINY)).eval()
     _random_init(hf)
     hf.save_pretrained(tmp_path)
-    ours, _ = _ours(tmp_path)
+    ours, _ = _ours(tmp_path, packed)
 
     b, k, s = 2, 4, 23
     tokens = torch.randint(0, 64, (b, k, s))
@@ -49,7 +60,8 @@ def test_causal_lm_logits_match(tmp_path):
     assert (got - want).abs().max().item() < 1e-4
 
 
-def test_conditional_generation_logits_match_with_text(tmp_path):
+@pytest.mark.parametrize("packed", [False, True], ids=["plain", "packed"])
+def test_conditional_generation_logits_match_with_text(tmp_path, packed):
     """The whole transformers layout: T5 states -> enc_to_dec_proj -> cross-attention."""
     t5 = T5Config(vocab_size=100, d_model=24, d_kv=6, d_ff=48, num_layers=1, num_heads=4,
                   feed_forward_proj="relu", dropout_rate=0.0)
@@ -62,7 +74,7 @@ def test_conditional_generation_logits_match_with_text(tmp_path):
     _random_init(hf.decoder)
     _random_init(hf.enc_to_dec_proj)
     hf.save_pretrained(tmp_path)
-    ours, ckpt = _ours(tmp_path)
+    ours, ckpt = _ours(tmp_path, packed)
     assert ckpt.format == "transformers" and ckpt.text_state is not None and ckpt.codec_state
 
     b, k, s = 2, 4, 17
@@ -80,11 +92,28 @@ def test_conditional_generation_logits_match_with_text(tmp_path):
 
 
 def test_decode_linear_equals_f_linear():
-    """The CPU decode path computes weight @ x.T; same numbers as F.linear."""
-    from stage_bridge.engine.lm import linear
+    """The CPU decode path computes weight @ x.T or runs oneDNN on a packed weight; same numbers
+    as F.linear for decode-, prefill- and training-sized inputs."""
+    from stage_bridge.engine.lm import linear, pack_linear_weight
 
     w = torch.randn(96, 32)
+    packed = pack_linear_weight(w)
+    assert packed is not None or not PACKING_EXPECTED
     for shape in [(1, 1, 32), (2, 1, 32), (4, 3, 32), (3, 40, 32)]:
         x = torch.randn(shape)
-        assert torch.allclose(linear(x, w), torch.nn.functional.linear(x, w), atol=1e-5)
-        assert linear(x, w).shape == (*shape[:-1], 96)
+        want = torch.nn.functional.linear(x, w)
+        for weight in [w] + ([packed] if packed is not None else []):
+            assert linear(x, weight).shape == want.shape
+            assert torch.allclose(linear(x, weight), want, atol=1e-5)
+
+
+def test_packing_applies_only_to_fp32_on_cpu_and_leaves_no_gradient_path():
+    from stage_bridge.engine.lm import LMConfig, pack_linear_weight
+
+    assert pack_linear_weight(torch.randn(8, 4, dtype=torch.bfloat16)) is None
+    lm = StageLM(LMConfig(dim=16, num_layers=1, num_heads=2, ffn_dim=32, num_codebooks=2, card=8, text_dim=8))
+    assert not lm.to(torch.bfloat16).pack_for_cpu()
+    lm = lm.float()
+    if lm.pack_for_cpu():
+        assert all(m.weight.is_mkldnn and not m.weight.requires_grad for m in lm.projections())
+        assert not lm.layers[0].cross_attn.kv.weight.is_mkldnn  # used once per generation, kept plain

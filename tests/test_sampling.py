@@ -24,6 +24,20 @@ def test_top_k_never_samples_outside_the_k_best():
         assert (best == tok[..., None]).any(-1).all()
 
 
+def test_top_k_and_top_p_sample_the_renormalised_distribution():
+    """Frequencies over 40000 draws match softmax over the kept tokens (top-k 3, then top-p)."""
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, 3.0]).log_softmax(-1).expand(40000, 6)
+    g = torch.Generator().manual_seed(3)
+    freq = torch.bincount(sample_next(logits, SamplingParams(top_k=3), g), minlength=6) / 40000
+    want = torch.zeros(6)
+    want[[5, 0, 1]] = torch.tensor([3.0, 2.0, 1.0]).softmax(-1)
+    assert (freq - want).abs().max() < 0.015
+    freq = torch.bincount(sample_next(logits, SamplingParams(top_k=3, top_p=0.8), g), minlength=6) / 40000
+    want = torch.zeros(6)
+    want[[5, 0]] = torch.tensor([3.0, 2.0]).softmax(-1)  # the best two reach 0.91 >= 0.8: the third is dropped
+    assert (freq - want).abs().max() < 0.015
+
+
 def test_top_p_keeps_the_smallest_set_reaching_p():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     logits = probs.log().expand(2000, 4)

@@ -87,7 +87,7 @@ def _tiny_ckpt():
 
 def tiny():
     ckpt = _tiny_ckpt()
-    return ckpt, build_model(ckpt, CPU)
+    return ckpt, build_model(ckpt, CPU, inference=False)
 
 
 def config(**kw) -> TrainConfig:
@@ -190,6 +190,15 @@ def test_schedule_follows_the_paper():
     assert s.lrs(699) == (1e-5, 1e-5) and s.lrs(10_000) == (1e-5, 1e-5)
 
 
+def test_a_model_packed_for_inference_is_refused(tmp_path):
+    ckpt = _tiny_ckpt()
+    model = build_model(ckpt, CPU)  # inference: packed where the CPU allows
+    if not any(p.is_mkldnn for p in model.lm.parameters()):
+        pytest.skip("this torch build cannot pack weights for oneDNN")
+    with pytest.raises(ValueError, match="inference=False"):
+        Trainer(model, ckpt, Synthetic(4), None, tmp_path / "run", config())
+
+
 def test_phase1_changes_only_the_context_token_rows(tmp_path):
     ckpt, model = tiny()
     before = {k: v.clone() for k, v in model.lm.state_dict().items()}
@@ -286,7 +295,7 @@ def test_resume_continues_exactly(uninterrupted, tmp_path):
     step_dir = ckpt_io.latest_checkpoint(run)
     assert step_dir.name == "step-00000004"
     ckpt2 = resolve(str(step_dir))  # what run_training does: the checkpoint is a whole model
-    trainer = Trainer(build_model(ckpt2, CPU), ckpt2, Synthetic(6), Synthetic(3, seed=9), run,
+    trainer = Trainer(build_model(ckpt2, CPU, inference=False), ckpt2, Synthetic(6), Synthetic(3, seed=9), run,
                       config(steps=8, **RESUME_CFG))
     trainer.restore(step_dir)
     assert (trainer.step, trainer.epoch, trainer.micro_in_epoch) == (4, 2, 2)
@@ -347,7 +356,7 @@ def test_ctrl_c_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path, mo
     # and the run resumes from it
     monkeypatch.setattr(ckpt_io, "save_native", real)
     ck = resolve(str(good))
-    again = Trainer(build_model(ck, CPU), ck, Synthetic(4), None, run, config(steps=4, save_every=2))
+    again = Trainer(build_model(ck, CPU, inference=False), ck, Synthetic(4), None, run, config(steps=4, save_every=2))
     again.restore(good)
     assert [r.step for r in again.fit()] == [3, 4]
     assert ckpt_io.latest_checkpoint(run).name == "step-00000004"
@@ -506,7 +515,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
 def test_mixed_precision_on_cuda(tmp_path, precision):
     ckpt = _tiny_ckpt()
-    model = build_model(ckpt, torch.device("cuda"))
+    model = build_model(ckpt, torch.device("cuda"), inference=False)
     cfg = config(steps=20, batch=4, precision=precision, valid_every=10,
                  schedule=ScheduleConfig(phase1_steps=3, warmup_steps=3, sep_lr=1e-2, lr=1e-2, sep_final_lr=1e-2))
     trainer = Trainer(model, ckpt, Synthetic(4), Synthetic(2, seed=3), tmp_path / "run", cfg)
@@ -524,11 +533,11 @@ def test_resume_on_cuda(tmp_path):
     cfg = dict(RESUME_CFG, precision="bf16")
     ckpt = _tiny_ckpt()
     cuda = torch.device("cuda")
-    whole = Trainer(build_model(ckpt, cuda), ckpt, Synthetic(6), None, tmp_path / "a", config(steps=6, **cfg)).fit()
-    Trainer(build_model(ckpt, cuda), ckpt, Synthetic(6), None, tmp_path / "b", config(steps=3, **cfg)).fit()
+    whole = Trainer(build_model(ckpt, cuda, inference=False), ckpt, Synthetic(6), None, tmp_path / "a", config(steps=6, **cfg)).fit()
+    Trainer(build_model(ckpt, cuda, inference=False), ckpt, Synthetic(6), None, tmp_path / "b", config(steps=3, **cfg)).fit()
     step_dir = ckpt_io.latest_checkpoint(tmp_path / "b")
     ck = resolve(str(step_dir))
-    trainer = Trainer(build_model(ck, cuda), ck, Synthetic(6), None, tmp_path / "b", config(steps=6, **cfg))
+    trainer = Trainer(build_model(ck, cuda, inference=False), ck, Synthetic(6), None, tmp_path / "b", config(steps=6, **cfg))
     trainer.restore(step_dir)
     rest = trainer.fit()
     print("cuda resume", [(a.loss, b.loss) for a, b in zip(whole[3:], rest)])

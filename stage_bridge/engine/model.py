@@ -64,11 +64,17 @@ class StageModel:
         return self.text
 
 
-def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype = torch.float32) -> StageModel:
-    """Instantiate the modules from config and load the checkpoint's tensors strictly."""
+def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype = torch.float32,
+                inference: bool = True) -> StageModel:
+    """Instantiate the modules from config and load the checkpoint's tensors strictly.
+
+    `inference` packs the decoder's weights for the CPU's fast kernels where that applies
+    (`StageLM.pack_for_cpu`); training passes False to keep plain, trainable weights."""
     lm = StageLM(ckpt.lm_config)
     _load(lm, ckpt.lm_state, f"{ckpt.name} (decoder)")
     lm = lm.to(device=device, dtype=dtype).eval()
+    if inference:
+        lm.pack_for_cpu()
 
     if not ckpt.codec_state:
         raise WeightsMissing(f"{ckpt.name} holds no EnCodec weights (a bare decoder). Use a full model "

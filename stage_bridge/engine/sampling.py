@@ -40,18 +40,24 @@ def apply_guidance(logits: Tensor, scale: float) -> Tensor:
 
 
 def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator | None) -> Tensor:
-    """(..., V) logits -> (...) long tokens."""
+    """(..., V) logits -> (...) long tokens.
+
+    With top-k, the draw is made among the k best only (their values come sorted from `topk`,
+    so top-p needs no further sort): the same distribution as masking the rest to -inf, at a
+    fraction of the work per step (4 x 250 candidates instead of 4 x 2048).
+    """
     if params.temperature == 0.0:
         return logits.argmax(-1)
     logits = logits.float() / params.temperature
+    indices = None
     if 0 < params.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, params.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        logits, indices = torch.topk(logits, params.top_k, dim=-1)
     probs = torch.softmax(logits, dim=-1)
     if 0.0 < params.top_p < 1.0:
-        sorted_p, idx = probs.sort(dim=-1, descending=True)
-        drop = sorted_p.cumsum(-1) - sorted_p > params.top_p  # keep the token that crosses top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, idx, sorted_p)
+        if indices is None:
+            probs, indices = probs.sort(dim=-1, descending=True)
+        drop = probs.cumsum(-1) - probs > params.top_p  # keep the token that crosses top_p
+        probs = probs.masked_fill(drop, 0.0)
     flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    choice = torch.multinomial(flat, 1, generator=generator).view(*probs.shape[:-1], 1)
+    return (choice if indices is None else indices.gather(-1, choice)).squeeze(-1)

@@ -259,7 +259,7 @@ def run_training(args: argparse.Namespace) -> int:
         if base_ckpt.meta.get("decoder_only"):
             raise BadArgument(f"{settings['base']} is a bare decoder without EnCodec/T5; use a full model "
                               "(facebook/musicgen-small).")
-        model = build_model(base_ckpt, device, torch.float32)
+        model = build_model(base_ckpt, device, torch.float32, inference=False)
         if model.is_random and info.main:
             print(f"warning: model '{model.name}' has random weights (for tests and demos only)", file=sys.stderr)
         base_ckpt.lm_state, base_ckpt.codec_state = {}, {}  # the live modules hold the weights now

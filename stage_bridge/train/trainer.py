@@ -468,6 +468,9 @@ class Trainer:
         self.train_set, self.valid_set = train_set, valid_set
         self.device = model.device
         self.lm_cfg: LMConfig = model.lm.cfg
+        if any(p.is_mkldnn for p in model.lm.parameters()):
+            raise ValueError("this model's weights are packed for inference; build it with "
+                             "build_model(..., inference=False) to train it")
         if next(model.lm.parameters()).dtype != torch.float32:
             raise ValueError("train with fp32 master weights (build_model(..., dtype=torch.float32)); "
                              "use --precision for mixed precision")
