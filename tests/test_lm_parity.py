@@ -92,8 +92,8 @@ def test_conditional_generation_logits_match_with_text(tmp_path, packed):
 
 
 def test_decode_linear_equals_f_linear():
-    """The CPU decode path computes weight @ x.T or runs oneDNN on a packed weight (GELU and the
-    residual add fused); same numbers as F.linear for decode-, prefill- and training-sized inputs."""
+    """The CPU decode path computes weight @ x.T or runs oneDNN on a packed weight; same numbers
+    as F.linear for decode-, prefill- and training-sized inputs."""
     from stage_bridge.engine.lm import linear, pack_linear_weight
 
     w = torch.randn(96, 32)
@@ -102,13 +102,9 @@ def test_decode_linear_equals_f_linear():
     for shape in [(1, 1, 32), (2, 1, 32), (4, 3, 32), (3, 40, 32)]:
         x = torch.randn(shape)
         want = torch.nn.functional.linear(x, w)
-        res = torch.randn(want.shape)
         for weight in [w] + ([packed] if packed is not None else []):
             assert linear(x, weight).shape == want.shape
             assert torch.allclose(linear(x, weight), want, atol=1e-5)
-            assert torch.allclose(linear(x, weight, gelu=True), torch.nn.functional.gelu(want), atol=1e-5)
-            assert torch.allclose(linear(x, weight, res), res + want, atol=1e-5)
-            assert torch.allclose(linear(x, weight, res, gelu=True), res + torch.nn.functional.gelu(want), atol=1e-5)
 
 
 def test_packing_applies_only_to_fp32_on_cpu_and_leaves_no_gradient_path():

@@ -69,31 +69,23 @@ def sinusoidal_embedding(positions: Tensor, dim: int, max_period: float = 10000.
     return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
 
 
-def linear(x: Tensor, weight: Tensor, residual: Tensor | None = None, *, gelu: bool = False) -> Tensor:
-    """[residual +] [gelu](x @ weight.T) for a bias-free layer, fast for decode on a CPU.
+def linear(x: Tensor, weight: Tensor) -> Tensor:
+    """x @ weight.T for a bias-free layer, fast for decode-sized inputs on a CPU.
 
     Decoding multiplies a handful of rows by every weight matrix, so it is bound by reading the
     weights. A weight packed by `pack_linear_weight` (oneDNN's blocked layout) runs oneDNN's own
-    kernels, which also apply the GELU or the residual add to the product as it is written
-    (one call instead of two, a few us each, ~100 times a step). Unpacked on a CPU, `F.linear`
-    with a few rows can stream weights at a fraction of memory bandwidth (measured on a 2-core
-    AMD EPYC: ~9 GB/s, MKL's small-product path), while the same product as weight @ x.T
-    streams at ~28 GB/s. Same numbers, different loop order.
+    kernels. Unpacked on a CPU, `F.linear` with a few rows can stream weights at a fraction of
+    memory bandwidth (measured on a 2-core AMD EPYC: ~9 GB/s, MKL's small-product path), while
+    the same product as weight @ x.T streams at ~28 GB/s. Same numbers, different loop order.
+    (Fusing the GELU and the residual adds into oneDNN's calls was tried: no measurable gain.)
     """
-    rows = x.numel() // x.shape[-1]
     if weight.is_mkldnn:
-        if residual is not None and not gelu:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, None, "add")
-        y = torch.ops.mkldnn._linear_pointwise(x, weight, None, "gelu" if gelu else "none", [], "none")
-    else:
-        if x.device.type != "cpu" or rows > 16:
-            y = F.linear(x, weight)
-        else:
-            flat = x.reshape(rows, x.shape[-1])
-            y = torch.mm(weight, flat.t()).t().contiguous().view(*x.shape[:-1], weight.shape[0])
-        if gelu:
-            y = F.gelu(y)
-    return y if residual is None else residual + y
+        return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+    rows = x.numel() // x.shape[-1]
+    if x.device.type != "cpu" or rows > 16:
+        return F.linear(x, weight)
+    flat = x.reshape(rows, x.shape[-1])
+    return torch.mm(weight, flat.t()).t().contiguous().view(*x.shape[:-1], weight.shape[0])
 
 
 def pack_linear_weight(weight: Tensor, rows_hint: int = 2) -> Tensor | None:
@@ -167,13 +159,13 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.cache: KVCache | None = None
 
-    def forward(self, x: Tensor, start: int | Tensor, bias: Tensor, residual: Tensor) -> Tensor:
+    def forward(self, x: Tensor, start: int | Tensor, bias: Tensor) -> Tensor:
         b, t, d = x.shape
         q, k, v = linear(x, self.qkv.weight).view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         if self.cache is not None:
             k, v = self.cache.update(start, k, v)
         y = attend(q, k, v, bias)
-        return linear(y.transpose(1, 2).reshape(b, t, d), self.out.weight, residual)
+        return linear(y.transpose(1, 2).reshape(b, t, d), self.out.weight)
 
 
 class CrossAttention(nn.Module):
@@ -191,11 +183,11 @@ class CrossAttention(nn.Module):
         k, v = self.kv(states).view(b, n, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         return k.contiguous(), v.contiguous()  # else every decode step's matmul copies them
 
-    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], bias: Tensor, residual: Tensor) -> Tensor:
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], bias: Tensor) -> Tensor:
         b, t, d = x.shape
         q = linear(x, self.q.weight).view(b, t, self.num_heads, -1).transpose(1, 2)
         y = attend(q, kv[0], kv[1], bias)
-        return linear(y.transpose(1, 2).reshape(b, t, d), self.out.weight, residual)
+        return linear(y.transpose(1, 2).reshape(b, t, d), self.out.weight)
 
 
 class FeedForward(nn.Module):
@@ -204,8 +196,8 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.down = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
-    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        return linear(linear(x, self.up.weight, gelu=True), self.down.weight, residual)
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(F.gelu(linear(x, self.up.weight)), self.down.weight)
 
 
 class Block(nn.Module):
@@ -220,12 +212,10 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, start: int | Tensor, bias: Tensor,
                 cross_kv: tuple[Tensor, Tensor] | None, cross_bias: Tensor | None) -> Tensor:
-        """Pre-norm residual block. Each sublayer adds its output to the residual stream `x` in
-        its last projection (one fused op on a CPU with packed weights; see `linear`)."""
-        x = self.self_attn(self.self_norm(x), start, bias, x)
+        x = x + self.self_attn(self.self_norm(x), start, bias)
         if cross_kv is not None:
-            x = self.cross_attn(self.cross_norm(x), cross_kv, cross_bias, x)
-        return self.ffn(self.ffn_norm(x), x)
+            x = x + self.cross_attn(self.cross_norm(x), cross_kv, cross_bias)
+        return x + self.ffn(self.ffn_norm(x))
 
 
 @dataclass
