@@ -91,9 +91,10 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
 def pack_linear_weight(weight: Tensor, rows_hint: int = 2) -> Tensor | None:
     """`weight` in oneDNN's packed layout for `linear`, or None where that is not possible.
 
-    Why: on the CPUs measured (2-core AMD EPYC), oneDNN's kernels on a packed weight stream it
-    at ~34 GB/s for decode-sized inputs (vs ~28 for the best unpacked form) and run prefill-sized
-    products ~2.4x faster than MKL. Only fp32 on a CPU; the packed tensor replaces the weight, so
+    Why: on the CPU measured (2-core AMD EPYC), oneDNN's kernels on a packed weight stream it at
+    0.84-0.97 of the copy bandwidth for decode-sized inputs (the best unpacked form: 0.5-0.8) and
+    run prefill-sized products ~2.4x faster than MKL. `rows_hint` is the rows a decode step has
+    (2: CFG); other counts run correctly. Only fp32 on a CPU; the packed tensor replaces the weight, so
     memory is not doubled, and autograd cannot flow into it (inference only). The product is
     checked once against the plain one, so a build whose oneDNN lacks the op falls back cleanly.
     """
