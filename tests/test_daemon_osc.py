@@ -225,12 +225,18 @@ def test_cancel_running_job_leaves_no_file(rig):
     assert status(rig).args[:2] == ("idle", 0)
 
 
-def test_cancel_queued_job(rig):
-    running, queued = unique_id("run"), unique_id("queued")
+def busy_with_one_queued(rig: Rig, tag: str, **queued_params) -> tuple[str, str, object]:
+    """A long job running and a 1-bar job queued behind it: (running id, queued id, its accepted reply)."""
+    running, queued = unique_id(tag), unique_id(tag + "-queued")
     generate(rig, running, **LONG)
     wait_running(rig, running)
-    generate(rig, queued, bars=1)
+    generate(rig, queued, bars=1, **queued_params)
     accepted = rig.dump.wait_for(lambda m: m.address == P.ACCEPTED and m.args[0] == queued, 10)
+    return running, queued, accepted
+
+
+def test_cancel_queued_job(rig):
+    running, queued, accepted = busy_with_one_queued(rig, "run")
     assert accepted.args == (queued, 1)
     rig.send(CANCEL, "s", queued)
     assert rig.dump.wait_job_end(queued, 10).address == P.CANCELLED
@@ -243,11 +249,7 @@ def test_cancel_queued_job(rig):
 
 
 def test_status_while_busy(rig):
-    running, queued = unique_id("busy"), unique_id("behind")
-    generate(rig, running, **LONG)
-    wait_running(rig, running)
-    generate(rig, queued, bars=1, bpm=100.0)
-    rig.dump.wait_for(lambda m: m.address == P.ACCEPTED and m.args[0] == queued, 10)
+    running, queued, _ = busy_with_one_queued(rig, "busy", bpm=100.0)
     st = status(rig)
     assert st.args[:5] == ("busy", 1, LONG["bpm"], "request", "cpu")  # the running job's tempo and its source
     for job in (queued, running):
@@ -257,11 +259,7 @@ def test_status_while_busy(rig):
 
 
 def test_duplicate_job_running_or_queued(rig):
-    running, queued = unique_id("dup"), unique_id("dupq")
-    generate(rig, running, **LONG)
-    wait_running(rig, running)
-    generate(rig, queued, bars=1)
-    rig.dump.wait_for(lambda m: m.address == P.ACCEPTED and m.args[0] == queued, 10)
+    running, queued, _ = busy_with_one_queued(rig, "dup")
     for job in (running, queued):
         mark = rig.dump.mark()
         generate(rig, job, bars=1)

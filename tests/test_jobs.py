@@ -128,6 +128,16 @@ def job(job_id: str, **params) -> Job:
     return Job(job_id, {"bars": 4, **params})
 
 
+def busy(q: JobQueue, runner: FakeRunner, *queued: str) -> threading.Event:
+    """Job "a" running, held until the returned gate is set, and `queued` submitted behind it."""
+    gate = runner.hold("a")
+    q.submit(job("a"))
+    runner.wait_started("a")
+    for job_id in queued:
+        q.submit(job(job_id))
+    return gate
+
+
 def states(journal: Journal) -> dict[str, str]:
     return {j.id: j.state for j in journal.history(1000)}
 
@@ -163,11 +173,7 @@ def test_progress_is_throttled_and_ends_at_100(make_queue):
 
 def test_capacity_queue_full(make_queue, journal):
     q, runner, ev = make_queue(capacity=2)
-    gate = runner.hold("a")
-    q.submit(job("a"))
-    runner.wait_started("a")
-    q.submit(job("b"))
-    q.submit(job("c"))
+    gate = busy(q, runner, "b", "c")
     with pytest.raises(ProtocolError) as info:
         q.submit(job("d"))
     assert info.value.code == "queue_full"
@@ -181,10 +187,7 @@ def test_capacity_queue_full(make_queue, journal):
 
 def test_duplicate_job(make_queue, journal):
     q, runner, ev = make_queue()
-    gate = runner.hold("a")
-    q.submit(job("a"))
-    runner.wait_started("a")
-    q.submit(job("b"))
+    gate = busy(q, runner, "b")
     for dup in ("a", "b"):  # running, queued
         with pytest.raises(ProtocolError) as info:
             q.submit(job(dup))
@@ -204,11 +207,7 @@ def test_duplicate_job(make_queue, journal):
 
 def test_cancel_queued_job(make_queue, journal):
     q, runner, ev = make_queue()
-    gate = runner.hold("a")
-    q.submit(job("a"))
-    runner.wait_started("a")
-    q.submit(job("b"))
-    q.submit(job("c"))
+    gate = busy(q, runner, "b", "c")
     q.cancel("b")
     assert ev.of("b") == ["accepted", "cancelled"]
     assert states(journal)["b"] == CANCELLED and q.queue_length == 1
