@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="probe the bandwidth every this many sampled steps of each timed run (clock stopped)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-transformers", action="store_true", help="time ours only")
+    p.add_argument("--compile", action="store_true",
+                   help="ours: decode steps compiled by TorchInductor (CPU, fp32; as `generate/serve --compile`); "
+                        "the warm-up run then includes compiling")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress on stderr)")
     return p
 
@@ -210,7 +213,8 @@ def _summarize(t0: float, stamps: list[float], steps: int, side: str, probe: Ste
                list(probe.rates))
 
 
-def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states, probe: StepProbe) -> Run:
+def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states, probe: StepProbe,
+             compiled=None) -> Run:
     """`generate_codes` with the whole context in one window, timed over `gen_frames + K - 1` steps.
 
     `generate_codes` pairs target frame t with context frame t (context beyond the target is
@@ -219,6 +223,8 @@ def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states
     prefill and every timed step then do exactly the work of a `[context][SEP][gen_frames]`
     window. (Only the preallocated KV cache is longer, which the eager CPU step never reads; the
     CUDA-graph step attends over the whole cache.)
+    With `compiled` (a `CompiledDecoder`) the forwards are not counted: a hook would change what
+    the compiled step was traced with and make it recompile.
     """
     from .engine.generate import generate_codes
     from .engine.sampling import SamplingParams
@@ -235,7 +241,7 @@ def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states
 
     sampling = SamplingParams(guidance=args.guidance, top_k=args.top_k)
     calls: list[int] = []  # steps per forward (CUDA-graph capture runs 1-step forwards; a replay calls no hook)
-    hook = lm.register_forward_pre_hook(lambda mod, a: calls.append(a[0].shape[-1]))
+    hook = lm.register_forward_pre_hook(lambda mod, a: calls.append(a[0].shape[-1])) if compiled is None else None
     probe.start()
     probe.sync()
     t0 = probe.now()
@@ -247,13 +253,14 @@ def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states
         try:
             generate_codes(lm, context_codes, total, takes=args.batch, sampling=sampling, seed=args.seed,
                            cross=cross, window_frames=total, overlap_frames=0, progress=progress,
-                           should_cancel=lambda: len(stamps) >= steps)
+                           should_cancel=lambda: len(stamps) >= steps, compiled=compiled)
         except Cancelled:
             pass
         finally:
-            hook.remove()
+            if hook is not None:
+                hook.remove()
     prefill = context_codes.shape[-1] + 2  # context, SEP, then the delay pattern's first step
-    if calls.count(prefill) != 1 or any(c not in (1, prefill) for c in calls):
+    if hook is not None and (calls.count(prefill) != 1 or any(c not in (1, prefill) for c in calls)):
         raise RuntimeError(f"ours: forwards saw {sorted(set(calls))} steps (expected one prefill of {prefill})")
     return _summarize(t0, stamps, steps, "ours", probe)
 
@@ -403,7 +410,17 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"building models ({args.layers} layers, d={args.dim}, {args.heads} heads, ffn {args.ffn}) "
          f"on {args.device} {args.dtype}, {threads} threads ...")
     hf, ours, cfg = build_models(args, device, dtype)
-    packed = ours.pack_for_cpu()  # what build_model does for inference (CPU, fp32)
+    compiled, packed = None, False
+    if args.compile:
+        from .engine.compiled import CompiledDecoder, compile_problem
+
+        problem = compile_problem(device, dtype)
+        if problem is not None:
+            _log(problem)
+            return 2
+        compiled = CompiledDecoder(ours.requires_grad_(False))
+    else:
+        packed = ours.pack_for_cpu()  # what build_model does for inference (CPU, fp32)
     layout = StageLayout(args.context_frames, args.gen_frames, NUM_CODEBOOKS)
     prefill_tokens, steps = layout.first_generated_step, layout.num_steps - layout.first_generated_step
     rows = 2 * args.batch
@@ -424,8 +441,10 @@ def main(argv: list[str] | None = None) -> int:
 
     warm = max(2, min(args.warmup_frames, args.gen_frames))
     warm_steps = StageLayout(args.context_frames, warm, NUM_CODEBOOKS).num_steps - prefill_tokens
-    _log(f"warm-up ({warm} frames) ...")
-    run_ours(ours, context, warm, args, text, probe)
+    _log(f"warm-up ({warm} frames{', compiling the decode step' if compiled else ''}) ...")
+    t_warm = time.perf_counter()
+    run_ours(ours, context, warm, args, text, probe, compiled)
+    ours_warmup_s = time.perf_counter() - t_warm
     if not args.skip_transformers:
         run_transformers(hf, prompt, warm_steps, args, text, probe)
 
@@ -433,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_runs: list[Run] = []
     over_floor = lambda run: run.ms_per_step / floor_ms(statistics.median(run.copy_gbps))  # noqa: E731
     for r in range(args.repeats):
-        o = run_ours(ours, context, args.gen_frames, args, text, probe)
+        o = run_ours(ours, context, args.gen_frames, args, text, probe, compiled)
         ours_runs.append(o)
         _log(f"[{r + 1}/{args.repeats}] ours:         prefill {o.prefill_s:.3f} s, {o.ms_per_step:.2f} ms/step, "
              f"{over_floor(o):.2f}x the floor")
@@ -443,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"[{r + 1}/{args.repeats}] transformers: prefill {h.prefill_s:.3f} s, {h.ms_per_step:.2f} ms/step, "
                  f"{over_floor(h):.2f}x the floor")
     attn_impl = getattr(hf.config, "_attn_implementation", None)
-    del hf, ours, probe
+    del hf, ours, compiled, probe
     if device.type == "cuda":
         torch.cuda.empty_cache()
     _log(f"bandwidth probe ({args.bw_mib} MiB copy, fastest of 5) ...")
@@ -474,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": args.dtype,
         "threads": threads,
         "ours_weights_packed": packed,
+        "ours_compiled": args.compile,
+        "ours_warmup_s": ours_warmup_s,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
         "transformers_attn_implementation": attn_impl,
@@ -502,6 +523,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _ours_mode(r: dict) -> str:
+    if r.get("ours_compiled"):
+        return f" (ours: decode step compiled by Inductor; warm-up incl. compiling {r['ours_warmup_s']:.0f} s)"
+    return " (ours: oneDNN-packed weights)" if r.get("ours_weights_packed") else ""
+
+
 def format_table(r: dict) -> str:
     w, f, m = r["workload"], r["floor"], r["machine"]
     sep = f["separate_probe"]
@@ -510,7 +537,7 @@ def format_table(r: dict) -> str:
     lines = [
         f"decode benchmark: {r['model']['layers']} layers, d={r['model']['dim']}, {r['model']['heads']} heads, "
         f"ffn {r['model']['ffn']}, 4x{CARD} codebooks, random weights (identical on both sides)",
-        f"{r['device']} ({where}), {r['dtype']}{' (ours: oneDNN-packed weights)' if r.get('ours_weights_packed') else ''}, "
+        f"{r['device']} ({where}), {r['dtype']}{_ours_mode(r)}, "
         f"{r['threads']} threads, torch {r['torch_version']}, "
         f"transformers {r['transformers_version']} (attn: {r['transformers_attn_implementation']})",
         f"context {w['context_frames']} frames, {w['gen_frames']} generated: prefill {w['prefill_tokens']} steps, "

@@ -69,6 +69,13 @@ class DeviceUnavailable(StageError):
     code = "device_unavailable"
 
 
+class CompileUnavailable(StageError):
+    """`--compile` was asked for where the decode step cannot be compiled (no C++ compiler,
+    not the CPU, not fp32)."""
+
+    code = "compile_unavailable"
+
+
 class Cancelled(StageError):
     """A generation was cancelled by the user; no file is written."""
 

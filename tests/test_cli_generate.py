@@ -105,6 +105,7 @@ def test_bad_inputs_one_line_exit_2_no_files(tmp_path, capsys):
     assert "bars" in _bad(tmp_path, capsys, "--bars", "0", context=song)
     assert "'fast' is not a number" in _bad(tmp_path, capsys, "--bpm", "fast", context=song)
     assert "--context" in _bad(tmp_path, capsys)  # mix mode without a context file
+    assert "fp32" in _bad(tmp_path, capsys, "--compile", "--precision", "bf16", "--device", "cpu", context=song)
 
 
 def test_unknown_instrument_without_model(tmp_path, capsys):

@@ -209,3 +209,10 @@ def test_unknown_cli_keys_are_ignored(tmp_path):
 def test_every_key_maps_to_a_serveconfig_field():
     fields = set(ServeConfig.__dataclass_fields__)
     assert {field for _, field in KEYS.values()} <= fields
+
+
+def test_compile_is_a_boolean_setting(tmp_path):
+    assert load_config({}, env={}, config_file=tmp_path / "absent.toml").compile is False
+    assert load_config({}, env={}, config_file=toml(tmp_path, "compile = true\n")).compile is True
+    assert load_config({}, env={"STAGE_BRIDGE_COMPILE": "1"}, config_file=tmp_path / "a.toml").compile is True
+    assert load_config({"compile": None}, env={}, config_file=tmp_path / "a.toml").compile is False

@@ -92,8 +92,8 @@ def test_conditional_generation_logits_match_with_text(tmp_path, packed):
 
 
 def test_decode_linear_equals_f_linear():
-    """The CPU decode path computes weight @ x.T or runs oneDNN on a packed weight; same numbers
-    as F.linear for decode-, prefill- and training-sized inputs."""
+    """The CPU path computes weight @ x.T, or runs oneDNN on a packed weight or (many rows, no
+    autograd) a plain one; same numbers as F.linear for decode-, prefill- and training-sized inputs."""
     from stage_bridge.engine.lm import linear, pack_linear_weight
 
     w = torch.randn(96, 32)
@@ -103,8 +103,11 @@ def test_decode_linear_equals_f_linear():
         x = torch.randn(shape)
         want = torch.nn.functional.linear(x, w)
         for weight in [w] + ([packed] if packed is not None else []):
-            assert linear(x, weight).shape == want.shape
-            assert torch.allclose(linear(x, weight), want, atol=1e-5)
+            for grad in (True, False):  # without autograd, many rows on a plain weight run oneDNN
+                with torch.set_grad_enabled(grad):
+                    got = linear(x, weight)
+                assert got.shape == want.shape
+                assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_packing_applies_only_to_fp32_on_cpu_and_leaves_no_gradient_path():

@@ -32,7 +32,7 @@ else:  # pragma: no cover
 
 ENV_PREFIX = "STAGE_BRIDGE_"
 KEYS = {  # key: (type, ServeConfig field)
-    "model": (str, "models"), "device": (str, "device"), "precision": (str, "precision"), "osc_host": (str, "osc_host"), "osc_port": (int, "osc_port"),
+    "model": (str, "models"), "device": (str, "device"), "precision": (str, "precision"), "compile": (bool, "compile"), "osc_host": (str, "osc_host"), "osc_port": (int, "osc_port"),
     "reply_host": (str, "reply_host"), "reply_port": (int, "reply_port"), "allow_remote": (bool, "allow_remote"),
     "midi": (bool, "midi"), "midi_in": (str, "midi_in"), "midi_api": (str, "midi_api"), "home": (Path, "home"),
     "allow_root": (list, "allow_roots"), "queue_size": (int, "queue_size"), "weights_dir": (Path, "weights_dir"),

@@ -21,25 +21,47 @@ log = logging.getLogger("stage_bridge.daemon")
 
 def load_models(cfg: ServeConfig) -> tuple[dict[str, Any], str]:
     """instrument -> StageModel (or the StageError saying why not); models shared by name."""
-    from ..engine.model import build_model, parse_precision, pick_device
     from ..engine.checkpoints import resolve
+    from ..engine.compiled import compile_problem
+    from ..engine.model import build_model, parse_precision, pick_device
 
     device = pick_device(cfg.device)
     dtype = parse_precision(cfg.precision)
+    compile = cfg.compile
+    if compile and (problem := compile_problem(device, dtype)) is not None:
+        log.warning("%s Continuing without it (a speed option only).", problem)
+        compile = False
     loaded: dict[str, Any] = {}
     models: dict[str, Any] = {}
     for instrument, name in cfg.models.items():
         if name not in loaded:
             try:
                 log.info("loading model %s for %s on %s ...", name, instrument, device)
-                loaded[name] = build_model(resolve(name, cfg.weights_dir), device, dtype)
+                loaded[name] = build_model(resolve(name, cfg.weights_dir), device, dtype, compile=compile)
                 if loaded[name].is_random:
                     log.warning("model %s has random weights: it produces noise (tests and demos only)", name)
+                if compile:
+                    compile_decode_step(loaded[name])
             except StageError as e:
                 log.warning("%s: %s", instrument, e)
                 loaded[name] = e
         models[instrument] = loaded[name]
     return models, str(device)
+
+
+def compile_decode_step(model: Any) -> None:
+    """Compile the decode step before the daemon answers, as weights are loaded before: the first
+    job must not wait for it. This compiles the commonest kind (one take, no prompt); others
+    (more takes, a prompt) compile at their first job."""
+    import time
+
+    from ..engine.generate import generate_codes
+    from ..engine.sampling import SamplingParams
+
+    log.info("compiling the decode step of %s for this CPU (one-time; a minute or two on few cores) ...", model.name)
+    t = time.perf_counter()
+    generate_codes(model.lm, None, 2, takes=1, sampling=SamplingParams(), compiled=model.compiled)
+    log.info("compiled in %.0f s", time.perf_counter() - t)
 
 
 def open_midi(cfg: ServeConfig) -> Any:

@@ -33,6 +33,7 @@ class ServeConfig:
     models: dict[str, str] = field(default_factory=lambda: {"drums": "stage-drums", "bass": "stage-bass"})
     device: str = "auto"
     precision: str = "fp32"
+    compile: bool = False  # CPU: compile the decode step (engine/compiled.py) before answering
     osc_host: str = "127.0.0.1"
     osc_port: int = 9000
     reply_host: str = "127.0.0.1"

@@ -30,7 +30,8 @@ from .lm import CrossContext, StageLM
 from .model import StageModel
 from .pattern import StageLayout, build_sequence, delay_revert, step_positions
 from .sampling import SamplingParams, apply_guidance, sample_next
-from .stepper import EagerStepper, StaticStepper, make_stepper
+from .compiled import CompiledDecoder
+from .stepper import Stepper, make_stepper
 
 Progress = Callable[[int, int], None]  # (steps done, steps total)
 ShouldCancel = Callable[[], bool]
@@ -75,6 +76,7 @@ def generate_codes(
     progress: Progress | None = None,
     should_cancel: ShouldCancel | None = None,
     use_graph: bool | None = None,
+    compiled: CompiledDecoder | None = None,
 ) -> Tensor:
     """(K, Tc) context codes (or None) -> (takes, K, total_frames) generated target codes.
 
@@ -82,6 +84,8 @@ def generate_codes(
 
     `cross` must hold 2 * takes rows (conditional first) when guidance is on, else `takes` rows.
     `use_graph`: replay decode steps as a CUDA graph (default: on CUDA).
+    `compiled`: run decode steps through this compiled decoder of `lm` (CPU; its caches are
+    kept for the next generation, see `CompiledDecoder.prepare`).
     """
     cfg = lm.cfg
     device = lm.heads[0].weight.device
@@ -98,9 +102,12 @@ def generate_codes(
     total_steps = sum(p.steps(cfg.num_codebooks) for p in plans)
     out = torch.full((takes, cfg.num_codebooks, total_frames), cfg.pad_id, dtype=torch.long, device=device)
     max_steps = max(layout.num_steps for layout in layouts)
-    lm.setup_cache(rows, max_steps)
+    if compiled is not None:
+        compiled.prepare(rows, max_steps)
+    else:
+        lm.setup_cache(rows, max_steps)
     try:
-        stepper = make_stepper(lm, cross, rows, max_steps, use_graph)
+        stepper = make_stepper(lm, cross, rows, max_steps, use_graph, compiled)
         done = 0
         for plan, layout in zip(plans, layouts):
             context = context_codes[None, :, plan.start : plan.start + layout.context_frames].expand(takes, -1, -1)
@@ -113,11 +120,12 @@ def generate_codes(
                 lm, stepper, tokens, valid, layout, takes, sampling, generator, cross, use_cfg, report, should_cancel)
             done += plan.steps(cfg.num_codebooks)
     finally:
-        lm.clear_cache()
+        if compiled is None:
+            lm.clear_cache()
     return out
 
 
-def _decode_window(lm: StageLM, stepper: EagerStepper | StaticStepper, tokens: Tensor, valid: Tensor,
+def _decode_window(lm: StageLM, stepper: Stepper, tokens: Tensor, valid: Tensor,
                    layout: StageLayout, takes: int, sampling: SamplingParams, generator: torch.Generator,
                    cross: CrossContext | None, use_cfg: bool, on_step: Callable[[int], None],
                    should_cancel: ShouldCancel | None) -> Tensor:
@@ -219,7 +227,7 @@ def render_stem(model: StageModel, req: StemRequest, progress: Progress | None =
         cross = model.lm.cross_context(states, mask)
     seed = req.seed if req.seed is not None else random.SystemRandom().randrange(2**31)
     codes = generate_codes(model.lm, context_codes, codec.frames_for(n_model), req.takes, req.sampling, seed, cross,
-                           window_frames, overlap_frames, progress, should_cancel)
+                           window_frames, overlap_frames, progress, should_cancel, compiled=model.compiled)
     t_generated = time.perf_counter()
     _check_cancel(should_cancel)
     audio = codec.decode(codes)[:, :n_model].float().cpu().numpy()

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 from transformers import EncodecModel, T5EncoderModel
 
-from ..errors import BadArgument, CheckpointError, DeviceUnavailable, WeightsMissing
+from ..errors import BadArgument, CheckpointError, CompileUnavailable, DeviceUnavailable, WeightsMissing
 from .checkpoints import Checkpoint, find_tokenizer, resolve
 from .codec import Codec
+from .compiled import CompiledDecoder, compile_problem
 from .lm import StageLM
 from .text import ByteTokenizer, TextEncoder
 
@@ -53,6 +54,7 @@ class StageModel:
     device: torch.device
     is_random: bool
     text_missing_reason: str = ""
+    compiled: CompiledDecoder | None = None  # the CPU decode step compiled by Inductor (opt-in)
 
     @property
     def sample_rate(self) -> int:
@@ -65,15 +67,24 @@ class StageModel:
 
 
 def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype = torch.float32,
-                inference: bool = True) -> StageModel:
+                inference: bool = True, compile: bool = False) -> StageModel:
     """Instantiate the modules from config and load the checkpoint's tensors strictly.
 
     `inference` packs the decoder's weights for the CPU's fast kernels where that applies
-    (`StageLM.pack_for_cpu`); training passes False to keep plain, trainable weights."""
+    (`StageLM.pack_for_cpu`); training passes False to keep plain, trainable weights.
+    `compile` instead keeps them plain and compiles the CPU decode step (`CompiledDecoder`;
+    the compiling itself happens at the first generation of each kind)."""
+    problem = compile_problem(device, dtype) if compile else None
+    if problem is not None:
+        raise CompileUnavailable(problem)
     lm = StageLM(ckpt.lm_config)
     _load(lm, ckpt.lm_state, f"{ckpt.name} (decoder)")
     lm = lm.to(device=device, dtype=dtype).eval()
-    if inference:
+    compiled = None
+    if compile:
+        lm.requires_grad_(False)
+        compiled = CompiledDecoder(lm)
+    elif inference:
         lm.pack_for_cpu()
 
     if not ckpt.codec_state:
@@ -85,12 +96,13 @@ def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype = tor
     codec = Codec(codec_model.to(device).eval(), ckpt.lm_config.num_codebooks)
 
     text, reason = _text_encoder(ckpt, device)
-    return StageModel(ckpt.name, lm, codec, text, device, ckpt.is_random, reason)
+    return StageModel(ckpt.name, lm, codec, text, device, ckpt.is_random, reason, compiled)
 
 
 def load_model(name_or_path: str, device: str = "auto", weights_dir: Path | None = None,
-               precision: str = "fp32") -> StageModel:
-    return build_model(resolve(name_or_path, weights_dir), pick_device(device), parse_precision(precision))
+               precision: str = "fp32", compile: bool = False) -> StageModel:
+    return build_model(resolve(name_or_path, weights_dir), pick_device(device), parse_precision(precision),
+                       compile=compile)
 
 
 def _load(module: torch.nn.Module, state: dict, what: str) -> None:

@@ -1,10 +1,10 @@
-"""How one decode step runs: eager, or replayed as a CUDA graph.
+"""How one decode step runs: eager, replayed as a CUDA graph, or compiled for the CPU.
 
 A single-token step of a 24-layer decoder is a few hundred small kernels; on a GPU launching
 them costs far more than running them. On CUDA the step is captured once per generation into a
 CUDA graph (static shapes: the cache is attended over its whole length with a mask, the step
 index is a device tensor) and replayed with one launch. On CPU/MPS the eager step reads only
-the filled part of the cache.
+the filled part of the cache; on the CPU it may instead run through `CompiledDecoder` (opt-in).
 
 Usage per generation: `lm.setup_cache(rows, max_steps)`, build a stepper, then for every
 window `begin_window(step_valid)` and call it once per step.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .compiled import CompiledDecoder
 from .lm import CrossContext, StageLM
 
 
@@ -29,6 +30,15 @@ class EagerStepper:
     def __call__(self, tokens: Tensor, positions: Tensor, step: int) -> Tensor:
         """tokens (B, K, 1), positions (B, 1) at sequence step `step` -> logits (B, K, V)."""
         return self.lm(tokens, positions, self.step_valid[:, : step + 1], step, self.cross)[:, :, -1]
+
+
+class CompiledStepper(EagerStepper):
+    def __init__(self, lm: StageLM, cross: CrossContext | None, decoder: CompiledDecoder):
+        super().__init__(lm, cross)
+        self.decoder = decoder
+
+    def __call__(self, tokens: Tensor, positions: Tensor, step: int) -> Tensor:
+        return self.decoder(tokens, positions, self.step_valid[:, : step + 1], self.cross)
 
 
 class StaticStepper:
@@ -77,9 +87,14 @@ class StaticStepper:
         return self.out
 
 
+Stepper = EagerStepper | StaticStepper
+
+
 def make_stepper(lm: StageLM, cross: CrossContext | None, rows: int, max_steps: int,
-                 use_graph: bool | None = None) -> EagerStepper | StaticStepper:
-    """CUDA graph on CUDA (unless `use_graph` is False), eager elsewhere."""
+                 use_graph: bool | None = None, compiled: CompiledDecoder | None = None) -> Stepper:
+    """`compiled` when given; else a CUDA graph on CUDA (unless `use_graph` is False), eager elsewhere."""
+    if compiled is not None:
+        return CompiledStepper(lm, cross, compiled)
     on_cuda = lm.heads[0].weight.device.type == "cuda"
     if use_graph is None:
         use_graph = on_cuda

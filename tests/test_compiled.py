@@ -1,0 +1,181 @@
+"""The opt-in compiled CPU decode step (`--compile`): same results as eager, one compile per kind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stage_bridge.engine import compiled as compiled_mod
+from stage_bridge.engine.compiled import CompiledDecoder, compile_problem
+from stage_bridge.engine.generate import generate_codes
+from stage_bridge.engine.lm import StageLM
+from stage_bridge.engine.pattern import StageLayout, build_sequence, step_positions
+from stage_bridge.engine.sampling import SamplingParams
+
+from conftest import require_tool
+from test_kv_cache import CFG
+from test_kv_cache import _lm as random_lm
+
+WINDOW = 12  # frames: keeps the preallocated cache small
+
+
+def _lm(seed: int = 0) -> StageLM:
+    return random_lm(seed).requires_grad_(False)  # as build_model(compile=True) leaves it
+
+
+CPU = torch.device("cpu")
+
+
+def _no_compiler() -> bool:
+    return compile_problem(CPU, torch.float32) is not None
+
+
+def require_compiler() -> None:
+    """Skip where Inductor has no C++ compiler, but fail in CI (STAGE_BRIDGE_CI=1), which installs g++."""
+    if _no_compiler():
+        require_tool("g++")
+
+
+def test_compile_problem_names_what_is_missing(monkeypatch):
+    lm = _lm()
+    assert "fp32" in compile_problem(CPU, torch.bfloat16)
+    assert "CUDA graph" in compile_problem(torch.device("cuda"), torch.float32)
+    packed = _lm()
+    if packed.pack_for_cpu():
+        with pytest.raises(ValueError, match="compile=True"):
+            CompiledDecoder(packed)
+
+    def no_compiler():
+        raise RuntimeError("no c++")
+
+    import torch._inductor.cpp_builder as builder
+    monkeypatch.setattr(builder, "get_cpp_compiler", no_compiler)
+    assert "C++ compiler" in compile_problem(CPU, torch.float32)
+    with pytest.raises(ValueError, match="C\\+\\+ compiler"):
+        CompiledDecoder(lm)
+
+
+def test_build_model_refuses_compile_without_a_compiler(monkeypatch):
+    from stage_bridge.engine import model as model_mod
+    from stage_bridge.engine.checkpoints import resolve
+    from stage_bridge.errors import CompileUnavailable
+
+    monkeypatch.setattr(model_mod, "compile_problem", lambda device, dtype: "--compile needs a C++ compiler")
+    with pytest.raises(CompileUnavailable, match="C\\+\\+ compiler"):
+        model_mod.build_model(resolve("tiny-random"), torch.device("cpu"), compile=True)
+
+
+def test_compiled_generation_equals_eager_and_compiles_once_per_kind():
+    """Same codes as the eager path, with and without a text prompt, across lengths and prompt
+    sizes; lengths are symbolic, so only a new kind of step (rows, text or not) compiles."""
+    require_compiler()
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    eager, lm = _lm(4), _lm(4)
+    decoder = CompiledDecoder(lm, window_frames=WINDOW)
+    params = SamplingParams(guidance=3.0, top_k=20)
+    graphs = lambda: counters["stats"]["unique_graphs"]  # noqa: E731
+    start = graphs()
+    for frames, text_tokens in [(8, 3), (10, 5), (6, 0), (9, 0)]:
+        ctx = torch.randint(0, CFG.card, (4, frames))
+        cross_e = cross_c = None
+        if text_tokens:
+            text = torch.randn(2, text_tokens, CFG.text_dim)
+            mask = torch.ones(2, text_tokens, dtype=torch.bool)
+            mask[1] = False  # the unconditional row has no text
+            cross_e, cross_c = eager.cross_context(text, mask), lm.cross_context(text, mask)
+        want = generate_codes(eager, ctx, frames, takes=1, sampling=params, seed=3, cross=cross_e)
+        got = generate_codes(lm, ctx, frames, takes=1, sampling=params, seed=3, cross=cross_c, compiled=decoder)
+        assert torch.equal(got, want), (frames, text_tokens)
+    assert graphs() - start == 2  # with text, without text
+
+
+@torch.no_grad()
+def test_compiled_step_logits_equal_eager_step():
+    require_compiler()
+    torch._dynamo.reset()
+    eager, lm = _lm(5), _lm(5)
+    decoder = CompiledDecoder(lm, window_frames=WINDOW)
+    layout = StageLayout(6, 5, 4)
+    ctx = torch.randint(0, CFG.card, (2, 4, 6))
+    ctx[1:] = CFG.pad_id
+    tokens, valid = build_sequence(ctx, torch.randint(0, CFG.card, (2, 4, 5)), layout, CFG.card)
+    step_valid = valid.any(1)
+    positions = step_positions(step_valid)
+    split, n = layout.first_generated_step, tokens.shape[-1]
+    eager.setup_cache(2, n)
+    decoder.prepare(2, n)
+    for m in (eager, lm):
+        m(tokens[..., :split], positions[:, :split], step_valid[:, :split], 0, None)
+    for s in range(split, n):
+        want = eager(tokens[..., s:s + 1], positions[:, s:s + 1], step_valid[:, :s + 1], s, None)[:, :, -1]
+        got = decoder(tokens[..., s:s + 1], positions[:, s:s + 1], step_valid[:, :s + 1], None)
+        assert (got - want).abs().max() < 1e-4
+
+
+def test_prepare_keeps_a_cache_that_fits():
+    lm = _lm()
+    decoder = CompiledDecoder.__new__(CompiledDecoder)  # no compiling needed to check the cache policy
+    decoder.lm, decoder.capacity = lm, 30
+    decoder.prepare(2, 20)
+    first = lm.layers[0].self_attn.cache
+    assert first.k.shape[2] == 30
+    decoder.prepare(2, 25)
+    assert lm.layers[0].self_attn.cache is first  # same shape: no recompile
+    decoder.prepare(4, 25)
+    assert lm.layers[0].self_attn.cache.k.shape[:3] == (4, CFG.num_heads, 30)
+    decoder.prepare(4, 40)
+    assert lm.layers[0].self_attn.cache.k.shape[2] == 40
+    assert compiled_mod.INDUCTOR_OPTIONS["freezing"]
+
+
+def _serve_cfg(tmp_path, **kw):
+    from stage_bridge.bridge.server import ServeConfig
+
+    return ServeConfig(home=tmp_path, models={"drums": "tiny-random"}, device="cpu", **kw)
+
+
+def test_daemon_without_a_compiler_warns_and_runs_uncompiled(tmp_path, monkeypatch, caplog):
+    """--compile is a speed option: where it cannot work the daemon says why and serves anyway."""
+    from stage_bridge.bridge import daemon
+    from stage_bridge.engine import compiled
+
+    monkeypatch.setattr(compiled, "compile_problem", lambda device, dtype: "--compile needs a C++ compiler.")
+    with caplog.at_level("WARNING", logger="stage_bridge.daemon"):
+        models, _ = daemon.load_models(_serve_cfg(tmp_path, compile=True))
+    assert models["drums"].compiled is None and models["drums"].lm is not None
+    assert "C++ compiler" in caplog.text and "without it" in caplog.text
+
+
+def test_daemon_compiles_before_it_answers(tmp_path, caplog):
+    require_compiler()
+    from stage_bridge.bridge import daemon
+
+    torch._dynamo.reset()
+    with caplog.at_level("INFO", logger="stage_bridge.daemon"):
+        models, _ = daemon.load_models(_serve_cfg(tmp_path, compile=True))
+    model = models["drums"]
+    assert model.compiled is not None and model.lm.layers[0].self_attn.cache is not None  # kept for reuse
+    assert "compiled in" in caplog.text
+
+
+def test_a_step_that_fails_to_compile_runs_eager(caplog):
+    """A compiler that is present but cannot build Inductor's code must not fail a generation."""
+    eager, lm = _lm(6), _lm(6)
+    decoder = CompiledDecoder.__new__(CompiledDecoder)
+    decoder.lm, decoder.capacity, decoder.failed = lm, 0, None
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("C++ compile error: omp.h: No such file or directory")
+
+    decoder._step, decoder._eager = broken, compiled_mod._DecodeStep(lm)
+    ctx = torch.randint(0, CFG.card, (4, 6))
+    params = SamplingParams(guidance=3.0, top_k=20)
+    want = generate_codes(eager, ctx, 6, takes=1, sampling=params, seed=2)
+    with caplog.at_level("WARNING", logger="stage_bridge.engine.compiled"):
+        got = generate_codes(lm, ctx, 6, takes=1, sampling=params, seed=2, compiled=decoder)
+    assert torch.equal(got, want)
+    assert len(calls) == 1 and "omp.h" in decoder.failed and "without --compile" in caplog.text
