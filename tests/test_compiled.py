@@ -66,8 +66,8 @@ def test_build_model_refuses_compile_without_a_compiler(monkeypatch):
 
 
 def test_compiled_generation_equals_eager_and_compiles_once_per_kind():
-    """Same codes as the eager path, with and without a text prompt, across lengths and prompt
-    sizes; lengths are symbolic, so only a new kind of step (rows, text or not) compiles."""
+    """Same codes as the eager path, with and without a text prompt, across lengths, prompt sizes
+    and windows; lengths are symbolic, so only a new kind of step (rows, text or not) compiles."""
     require_compiler()
     from torch._dynamo.utils import counters
 
@@ -77,7 +77,7 @@ def test_compiled_generation_equals_eager_and_compiles_once_per_kind():
     params = SamplingParams(guidance=3.0, top_k=20)
     graphs = lambda: counters["stats"]["unique_graphs"]  # noqa: E731
     start = graphs()
-    for frames, text_tokens in [(8, 3), (10, 5), (6, 0), (9, 0)]:
+    for frames, text_tokens, window in [(8, 3, 500), (10, 5, 500), (6, 0, 500), (9, 0, 500), (20, 0, 8)]:
         ctx = torch.randint(0, CFG.card, (4, frames))
         cross_e = cross_c = None
         if text_tokens:
@@ -85,9 +85,11 @@ def test_compiled_generation_equals_eager_and_compiles_once_per_kind():
             mask = torch.ones(2, text_tokens, dtype=torch.bool)
             mask[1] = False  # the unconditional row has no text
             cross_e, cross_c = eager.cross_context(text, mask), lm.cross_context(text, mask)
-        want = generate_codes(eager, ctx, frames, takes=1, sampling=params, seed=3, cross=cross_e)
-        got = generate_codes(lm, ctx, frames, takes=1, sampling=params, seed=3, cross=cross_c, compiled=decoder)
-        assert torch.equal(got, want), (frames, text_tokens)
+        windows = dict(window_frames=window, overlap_frames=3)  # the last case: long-form, 4 windows
+        want = generate_codes(eager, ctx, frames, takes=1, sampling=params, seed=3, cross=cross_e, **windows)
+        got = generate_codes(lm, ctx, frames, takes=1, sampling=params, seed=3, cross=cross_c, compiled=decoder,
+                             **windows)
+        assert torch.equal(got, want), (frames, text_tokens, window)
     assert graphs() - start == 2  # with text, without text
 
 
