@@ -23,7 +23,7 @@ prefer_huge_pages()  # as the CLI does; it must run before torch is imported
 
 import torch  # noqa: E402
 
-from stage_bridge.engine.compiled import CompiledDecoder, compile_problem  # noqa: E402
+from stage_bridge.engine.compiled import CompiledDecoder  # noqa: E402
 from stage_bridge.engine.generate import generate_codes  # noqa: E402
 from stage_bridge.engine.lm import LMConfig, StageLM  # noqa: E402
 from stage_bridge.engine.sampling import SamplingParams  # noqa: E402
@@ -57,11 +57,11 @@ def main() -> None:
     eager = StageLM(cfg).eval().requires_grad_(False)
     lm = StageLM(cfg).eval().requires_grad_(False)
     lm.load_state_dict(eager.state_dict())
-    problem = compile_problem(torch.device("cpu"), torch.float32)
-    if problem:
-        raise SystemExit(problem)
+    try:
+        compiled = CompiledDecoder(lm)
+    except ValueError as e:  # no C++ compiler: the message says what to install
+        raise SystemExit(str(e)) from None
     packed = eager.pack_for_cpu()
-    compiled = CompiledDecoder(lm)
     context = torch.randint(0, cfg.card, (cfg.num_codebooks, args.context_frames))
     crosses = {}
     with torch.inference_mode():

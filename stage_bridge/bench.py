@@ -412,13 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     hf, ours, cfg = build_models(args, device, dtype)
     compiled, packed = None, False
     if args.compile:
-        from .engine.compiled import CompiledDecoder, compile_problem
+        from .engine.compiled import CompiledDecoder
 
-        problem = compile_problem(device, dtype)
-        if problem is not None:
-            _log(problem)
+        try:
+            compiled = CompiledDecoder(ours.requires_grad_(False))
+        except ValueError as e:  # not CPU fp32, or no C++ compiler: the message says which
+            _log(str(e))
             return 2
-        compiled = CompiledDecoder(ours.requires_grad_(False))
     else:
         packed = ours.pack_for_cpu()  # what build_model does for inference (CPU, fp32)
     layout = StageLayout(args.context_frames, args.gen_frames, NUM_CODEBOOKS)

@@ -97,19 +97,25 @@ class CompiledDecoder:
         if cache is None or cache.k.shape[0] != rows or cache.k.shape[2] < max_steps:
             self.lm.setup_cache(rows, max(max_steps, self.capacity))
 
+    @staticmethod
+    def mark_prompt_length_dynamic(cross: CrossContext | None) -> None:
+        """Once per generation: the prompt's token count is symbolic in the compiled step, so a
+        prompt of another length does not recompile (the same tensors serve every step)."""
+        if cross is not None and cross.kv is not None:
+            for k, v in cross.kv:
+                torch._dynamo.mark_dynamic(k, 2)
+                torch._dynamo.mark_dynamic(v, 2)
+            torch._dynamo.mark_dynamic(cross.bias, 3)
+
     def __call__(self, tokens: Tensor, positions: Tensor, key_valid: Tensor, cross: CrossContext | None) -> Tensor:
-        """tokens (B, K, 1), positions (B, 1), key_valid (B, step + 1) -> logits (B, K, V)."""
+        """tokens (B, K, 1), positions (B, 1), key_valid (B, step + 1) -> logits (B, K, V).
+        `cross` must have passed through `mark_prompt_length_dynamic` for this generation."""
         # Slices of the window's sequence have strides that depend on its length; Dynamo guards
         # on strides, so pass compact copies (a few bytes) and the step as a symbolic size.
         tokens, positions, key_valid = tokens.contiguous(), positions.contiguous(), key_valid.contiguous()
         torch._dynamo.mark_dynamic(key_valid, 1)
         kv = cross.kv if cross is not None else None
         bias = cross.bias if cross is not None else None
-        if kv is not None:
-            for k, v in kv:  # the prompt's token count
-                torch._dynamo.mark_dynamic(k, 2)
-                torch._dynamo.mark_dynamic(v, 2)
-            torch._dynamo.mark_dynamic(bias, 3)
         if self.failed is None:
             try:
                 with torch._inductor.config.patch(INDUCTOR_OPTIONS):

@@ -36,6 +36,7 @@ class CompiledStepper(EagerStepper):
     def __init__(self, lm: StageLM, cross: CrossContext | None, decoder: CompiledDecoder):
         super().__init__(lm, cross)
         self.decoder = decoder
+        decoder.mark_prompt_length_dynamic(cross)
 
     def __call__(self, tokens: Tensor, positions: Tensor, step: int) -> Tensor:
         return self.decoder(tokens, positions, self.step_valid[:, : step + 1], self.cross)
