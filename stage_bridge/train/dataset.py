@@ -35,8 +35,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -46,7 +44,8 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
-from stage_bridge.audio import load_audio, resample, to_mono
+from stage_bridge.atomic import write_atomic
+from stage_bridge.audio import fit_length, load_audio, resample, to_mono
 from stage_bridge.errors import BadArgument, StageError
 from stage_bridge.train.augment import PITCH_RANGE, SPEED_GRID, Augmentation, resolve_backend, stretch, window_times
 from stage_bridge.train.beats import click_at, downbeats_every, track_beats
@@ -343,7 +342,7 @@ def write_split(run_dir: Path, split: dict[str, list[str]]) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = {k: sorted(split.get(k, [])) for k in SPLITS}
     path = run_dir / SPLIT_FILE
-    _atomic_write(path, json.dumps(payload, indent=2).encode())
+    write_atomic(path, lambda f: f.write(json.dumps(payload, indent=2).encode()), replace=True)
     return path
 
 
@@ -556,7 +555,7 @@ class StemPairDataset(torch.utils.data.Dataset):
         needed = plan.mix_stems if not plan.aug.identity else (plan.mix_stems[0], *plan.stems)
         audio = np.stack([self.load_stem(plan.song, s, plan.start, span) for s in needed])
         audio = stretch(audio, self.sr, plan.aug.speed, plan.aug.semitones, self.backend)
-        audio = _fit(audio, self.window)
+        audio = fit_length(audio, self.window)
         target = audio[0]
         if plan.kind == "click":
             context = click_at(beats, downbeats, self.window, self.sr)
@@ -629,11 +628,8 @@ class StemPairDataset(torch.utils.data.Dataset):
         arr = arr.astype(np.int16) if arr.max(initial=0) < 2**15 and arr.min(initial=0) >= 0 else arr
         path = self._cache_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-
-        def write(handle):
-            np.save(handle, arr, allow_pickle=False)
-
-        _atomic_write(path, write)
+        # replace: DataLoader workers (or ranks) may encode the same window at the same time
+        write_atomic(path, lambda f: np.save(f, arr, allow_pickle=False), replace=True)
 
     def _active(self, song: _Song, row: int, a: int, b: int) -> bool:
         blocks = song.energy[row, a // self.block : max(a // self.block + 1, -(-b // self.block))]
@@ -670,7 +666,8 @@ class StemPairDataset(torch.utils.data.Dataset):
             names, energy, length, beats, downbeats = self._analyse_audio(src, tracks)
             payload = {"stems": np.array(names), "energy": energy, "length": np.array(length),
                        "beats": beats, "downbeats": downbeats}
-            _atomic_write(cached, lambda h: np.savez(h, **payload))
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cached, lambda f: np.savez(f, **payload), replace=True)
         rows = [names.index(s) for s in usable]
         if src.beats is not None:
             beats = np.asarray(src.beats, dtype=np.float64)
@@ -688,11 +685,9 @@ class StemPairDataset(torch.utils.data.Dataset):
             audio = np.zeros(length, dtype=np.float64)
             for path, rate in tracks[stem]:
                 wav = load_audio(path)
-                mono = resample(to_mono(wav.samples), wav.sample_rate, self.sr)
-                audio[: min(length, mono.shape[0])] += mono[:length]
+                audio += fit_length(resample(to_mono(wav.samples), wav.sample_rate, self.sr), length)
             mix += audio
-            padded = np.zeros(n_blocks * self.block)
-            padded[:length] = audio
+            padded = fit_length(audio, n_blocks * self.block)
             energy[r] = (padded.reshape(n_blocks, self.block) ** 2).mean(axis=1)
         if src.beats is None:
             beats, _ = track_beats(mix.astype(np.float32), self.sr, bpm=src.bpm)
@@ -720,33 +715,16 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _atomic_write(path: Path, data) -> None:
-    """Write bytes (or call ``data(handle)``) to a temp file beside ``path``, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if callable(data):
-                data(handle)
-            else:
-                handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_segment(path: Path, rate: int, sr: int, start: int, length: int) -> np.ndarray:
-    """``length`` mono samples at ``sr`` starting at ``start`` (codec-rate samples) of one file."""
+    """``length`` float32 mono samples at ``sr`` starting at ``start`` (codec-rate samples) of one
+    file; zeros past its end."""
     if rate == sr:
         with sf.SoundFile(str(path)) as f:
             if start >= f.frames:
-                return np.zeros(length)
+                return np.zeros(length, dtype=np.float32)
             f.seek(start)
             data = f.read(min(length, f.frames - start), dtype="float32", always_2d=True)
-        out = np.zeros(length)
-        out[: data.shape[0]] = data.mean(axis=1)
-        return out
+        return fit_length(data.mean(axis=1), length)
     # Read from a frame whose time falls exactly on an output sample, with a margin for the filter.
     g = math.gcd(rate, sr)
     step_in, step_out = rate // g, sr // g
@@ -758,18 +736,8 @@ def _read_segment(path: Path, rate: int, sr: int, start: int, length: int) -> np
     b = a + int(math.ceil(n_out * rate / sr)) + 1
     with sf.SoundFile(str(path)) as f:
         if a >= f.frames:
-            return np.zeros(length)
+            return np.zeros(length, dtype=np.float32)
         f.seek(a)
         data = f.read(min(b, f.frames) - a, dtype="float32", always_2d=True)
     mono = data.mean(axis=1)
-    res = resample(mono, rate, sr)
-    out = np.zeros(length)
-    seg = res[out_offset : out_offset + length]
-    out[: seg.shape[0]] = seg
-    return out
-
-
-def _fit(audio: np.ndarray, n: int) -> np.ndarray:
-    if audio.shape[-1] >= n:
-        return audio[..., :n]
-    return np.pad(audio, [(0, 0)] * (audio.ndim - 1) + [(0, n - audio.shape[-1])])
+    return fit_length(resample(mono, rate, sr)[out_offset:], length)

@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BadArgument, StageError
 from ..argtypes import real, whole_number
+from ..atomic import write_atomic
+from ..errors import BadArgument, StageError
 
 if TYPE_CHECKING:
     import torch
@@ -273,9 +274,8 @@ def run_training(args: argparse.Namespace) -> int:
         if info.main and not args.resume:
             stored = {"settings": settings, "train_config": config.to_dict(), "world_size": info.world,
                       "stage_bridge_version": _version()}
-            tmp = run_dir / f".{TRAIN_CONFIG}.part"
-            tmp.write_text(json.dumps(stored, indent=2))
-            os.replace(tmp, run_dir / TRAIN_CONFIG)
+            write_atomic(run_dir / TRAIN_CONFIG, lambda f: f.write(json.dumps(stored, indent=2).encode()),
+                         replace=True)
         if not info.main:  # rank 0 analyses the songs first; the others then read its cache
             _barrier(info)
         train_set, valid_set = build_datasets(settings, model, run_dir, args.resume, write=info.main)

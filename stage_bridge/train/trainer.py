@@ -25,7 +25,6 @@ import contextlib
 import csv
 import io
 import math
-import os
 import sys
 import time
 import weakref
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..atomic import write_atomic
 from ..engine.checkpoints import Checkpoint, load_state_file
 from ..engine.lm import LMConfig, StageLM
 from ..engine.model import StageModel
@@ -344,7 +344,7 @@ class MetricsLog:
         self.path = Path(run_dir) / METRICS_CSV
         if resume_step is not None and self.path.exists():
             rows = [r for r in read_metrics(self.path) if int(r["step"]) <= resume_step]
-            _write_text_atomic(self.path, _csv_text(rows))
+            write_atomic(self.path, lambda f: f.write(_csv_text(rows).encode()), replace=True)
         new = not self.path.exists() or self.path.stat().st_size == 0
         self.file = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=CSV_FIELDS)
@@ -393,12 +393,6 @@ def _csv_text(rows: list[dict[str, str]]) -> str:
     return buf.getvalue()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def read_metrics(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -431,12 +425,10 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(run_dir) / LOSS_PNG
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.part.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    try:
+        return write_atomic(Path(run_dir) / LOSS_PNG, lambda f: fig.savefig(f, format="png"), replace=True)
+    finally:
+        plt.close(fig)
 
 
 # -- the trainer -----------------------------------------------------------------------------------
