@@ -56,6 +56,8 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg")
 MIX_NAMES = frozenset({"mix", "mixture", "master", "full_mix"})
 LENGTH_TOLERANCE_S = 0.1
 BLOCK_S = 0.25  # resolution of the per-stem activity map used to find silent windows
+WINDOW_S = 10.0  # STAGE's training examples: 10 s target windows, back to back
+MIN_CONTEXT_S = 5.0  # shortest context prefix of a window
 ANALYSIS_VERSION = 1
 TOKENS_VERSION = 1
 SPLIT_FILE = "split.json"
@@ -369,12 +371,8 @@ class TrainExample:
     context: Tensor
     target: Tensor
     prompt: str
-    context_kind: str  # 'stems' | 'click'
     song: str
-    start_s: float  # window start in the (unstretched) song
-    context_stems: tuple[str, ...] = ()
-    speed: float = 1.0
-    semitones: int = 0
+    start_s: float  # window start in the (unstretched) song; `StemPairDataset.plan` has the rest
 
 
 @dataclass(frozen=True)
@@ -423,20 +421,15 @@ class StemPairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, songs: Sequence[SongSource], instrument: str, codec, cache_dir: Path,
-                 window_s: float = 10.0, hop_s: float | None = None, seed: int = 0, augment: bool = True,
-                 p_click: float = 0.5, min_context_s: float = 5.0, p_full_context: float = 0.05,
+                 seed: int = 0, augment: bool = True, p_click: float = 0.5, p_full_context: float = 0.05,
                  exclude: Sequence[str] = ("vocals",), silence_db: float = -50.0, p_speed: float = 0.5,
                  p_pitch: float = 0.5, speeds: Sequence[float] = SPEED_GRID, pitch_range: int = PITCH_RANGE,
-                 stretch_backend: str = "auto", codec_id: str | None = None):
+                 stretch_backend: str = "auto"):
         self.instrument = normalize_stem(instrument)
         self.exclude = frozenset(normalize_stem(e) for e in exclude)
         if self.instrument in self.exclude:
             raise BadArgument(f"The target instrument '{instrument}' is in the excluded stems; remove it from "
                               "the exclusions to train on it.")
-        hop_s = window_s if hop_s is None else hop_s
-        if not (window_s > 0 and hop_s > 0 and 0 < min_context_s <= window_s):
-            raise BadArgument(f"Need window_s > 0, hop_s > 0 and 0 < min_context_s <= window_s "
-                              f"(got {window_s}, {hop_s}, {min_context_s}).")
         for name, p in (("p_click", p_click), ("p_full_context", p_full_context), ("p_speed", p_speed),
                         ("p_pitch", p_pitch)):
             if not 0 <= p <= 1:
@@ -444,10 +437,8 @@ class StemPairDataset(torch.utils.data.Dataset):
         self.codec = codec
         self.sr = int(codec.sample_rate)
         self.hop = int(codec.hop_length)
-        self.window = int(round(window_s * self.sr))
-        self.hop_samples = int(round(hop_s * self.sr))
-        self.min_context = int(round(min_context_s * self.sr))
-        self.window_s = window_s
+        self.window = int(round(WINDOW_S * self.sr))
+        self.min_context = int(round(MIN_CONTEXT_S * self.sr))
         self.seed, self.epoch = int(seed), 0
         self.augment, self.p_click, self.p_full = augment, p_click, p_full_context
         self.p_speed, self.p_pitch = p_speed, p_pitch
@@ -457,7 +448,7 @@ class StemPairDataset(torch.utils.data.Dataset):
         self.backend = resolve_backend(stretch_backend) if augment else "none"
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.codec_id = codec_id or codec_fingerprint(codec)
+        self.codec_id = codec_fingerprint(codec)
         self.block = int(round(BLOCK_S * self.sr))
         self.warnings: list[str] = []
         self.songs: list[_Song] = []
@@ -473,17 +464,17 @@ class StemPairDataset(torch.utils.data.Dataset):
         self.windows: list[tuple[int, int]] = []
         for si, song in enumerate(self.songs):
             before = len(self.windows)
-            for start in range(0, song.length - self.window + 1, self.hop_samples):
+            for start in range(0, song.length - self.window + 1, self.window):
                 if not self._active(song, 0, start, start + self.window):
                     continue
                 if not song.beats.size and not self._active_others(song, start, start + self.window):
                     continue  # neither a stems nor a click context is possible
                 self.windows.append((si, start))
             if len(self.windows) == before:
-                self._warn(f"song {song.src.name} has no {window_s:g} s window where '{self.instrument}' is "
+                self._warn(f"song {song.src.name} has no {WINDOW_S:g} s window where '{self.instrument}' is "
                            f"audible (song length {song.length / self.sr:.1f} s); it adds no examples")
         if not self.windows:
-            raise DatasetError(f"No usable {window_s:g} s windows with an audible '{self.instrument}' stem in "
+            raise DatasetError(f"No usable {WINDOW_S:g} s windows with an audible '{self.instrument}' stem in "
                                f"{len(self.songs)} song(s)" + (f": {'; '.join(self.warnings[:5])}"
                                                                 if self.warnings else "."))
 
@@ -606,8 +597,7 @@ class StemPairDataset(torch.utils.data.Dataset):
                     context = c
         frames = -(-plan.context_samples // self.hop)
         return TrainExample(context=context[:, :frames].clone(), target=target, prompt=self.prompt(plan.song),
-                            context_kind=plan.kind, song=song.src.name, start_s=plan.start / self.sr,
-                            context_stems=plan.stems, speed=plan.aug.speed, semitones=plan.aug.semitones)
+                            song=song.src.name, start_s=plan.start / self.sr)
 
     def _cache_path(self, key: str) -> Path:
         return self.cache_dir / "tokens" / key[:2] / f"{key}.npy"
