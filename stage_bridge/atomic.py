@@ -35,7 +35,8 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None], *, replace: bool
     FileExistsError if `path` exists, unless `replace`: then the old file is swapped for the new
     one. OutputNotWritable when the folder is missing or the bytes cannot be written. `file` is
     a seekable binary file whose `name` is the temp file's path, so a writer that only takes a
-    file name (safetensors' `save_file`) can write there by name.
+    file name can write there by name, even one that puts a new file in its place (safetensors'
+    `save_file` does): the mode and the fsync are applied to whatever file has that name then.
     """
     path = Path(path)
     folder = path.parent
@@ -50,11 +51,11 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None], *, replace: bool
     os.close(fd)  # reopened by name below, so that `handle.name` is the temp file's path
     tmp = Path(tmp_name)
     try:
-        os.chmod(tmp, FILE_MODE)
         with open(tmp, "w+b") as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        os.chmod(tmp, FILE_MODE)
+        with open(tmp, "r+b") as written:  # write access: Windows cannot fsync a read-only handle
+            os.fsync(written.fileno())
         _publish(tmp, path, replace)
     except FileExistsError:
         raise

@@ -70,17 +70,23 @@ def test_without_replace_an_existing_file_is_never_touched(tmp_path):
     assert target.read_bytes() == b"precious" and _names(tmp_path) == ["take1.wav"]
 
 
-def test_the_file_can_be_written_by_name(tmp_path):
-    """Writers that only take a file name (safetensors) write to `file.name`, the hidden temp."""
+@pytest.mark.parametrize("new_file", [False, True])
+def test_the_file_can_be_written_by_name(tmp_path, new_file):
+    """Writers that only take a file name write to `file.name`, the hidden temp; safetensors'
+    `save_file` even puts a new private (0600) file there, which must still end up 0644."""
     seen = []
 
     def by_name(f):
         seen.append(os.path.basename(f.name))
-        with open(f.name, "wb") as other:
+        if new_file:
+            os.unlink(f.name)
+        with open(os.open(f.name, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as other:
             other.write(b"written by name")
 
     write_atomic(tmp_path / "model.safetensors", by_name, replace=True)
-    assert (tmp_path / "model.safetensors").read_bytes() == b"written by name"
+    target = tmp_path / "model.safetensors"
+    assert target.read_bytes() == b"written by name"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
     assert seen[0].startswith(".model.safetensors.") and seen[0].endswith(".part")
     assert _names(tmp_path) == ["model.safetensors"]
 
