@@ -379,7 +379,6 @@ class TrainExample:
 class PairPlan:
     """Every random choice behind one example (a function of seed, epoch and index)."""
 
-    index: int
     song: int
     start: int  # window start, samples at the codec rate
     aug: Augmentation
@@ -518,7 +517,7 @@ class StemPairDataset(torch.utils.data.Dataset):
             n_ctx = self.window
         else:
             n_ctx = self.min_context + int(u[7] * (self.window - self.min_context + 1))
-        return PairPlan(i, si, start, Augmentation(speed, semitones), kind, chosen, min(n_ctx, self.window),
+        return PairPlan(si, start, Augmentation(speed, semitones), kind, chosen, min(n_ctx, self.window),
                         (song.stems[0], *others))
 
     def __getitem__(self, i: int) -> TrainExample:
