@@ -55,7 +55,8 @@ from typing import Callable
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .engine.model import PRECISIONS
+
 CARD = 2048
 NUM_CODEBOOKS = 4
 
@@ -86,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="generated frames of the one warm-up run per side (same context)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=tuple(PRECISIONS), default="fp32")
     p.add_argument("--bw-mib", type=int, default=512, help="size of the bandwidth-probe copy")
     p.add_argument("--probe-every", type=int, default=16,
                    help="probe the bandwidth every this many sampled steps of each timed run (clock stopped)")
@@ -443,7 +444,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    device, dtype = torch.device(args.device), PRECISIONS[args.dtype]
     if hasattr(os, "getloadavg") and os.getloadavg()[0] > 0.5 and device.type == "cpu":
         _log(f"note: load average is {os.getloadavg()[0]:.2f}; other processes will skew the timings.")
     load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None

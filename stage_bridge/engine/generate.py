@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..audio import Audio, CONTEXT_MODES, bars_to_samples, build_context, is_silent, resample, to_mono, validate_tempo
+from ..audio import (Audio, CONTEXT_MODES, bars_to_samples, build_context, fit_length, is_silent, resample, to_mono,
+                     validate_tempo)
 from ..errors import BadArgument, Cancelled, EmptyAudio
 from ..limits import MAX_BARS, MAX_TAKES
 from .decoder import Decoder
@@ -225,7 +226,7 @@ def render_stem(model: StageModel, req: StemRequest, progress: Progress | None =
     t_generated = time.perf_counter()
     _check_cancel(should_cancel)
     audio = codec.decode(codes)[:, :n_model].float().cpu().numpy()
-    takes = [_exact_length(resample(a, sr, sr_out), n_out) for a in audio]
+    takes = [fit_length(resample(a, sr, sr_out), n_out) for a in audio]
     t_done = time.perf_counter()
     timings = {"encode_s": t_encoded - t_start, "generate_s": t_generated - t_encoded,
                "decode_s": t_done - t_generated, "total_s": t_done - t_start}
@@ -235,10 +236,3 @@ def render_stem(model: StageModel, req: StemRequest, progress: Progress | None =
 def _check_cancel(should_cancel: ShouldCancel | None) -> None:
     if should_cancel is not None and should_cancel():
         raise Cancelled("generation cancelled")
-
-
-def _exact_length(x: np.ndarray, n: int) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.shape[-1] >= n:
-        return x[:n]
-    return np.pad(x, (0, n - x.shape[-1]))
