@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import time
 import types
 
@@ -490,6 +492,19 @@ def test_background_thread_polls(fake):
 def test_list_input_ports(fake):
     assert midiclock.list_input_ports("alsa") == ["Midi Through:0", "DAW Clock Out", "daw clock 2"]
     assert FakeMidiIn.instances[-1].deleted
+
+
+def test_every_midi_api_choice_opens_that_api(fake):
+    fake(compiled=(1, 2, 3, 4))
+    for api in midiclock.MIDI_APIS:
+        with MidiClockInput("daw", api=api, poll_interval=None) as clock_in:
+            assert clock_in.api == ("coremidi" if api == "auto" else api)   # auto: rtmidi's first
+
+
+def test_importing_the_module_does_not_import_rtmidi():
+    # the daemon imports config (and MIDI_APIS) without MIDI; python-rtmidi is optional
+    code = "import sys, stage_bridge.bridge.midiclock; assert 'rtmidi' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_real_rtmidi_reports_a_missing_jack_server(monkeypatch):

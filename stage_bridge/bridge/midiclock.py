@@ -42,7 +42,7 @@ import numpy as np
 from ..errors import StageError
 
 TICKS_PER_QUARTER = 24
-MIDI_APIS = ("auto", "alsa", "jack", "coremidi", "winmm")
+MIDI_APIS = ("auto", "alsa", "jack", "coremidi", "winmm")   # the --midi-api choices
 
 WINDOW = 144            # ticks in the fit (six beats; see the module docstring)
 MIN_TICKS = 12          # usable ticks before a tempo is reported
@@ -284,7 +284,7 @@ class ClockTracker:
             ring = self._ring
             if self._last_tick is not None:
                 t = max(t, self._last_tick)        # MIDI never reorders; clamp clock noise
-            intervals = np.diff(ring.arrays()[0][-25:])
+            intervals = np.diff(ring.arrays()[0][-TICKS_PER_QUARTER - 1:])   # the last beat's
             new_segment, usable = False, True
             if len(intervals) >= 3:
                 period = float(np.median(intervals))
