@@ -288,6 +288,7 @@ def check_built(built, ckpt, with_text: bool) -> None:
     assert (built.text is not None) == with_text
 
 
+@pytest.mark.slow
 def test_stage_safetensors_full_size(big_dir, byte_tokenizer):
     state = random_state(stage_shapes())
     save_file(state, str(big_dir / "stage-drums.safetensors"))
@@ -311,6 +312,7 @@ def test_stage_safetensors_full_size(big_dir, byte_tokenizer):
     assert built.codec.model.config.pad_mode == "reflect"
 
 
+@pytest.mark.slow
 def test_audiocraft_folder_full_size(big_dir, no_hub_cache):
     lm_state = random_state(manifest("audiocraft_musicgen_small_lm"), seed=1)
     cfg = XpConfig(solver="musicgen", dset="audio/default")
@@ -336,6 +338,7 @@ def test_audiocraft_folder_full_size(big_dir, no_hub_cache):
     assert built.codec.model.config.pad_mode == "constant"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("legacy", [False, True], ids=["parametrizations", "weight_g_v"])
 def test_transformers_folder_full_size(legacy, big_dir, byte_tokenizer):
     shapes = hf_shapes(legacy)

@@ -66,6 +66,7 @@ def test_build_model_refuses_compile_without_a_compiler(monkeypatch):
         model_mod.build_model(resolve("tiny-random"), torch.device("cpu"), compile=True)
 
 
+@pytest.mark.slow
 def test_compiled_generation_equals_eager_and_compiles_once_per_kind():
     """Same codes as the eager path, with and without a text prompt, across lengths, prompt sizes
     and windows; lengths are symbolic, so only a new kind of step (rows, text or not) compiles."""
@@ -94,6 +95,7 @@ def test_compiled_generation_equals_eager_and_compiles_once_per_kind():
     assert graphs() - start == 2  # with text, without text
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_compiled_step_logits_equal_eager_step():
     require_compiler()
@@ -151,6 +153,7 @@ def test_daemon_without_a_compiler_warns_and_runs_uncompiled(tmp_path, monkeypat
     assert "C++ compiler" in caplog.text and "without it" in caplog.text
 
 
+@pytest.mark.slow
 def test_daemon_compiles_before_it_answers(tmp_path, caplog):
     require_compiler()
     from stage_bridge.bridge import daemon
@@ -163,6 +166,7 @@ def test_daemon_compiles_before_it_answers(tmp_path, caplog):
     assert "compiled in" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_step_that_fails_to_compile_runs_eager(caplog, monkeypatch):
     """A compiler that is present but cannot build Inductor's code must not fail a generation."""
     monkeypatch.setattr(compiled_mod, "compile_problem", lambda device, dtype: None)  # "a compiler is present"

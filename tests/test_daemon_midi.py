@@ -12,6 +12,8 @@ from conftest import require_tool
 from daemon_util import Daemon, OscDump
 from test_midiclock_jack import midi_clock, roll
 
+pytestmark = pytest.mark.slow  # a whole daemon and a real JACK MIDI clock
+
 BPM = 128.0
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 import soundfile as sf
 
 from conftest import require_tool
 from daemon_util import Daemon, free_udp_port
+
+pytestmark = pytest.mark.slow  # a whole daemon and a real Pure Data client
 
 PATCH = Path(__file__).parent / "fixtures" / "pd" / "client.pd"
 

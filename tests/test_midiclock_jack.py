@@ -21,6 +21,8 @@ import jackutil
 from conftest import require_tool
 from stage_bridge.bridge.midiclock import ClockTracker, MidiClockInput, list_input_ports
 
+pytestmark = pytest.mark.slow  # a real jackd and jack-midi-clock
+
 WINDOW_S = 2.0
 XRUN_MARGIN_S = 0.1
 DEADLINE_S = 10.0          # wall time allowed per tempo to find 2 s of ticks without an xrun

@@ -392,6 +392,7 @@ def _train_cli(*extra: str) -> int:
     return run_training(parser.parse_args(list(extra)))
 
 
+@pytest.mark.slow
 def test_run_training_end_to_end(tmp_path, capsys):
     """`stage-bridge train` on songs made here: discovery, split, pairs, token cache, checkpoints."""
     data = tmp_path / "songs"
@@ -454,6 +455,7 @@ DDP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 def test_ddp_under_torchrun_matches_a_single_process(tmp_path):
     """2 processes x 1 example == 1 process x 2 examples (same samples, averaged gradients)."""
