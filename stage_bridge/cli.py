@@ -10,15 +10,13 @@ import argparse
 import datetime as _dt
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Sequence
 
 from . import __version__
 from .argtypes import real, whole_number
 from .errors import StageError
-
-INSTRUMENT_MODELS = {"drums": "stage-drums", "bass": "stage-bass"}
-
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports errors in the same one-line form (exit status 2)."""
@@ -118,57 +116,45 @@ def build_parser() -> ArgumentParser:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .audio import load_audio
-    from .bridge.writer import ensure_writable, publish_takes
-    from .engine.generate import StemRequest, render_stem
+    from .bridge.config import DEFAULT_MODELS
+    from .bridge.job import StemJob
+    from .bridge.runner import RenderSettings, load_context, render_and_publish, stem_request
+    from .bridge.writer import ensure_writable
     from .engine.model import load_model
     from .engine.sampling import SamplingParams
     from .errors import BadArgument
 
     instrument = args.instrument.strip().lower()
-    if instrument not in INSTRUMENT_MODELS and args.model is None:
-        raise BadArgument(f"unknown instrument '{args.instrument}'; use drums or bass (or give --model for your own).")
-    context = None
-    if args.context is not None:
-        context = load_audio(args.context)
-    elif args.context_mode != "click":
+    if instrument not in DEFAULT_MODELS and args.model is None:
+        raise BadArgument(f"unknown instrument '{args.instrument}'; use {' or '.join(DEFAULT_MODELS)} "
+                          "(or give --model for your own).")
+    if args.context is None and args.context_mode != "click":
         raise BadArgument(f"--context is required with --context-mode {args.context_mode} (or use --context-mode click).")
-    request = StemRequest(
-        bpm=args.bpm, bars=args.bars, context=context, beats_per_bar=args.beats_per_bar, beat_unit=args.beat_unit,
-        offset=args.offset, context_mode=args.context_mode, prompt=args.prompt, takes=args.takes, seed=args.seed,
-        sample_rate=args.sample_rate, click_gain_db=args.click_gain_db,
-        sampling=SamplingParams(args.guidance, args.top_k, args.top_p, args.temperature))
+    context_path = str(args.context.resolve()) if args.context is not None else ""
+    job = StemJob(id=f"cli-{uuid.uuid4().hex[:12]}", source="cli", name=args.context.stem if args.context else "click",
+                  context_path=context_path, instrument=instrument, bars=args.bars, bpm=args.bpm,
+                  beats_per_bar=args.beats_per_bar, beat_unit=args.beat_unit, offset=args.offset, prompt=args.prompt,
+                  takes=args.takes, context_mode=args.context_mode, seed=args.seed)
+    settings = RenderSettings(sample_rate=args.sample_rate, precision=args.precision, click_gain_db=args.click_gain_db,
+                              sampling=SamplingParams(args.guidance, args.top_k, args.top_p, args.temperature))
+    request = stem_request(job, load_context(job), settings)
     request.validate()
     request.sampling.validate()
     out_dir = ensure_writable(args.out)
 
-    model_name = args.model or INSTRUMENT_MODELS[instrument]
-    model = load_model(model_name, args.device, args.weights_dir, args.precision, compile=args.compile)
+    model = load_model(args.model or DEFAULT_MODELS[instrument], args.device, args.weights_dir, args.precision,
+                       compile=args.compile)
     if model.is_random:
         print(f"warning: model '{model.name}' has random weights and produces noise (for tests and demos only)",
               file=sys.stderr)
     progress = None if args.quiet else ProgressBar()
     try:
-        result = render_stem(model, request, progress=progress)
+        paths, result = render_and_publish(model, job, request, out_dir, settings, progress=progress)
     finally:
         if progress is not None:
             progress.close()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    name = args.context.stem if args.context is not None else "click"
-    sidecar = {
-        "model": model.name, "random_weights": model.is_random, "instrument": instrument, "prompt": args.prompt,
-        "seed": result.seed, "takes": args.takes, "bpm": args.bpm, "bars": args.bars,
-        "beats_per_bar": args.beats_per_bar, "beat_unit": args.beat_unit, "offset": args.offset,
-        "context": str(args.context.resolve()) if args.context else None, "context_mode": args.context_mode,
-        "sample_rate": result.sample_rate, "num_samples": result.num_samples,
-        "duration_s": result.num_samples / result.sample_rate, "guidance": args.guidance, "top_k": args.top_k,
-        "top_p": args.top_p, "temperature": args.temperature, "device": str(model.device),
-        "precision": args.precision, "compiled": args.compile,
-        "timings": {k: round(v, 4) for k, v in result.timings.items()},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "stage_bridge": __version__,
-    }
-    paths = publish_takes(out_dir, name, instrument, args.bpm, result.takes, result.sample_rate, sidecar)
     for path in paths:
         print(path)
     return 0
@@ -226,8 +212,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     journal = Journal(cfg.journal_path)
     for job in journal.history(args.limit):
         when = _dt.datetime.fromtimestamp(job.created).strftime("%Y-%m-%d %H:%M:%S")
-        p = job.params
-        what = f"{p.get('instrument')} {p.get('bars')} bars @ {p.get('bpm')} bpm ({p.get('source')})"
+        spec = job.spec
+        what = f"{spec.instrument} {spec.bars} bars @ {spec.bpm} bpm ({spec.source})"
         detail = ", ".join(job.outputs) if job.outputs else (f"{job.error_code}: {job.error_message}" if job.error_code else "")
         print(f"{when}  {job.id:<24} {job.state:<9} {what}  {detail}")
     journal.close()
