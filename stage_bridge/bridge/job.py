@@ -53,9 +53,6 @@ class StemJob:
         return cls(job_id, **params)
 
 
-PARAM_KEYS = tuple(f.name for f in dataclasses.fields(StemJob) if f.name != "id")
-
-
 def job_from_request(req: GenerateRequest, source: str, context_path: str, ambient: Tempo | None,
                      name: str | None = None) -> StemJob:
     """The job a request asks for: its own bpm, else the project tempo (and that tempo's meter
