@@ -23,22 +23,22 @@ prefer_huge_pages()  # as the CLI does; it must run before torch is imported
 
 import torch  # noqa: E402
 
-from stage_bridge.engine.compiled import CompiledDecoder  # noqa: E402
-from stage_bridge.engine.generate import generate_codes  # noqa: E402
+from stage_bridge.engine.decoder import COMPILED, Decoder  # noqa: E402
+from stage_bridge.engine.generate import Windows, generate_codes  # noqa: E402
 from stage_bridge.engine.lm import LMConfig, StageLM  # noqa: E402
 from stage_bridge.engine.sampling import SamplingParams  # noqa: E402
 from stage_bridge.errors import Cancelled  # noqa: E402
 
 
-def timed_run(lm: StageLM, compiled: CompiledDecoder | None, context: torch.Tensor, cross, gen_frames: int) -> float:
+def timed_run(decoder: Decoder, context: torch.Tensor, cross, gen_frames: int) -> float:
     """ms per sampled step over `gen_frames + 3` steps of one window holding the whole context."""
-    steps = gen_frames + lm.cfg.num_codebooks - 1
+    steps = gen_frames + decoder.lm.cfg.num_codebooks - 1
     stamps: list[float] = []
     try:
-        generate_codes(lm, context, context.shape[-1], takes=1, sampling=SamplingParams(), seed=0, cross=cross,
-                       window_frames=context.shape[-1], overlap_frames=0,
+        generate_codes(decoder, context, context.shape[-1], takes=1, sampling=SamplingParams(), seed=0, cross=cross,
+                       windows=Windows(context.shape[-1], 0),
                        progress=lambda done, total: stamps.append(time.perf_counter()),
-                       should_cancel=lambda: len(stamps) >= steps, compiled=compiled)
+                       should_cancel=lambda: len(stamps) >= steps)
     except Cancelled:
         pass
     return 1000.0 * (stamps[-1] - stamps[0]) / (len(stamps) - 1)
@@ -58,10 +58,11 @@ def main() -> None:
     lm = StageLM(cfg).eval().requires_grad_(False)
     lm.load_state_dict(eager.state_dict())
     try:
-        compiled = CompiledDecoder(lm)
+        compiled = Decoder(lm, COMPILED)
     except ValueError as e:  # no C++ compiler: the message says what to install
         raise SystemExit(str(e)) from None
     packed = eager.pack_for_cpu()
+    eager_decoder = Decoder(eager)
     context = torch.randint(0, cfg.card, (cfg.num_codebooks, args.context_frames))
     crosses = {}
     with torch.inference_mode():
@@ -71,15 +72,15 @@ def main() -> None:
             crosses = {"eager": eager.cross_context(text, mask), "compiled": lm.cross_context(text, mask)}
     print(f"{args.layers} layers, {torch.get_num_threads()} threads, eager weights packed: {packed}")
     t = time.perf_counter()
-    timed_run(eager, None, context, crosses.get("eager"), 8)
+    timed_run(eager_decoder, context, crosses.get("eager"), 8)
     print(f"warm-up eager: {time.perf_counter() - t:.1f} s")
     t = time.perf_counter()
-    timed_run(lm, compiled, context, crosses.get("compiled"), 8)
+    timed_run(compiled, context, crosses.get("compiled"), 8)
     print(f"warm-up compiled (compiling the step): {time.perf_counter() - t:.1f} s")
     ratios = []
     for i in range(args.pairs):
-        e = timed_run(eager, None, context, crosses.get("eager"), args.gen_frames)
-        c = timed_run(lm, compiled, context, crosses.get("compiled"), args.gen_frames)
+        e = timed_run(eager_decoder, context, crosses.get("eager"), args.gen_frames)
+        c = timed_run(compiled, context, crosses.get("compiled"), args.gen_frames)
         ratios.append(e / c)
         print(f"[{i + 1}/{args.pairs}] eager {e:.2f} ms/step, compiled {c:.2f} ms/step, eager/compiled {e / c:.2f}")
     print(f"median eager/compiled: {statistics.median(ratios):.2f} (> 1: compiled is faster)")

@@ -19,17 +19,18 @@ prefer_huge_pages()  # as the CLI does; it must run before torch is imported
 import torch  # noqa: E402
 
 from stage_bridge.engine.lm import LMConfig, StageLM  # noqa: E402
-from stage_bridge.engine.stepper import EagerStepper, StaticStepper  # noqa: E402
+from stage_bridge.engine.decoder import CUDA_GRAPH, EAGER, Decoder, StaticStep  # noqa: E402
+from stage_bridge.engine.model import PRECISIONS  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default="fp32", choices=list(PRECISIONS))
     p.add_argument("--steps", type=int, default=755)
     p.add_argument("--rows", type=int, default=2)
     args = p.parse_args()
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = PRECISIONS[args.dtype]
     dev = torch.device(args.device)
     torch.manual_seed(0)
     lm = StageLM(LMConfig()).to(dev, dtype).eval()
@@ -42,22 +43,22 @@ def main() -> None:
     with torch.inference_mode():
         text = torch.randn(rows, 8, 768, device=dev)
         cross = lm.cross_context(text, torch.ones(rows, 8, dtype=torch.bool, device=dev))
-        lm.setup_cache(rows, n)
         results = {}
-        for name, stepper in (("eager", EagerStepper(lm, cross)),
-                              ("static", StaticStepper(lm, cross, rows, n, capture=False)),
-                              ("graph", StaticStepper(lm, cross, rows, n, capture=dev.type == "cuda"))):
-            stepper.begin_window(valid)
-            for _ in range(5):
-                stepper(tok, pos, n - 10)
-            sync()
-            t = time.perf_counter()
-            for _ in range(50):
-                stepper(tok, pos, n - 10)
-            sync()
-            results[name] = (time.perf_counter() - t) / 50 * 1e3
+        for mode in (EAGER, CUDA_GRAPH):  # CUDA_GRAPH off CUDA: the same static-shape step, uncaptured
+            decoder = Decoder(lm, mode)
+            with decoder.generation(rows, n, cross):
+                decoder.begin_window(valid)
+                for _ in range(5):
+                    decoder.step(tok, pos, n - 10)
+                sync()
+                t = time.perf_counter()
+                for _ in range(50):
+                    decoder.step(tok, pos, n - 10)
+                sync()
+            results[mode] = (time.perf_counter() - t) / 50 * 1e3
         print({k: f"{v:.3f} ms" for k, v in results.items()})
-        static = StaticStepper(lm, cross, rows, n, capture=False)
+        lm.setup_cache(rows, n)
+        static = StaticStep(lm, cross, rows, n, capture=False)
         static.begin_window(valid)
         acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else [])
         with torch.profiler.profile(activities=acts) as prof:

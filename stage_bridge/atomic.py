@@ -1,15 +1,25 @@
-"""Publishing a file so that it appears complete or not at all, and never over another file.
+"""Publishing a file so that it appears complete or not at all.
 
 The bytes go to a hidden `.<name>.<random>.part` file in the destination folder (same
 filesystem; a name no DAW or folder watcher mistakes for audio), are fsynced, then the temp
-file is hard-linked to the final name, which fails if that name exists. Where hard links are
-unsupported (FAT, some network shares) we rename after checking the name is free. On any
-failure the temp file is removed. Used for takes, their sidecars and checkpoints alike.
+file gets the final name in one step and the folder is fsynced. On any failure, Ctrl-C
+included, the temp file is removed. A crash or a full disk therefore never leaves a truncated
+take, checkpoint or cache file under a real name.
+
+Two ways to publish:
+- create (the default; takes and their sidecars): the temp file is hard-linked to the final
+  name, which fails if that name exists, so nothing a musician made is ever overwritten. Where
+  hard links are unsupported (FAT, some network shares) we rename after checking the name is
+  free.
+- replace (training checkpoints, run state, token caches): an atomic rename over the old file;
+  a reader sees the old file or the new one, never a mix, and a failed write leaves the old one.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -19,26 +29,34 @@ from .errors import OutputNotWritable
 FILE_MODE = 0o644  # readable by the DAW whatever user it runs as; mkstemp alone gives 0600
 
 
-def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Create `path` with the bytes `write(file)` produces. FileExistsError if `path` exists."""
+def write_atomic(path: Path, write: Callable[[BinaryIO], None], *, replace: bool = False) -> Path:
+    """Publish `path` with the bytes `write(file)` produces.
+
+    FileExistsError if `path` exists, unless `replace`: then the old file is swapped for the new
+    one. OutputNotWritable when the folder is missing or the bytes cannot be written. `file` is
+    a seekable binary file whose `name` is the temp file's path, so a writer that only takes a
+    file name can write there by name, even one that puts a new file in its place (safetensors'
+    `save_file` does): the mode and the fsync are applied to whatever file has that name then.
+    """
     path = Path(path)
     folder = path.parent
     if not folder.is_dir():
         raise OutputNotWritable(f"The output folder {folder} does not exist. Create it or choose another output folder.")
-    if path.exists() or path.is_symlink():
+    if not replace and (path.exists() or path.is_symlink()):
         raise FileExistsError(f"{path} already exists; refusing to overwrite it")
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
     except OSError as exc:
         raise not_writable(folder, exc) from exc
+    os.close(fd)  # reopened by name below, so that `handle.name` is the temp file's path
     tmp = Path(tmp_name)
     try:
-        os.fchmod(fd, FILE_MODE) if hasattr(os, "fchmod") else None
-        with os.fdopen(fd, "w+b") as handle:
+        with open(tmp, "w+b") as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _publish(tmp, path)
+        os.chmod(tmp, FILE_MODE)
+        with open(tmp, "r+b") as written:  # write access: Windows cannot fsync a read-only handle
+            os.fsync(written.fileno())
+        _publish(tmp, path, replace)
     except FileExistsError:
         raise
     except OSError as exc:
@@ -49,7 +67,37 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
-def _publish(tmp: Path, final: Path) -> None:
+def copy_atomic(src: Path, path: Path, *, replace: bool = False) -> Path:
+    """Publish the complete file `src` under the name `path` too, like `write_atomic`.
+
+    A hard link where the filesystem has them, so a multi-gigabyte checkpoint is published
+    without copying a byte (both names then share the data: `src` must not be modified
+    afterwards); elsewhere a copy of the bytes.
+    """
+    src, path = Path(src), Path(path)
+    folder = path.parent
+    tmp = folder / f".{path.name}.{secrets.token_hex(4)}.part"
+    try:
+        os.link(src, tmp)
+    except OSError:  # no hard links here (or across these folders): copy the bytes
+        with open(src, "rb") as source:
+            return write_atomic(path, lambda out: shutil.copyfileobj(source, out), replace=replace)
+    try:
+        _publish(tmp, path, replace)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise not_writable(folder, exc) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_folder(folder)
+    return path
+
+
+def _publish(tmp: Path, final: Path, replace: bool) -> None:
+    if replace:
+        os.replace(tmp, final)
+        return
     try:
         os.link(tmp, final)
     except FileExistsError:

@@ -12,18 +12,22 @@ medians are reported.
   callback stamps every sampled step: prefill = time from the call (including the cross-attention
   precompute) to the first sampled step; ms/step = time between the first and the last sampled
   step / (steps - 1), i.e. one decode forward plus one sampling each.
-- TRANSFORMERS: `MusicgenForCausalLM.generate` on a random prompt of exactly our prefill length,
-  `max_new_tokens` = our step count, `guidance_scale=3.0` (transformers doubles the batch itself
-  for CFG in `prepare_inputs_for_generation`), `do_sample=True, top_k=250, use_cache=True`.
-  A streamer stamps every sampled token, measured exactly as ours.
-  transformers 5.x feeds only the LAST prompt token at prefill for `MusicgenForCausalLM` (its
-  `prepare_inputs_for_generation` slices to one token whenever a cache object exists, and
-  `generate` now always creates one before prefill), which would make its prefill trivially cheap
-  and its decode attend to ~S keys instead of ~prompt + S. `_MusicgenCausalLMForBench` restores
-  the intended behaviour (slice only once the cache holds something); the run checks that the
-  prefill saw the whole prompt and that every step ran. With text, the cross-attention K/V go in
-  an `EncoderDecoderCache` (the bare causal LM would otherwise append them to the self-attention
-  cache), so transformers computes them once, as we do.
+- TRANSFORMERS: `MusicgenForCausalLM` run the way its documentation says to continue from a
+  prefix ("re-use a cache to continue generation"): one public forward fills a KV cache with the
+  delay-patterned prompt minus its last token (both CFG rows; with text, an `EncoderDecoderCache`
+  so the cross-attention K/V are computed once, as we do), then the public `generate` continues
+  from that cache with `max_new_tokens` = our step count, `guidance_scale=3.0`, `do_sample=True,
+  top_k=250`. A streamer stamps every sampled token, measured exactly as ours.
+  Why not `generate(prompt)` alone: transformers 5.x's `prepare_inputs_for_generation` for
+  MusicGen feeds only the LAST prompt token whenever a cache object exists, and `generate` always
+  creates one, so its prefill would skip the prompt and its steps attend to ~S keys instead of
+  ~prompt + S (cheap and wrong). Pre-filling through the public API keeps the work identical on
+  every version that honours a given cache, without subclassing private generate plumbing.
+  The cache's keyword is `cache` from transformers 5.24 and `past_key_values` before; the bench
+  reads it from `forward`'s signature and records it (`transformers_cache_kwarg`). It also checks
+  what ran (a forward hook): one forward of prompt - 1 tokens, then exactly one single-token
+  forward per sampled token; anything else stops the bench with what was seen. Transformers'
+  "prefill" therefore includes its first single-token step (one step more than ours).
 - FLOOR: bytes that must be read per decode step / memory bandwidth. Bytes = every weight a
   decode step touches (all linears of all layers, cross-attention q/out only when there is text,
   layer norms, the output heads, and just the K embedding rows per row) + the self-attention
@@ -51,7 +55,8 @@ from typing import Callable
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .engine.model import PRECISIONS
+
 CARD = 2048
 NUM_CODEBOOKS = 4
 
@@ -82,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="generated frames of the one warm-up run per side (same context)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    p.add_argument("--dtype", choices=tuple(PRECISIONS), default="fp32")
     p.add_argument("--bw-mib", type=int, default=512, help="size of the bandwidth-probe copy")
     p.add_argument("--probe-every", type=int, default=16,
                    help="probe the bandwidth every this many sampled steps of each timed run (clock stopped)")
@@ -97,30 +102,9 @@ def _parser() -> argparse.ArgumentParser:
 
 # -- models ------------------------------------------------------------------------------------
 
-def _bench_hf_class():
-    from transformers import MusicgenForCausalLM
-
-    class _MusicgenCausalLMForBench(MusicgenForCausalLM):
-        """transformers' model, with the prompt fed whole at prefill (see module docstring)."""
-
-        def prepare_inputs_for_generation(self, input_ids, attention_mask=None, encoder_hidden_states=None,
-                                          encoder_attention_mask=None, past_key_values=None, use_cache=True,
-                                          delay_pattern_mask=None, guidance_scale=None, **kwargs):
-            out = super().prepare_inputs_for_generation(
-                input_ids, attention_mask=attention_mask, encoder_hidden_states=encoder_hidden_states,
-                encoder_attention_mask=encoder_attention_mask, past_key_values=None, use_cache=use_cache,
-                delay_pattern_mask=delay_pattern_mask, guidance_scale=guidance_scale)
-            out["past_key_values"] = past_key_values
-            if past_key_values is not None and past_key_values.get_seq_length() > 0:
-                out["input_ids"] = out["input_ids"][:, -1:]
-            return out
-
-    return _MusicgenCausalLMForBench
-
-
 def build_models(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
     """(transformers model, our StageLM, our LMConfig) with identical weights."""
-    from transformers import MusicgenDecoderConfig
+    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
 
     from .engine.checkpoints import KeyMapper, lm_from_transformers
     from .engine.lm import LMConfig, StageLM
@@ -131,7 +115,7 @@ def build_models(args: argparse.Namespace, device: torch.device, dtype: torch.dt
                                    vocab_size=CARD, pad_token_id=CARD, bos_token_id=CARD,
                                    decoder_start_token_id=CARD, dropout=0.0, attention_dropout=0.0,
                                    activation_dropout=0.0)
-    hf = _bench_hf_class()(hf_cfg).eval()
+    hf = MusicgenForCausalLM(hf_cfg).eval()
     hf.generation_config.decoder_start_token_id = CARD  # as facebook/musicgen-small's generation_config
     hf.generation_config.pad_token_id = CARD
     with torch.no_grad():  # our pad row is zero by construction; make theirs match (identical weights)
@@ -213,8 +197,7 @@ def _summarize(t0: float, stamps: list[float], steps: int, side: str, probe: Ste
                list(probe.rates))
 
 
-def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states, probe: StepProbe,
-             compiled=None) -> Run:
+def run_ours(decoder, context_codes: torch.Tensor, gen_frames: int, args, text_states, probe: StepProbe) -> Run:
     """`generate_codes` with the whole context in one window, timed over `gen_frames + K - 1` steps.
 
     `generate_codes` pairs target frame t with context frame t (context beyond the target is
@@ -223,10 +206,11 @@ def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states
     prefill and every timed step then do exactly the work of a `[context][SEP][gen_frames]`
     window. (Only the preallocated KV cache is longer, which the eager CPU step never reads; the
     CUDA-graph step attends over the whole cache.)
-    With `compiled` (a `CompiledDecoder`) the forwards are not counted: a hook would change what
-    the compiled step was traced with and make it recompile.
+    In the `compiled` mode the forwards are not counted: a hook would change what the compiled
+    step was traced with and make it recompile.
     """
-    from .engine.generate import generate_codes
+    from .engine.decoder import COMPILED
+    from .engine.generate import Windows, generate_codes
     from .engine.sampling import SamplingParams
     from .errors import Cancelled
 
@@ -241,7 +225,8 @@ def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states
 
     sampling = SamplingParams(guidance=args.guidance, top_k=args.top_k)
     calls: list[int] = []  # steps per forward (CUDA-graph capture runs 1-step forwards; a replay calls no hook)
-    hook = lm.register_forward_pre_hook(lambda mod, a: calls.append(a[0].shape[-1])) if compiled is None else None
+    lm = decoder.lm
+    hook = None if decoder.mode == COMPILED else lm.register_forward_pre_hook(lambda mod, a: calls.append(a[0].shape[-1]))
     probe.start()
     probe.sync()
     t0 = probe.now()
@@ -251,9 +236,9 @@ def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states
             mask = torch.ones(text_states.shape[:2], dtype=torch.bool, device=text_states.device)
             cross = lm.cross_context(text_states, mask)
         try:
-            generate_codes(lm, context_codes, total, takes=args.batch, sampling=sampling, seed=args.seed,
-                           cross=cross, window_frames=total, overlap_frames=0, progress=progress,
-                           should_cancel=lambda: len(stamps) >= steps, compiled=compiled)
+            generate_codes(decoder, context_codes, total, takes=args.batch, sampling=sampling, seed=args.seed,
+                           cross=cross, windows=Windows(total, 0), progress=progress,
+                           should_cancel=lambda: len(stamps) >= steps)
         except Cancelled:
             pass
         finally:
@@ -265,14 +250,63 @@ def run_ours(lm, context_codes: torch.Tensor, gen_frames: int, args, text_states
     return _summarize(t0, stamps, steps, "ours", probe)
 
 
+class BaselineError(RuntimeError):
+    """transformers did not run the baseline's workload (a version that changed its generate path)."""
+
+
+def cache_kwarg(hf) -> str:
+    """The keyword transformers' MusicGen takes its KV cache by: `cache` from 5.24, before that
+    `past_key_values`. Read from the public signature, so a rename is seen rather than guessed."""
+    import inspect
+
+    params = inspect.signature(hf.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise BaselineError(f"transformers {_hf_version()}: MusicgenForCausalLM.forward takes neither `cache` nor "
+                        "`past_key_values`; the baseline cannot hand it a KV cache. Run with --skip-transformers.")
+
+
+def _hf_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+@torch.inference_mode()
+def continue_from_prefix(hf, prompt: torch.Tensor, steps: int, text_states: torch.Tensor | None = None,
+                         **generate_kwargs) -> torch.Tensor:
+    """transformers' documented way to continue from a prefix: fill a KV cache with a public forward of
+    the prompt (in the delay pattern, as generate feeds it) minus its last token, for both CFG rows,
+    then call the public `generate` with that cache. Returns generate's output."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    name = cache_kwarg(hf)
+    text = {} if text_states is None else {"encoder_hidden_states": text_states}
+    cache = DynamicCache() if text_states is None else EncoderDecoderCache(DynamicCache(), DynamicCache())
+    rows = 2 if generate_kwargs.get("guidance_scale", 1.0) > 1 else 1  # MusicGen doubles the batch for CFG
+    try:
+        ids, mask = hf.build_delay_pattern_mask(prompt, hf.generation_config.pad_token_id,
+                                                max_length=prompt.shape[-1] + steps)
+        ids = hf.apply_delay_pattern_mask(ids, mask)
+        hf(input_ids=ids[:, :-1].repeat(rows, 1), use_cache=True, **{name: cache}, **text)
+        return hf.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, use_cache=True, num_return_sequences=1,
+                           **{name: cache}, **text, **generate_kwargs)
+    except Exception as e:  # noqa: BLE001 - any failure here is transformers refusing this way of running it
+        raise BaselineError(f"transformers {_hf_version()}: generate() failed to continue from a prefilled KV cache "
+                            f"({type(e).__name__}: {str(e).strip()[:300]}). This baseline is known to work with "
+                            "transformers 5.x; run with --skip-transformers to time ours alone.") from e
+
+
 def run_transformers(hf, prompt: torch.Tensor, steps: int, args, text_states, probe: StepProbe) -> Run:
+    """Prefill a KV cache through the public forward, continue with the public generate (module docstring)."""
     from transformers.generation.streamers import BaseStreamer
 
     class Stamps(BaseStreamer):
         def __init__(self):
             self.t: list[float] = []
 
-        def put(self, value):  # first call: the prompt (before prefill); then one per sampled token
+        def put(self, value):  # first call: the prompt (before the first step); then one per sampled token
             probe.sync()
             self.t.append(probe.now())
             if len(self.t) > 1:
@@ -281,27 +315,27 @@ def run_transformers(hf, prompt: torch.Tensor, steps: int, args, text_states, pr
         def end(self):
             pass
 
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
     streamer = Stamps()
     calls: list[int] = []
     hook = hf.register_forward_pre_hook(lambda mod, a, kw: calls.append(kw["input_ids"].shape[-1]), with_kwargs=True)
-    kwargs = {}
-    if text_states is not None:
-        kwargs = dict(encoder_hidden_states=text_states,
-                      past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()))
     try:
         probe.start()
         probe.sync()
         t0 = probe.now()
-        hf.generate(prompt, max_new_tokens=steps, min_new_tokens=steps, do_sample=True, top_k=args.top_k,
-                    guidance_scale=args.guidance, use_cache=True, num_return_sequences=1, streamer=streamer,
-                    **kwargs)
+        continue_from_prefix(hf, prompt, steps, text_states, do_sample=True, top_k=args.top_k,
+                             guidance_scale=args.guidance, streamer=streamer)
     finally:
         hook.remove()
-    if not calls or calls[0] != prompt.shape[-1] or any(c != 1 for c in calls[1:]):
-        raise RuntimeError(f"transformers: prefill saw {calls[:1]} tokens (expected {prompt.shape[-1]}), "
-                           "the KV cache is not used as expected")
+    expected = [prompt.shape[-1] - 1] + [1] * steps
+    if calls != expected:
+        seen = f"{calls[:3]}{'...' if len(calls) > 3 else ''} ({len(calls)} forwards)"
+        raise BaselineError(
+            f"transformers {_hf_version()}: expected one prefill forward of {expected[0]} tokens and then {steps} "
+            f"single-token forwards, saw {seen}. generate() did not continue from the prefilled KV cache "
+            "(it recomputed or skipped tokens), so its timing would not be comparable; run with --skip-transformers.")
+    if len(streamer.t) != steps + 1:
+        raise BaselineError(f"transformers {_hf_version()}: the streamer saw {len(streamer.t) - 1} sampled tokens, "
+                            f"expected {steps}.")
     return _summarize(t0, streamer.t[1:], steps, "transformers", probe)
 
 
@@ -382,6 +416,14 @@ def machine_info(device: torch.device) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BaselineError as e:
+        _log(f"error: {e}")
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.guidance <= 1.0:
         _log("--guidance must be > 1 (transformers only applies CFG above 1).")
         return 2
@@ -402,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    device, dtype = torch.device(args.device), PRECISIONS[args.dtype]
     if hasattr(os, "getloadavg") and os.getloadavg()[0] > 0.5 and device.type == "cpu":
         _log(f"note: load average is {os.getloadavg()[0]:.2f}; other processes will skew the timings.")
     load_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
@@ -410,20 +452,23 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"building models ({args.layers} layers, d={args.dim}, {args.heads} heads, ffn {args.ffn}) "
          f"on {args.device} {args.dtype}, {threads} threads ...")
     hf, ours, cfg = build_models(args, device, dtype)
-    compiled, packed = None, False
-    if args.compile:
-        from .engine.compiled import CompiledDecoder
+    from .engine.decoder import COMPILED, Decoder, default_mode
+    from .engine.sampling import SamplingParams
 
-        try:
-            compiled = CompiledDecoder(ours.requires_grad_(False))
-        except ValueError as e:  # not CPU fp32, or no C++ compiler: the message says which
-            _log(str(e))
-            return 2
+    packed = False
+    if args.compile:
+        ours.requires_grad_(False)
     else:
         packed = ours.pack_for_cpu()  # what build_model does for inference (CPU, fp32)
+    try:
+        decoder = Decoder(ours, default_mode(device, args.compile))
+    except ValueError as e:  # compiled: not CPU fp32, or no C++ compiler: the message says which
+        _log(str(e))
+        return 2
+    compiled = decoder.mode == COMPILED
     layout = StageLayout(args.context_frames, args.gen_frames, NUM_CODEBOOKS)
     prefill_tokens, steps = layout.first_generated_step, layout.num_steps - layout.first_generated_step
-    rows = 2 * args.batch
+    rows = SamplingParams(guidance=args.guidance).rows(args.batch)
 
     g = torch.Generator().manual_seed(args.seed)
     context = torch.randint(0, CARD, (NUM_CODEBOOKS, args.context_frames), generator=g).to(device)
@@ -443,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     warm_steps = StageLayout(args.context_frames, warm, NUM_CODEBOOKS).num_steps - prefill_tokens
     _log(f"warm-up ({warm} frames{', compiling the decode step' if compiled else ''}) ...")
     t_warm = time.perf_counter()
-    run_ours(ours, context, warm, args, text, probe, compiled)
+    run_ours(decoder, context, warm, args, text, probe)
     ours_warmup_s = time.perf_counter() - t_warm
     if not args.skip_transformers:
         run_transformers(hf, prompt, warm_steps, args, text, probe)
@@ -452,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_runs: list[Run] = []
     over_floor = lambda run: run.ms_per_step / floor_ms(statistics.median(run.copy_gbps))  # noqa: E731
     for r in range(args.repeats):
-        o = run_ours(ours, context, args.gen_frames, args, text, probe, compiled)
+        o = run_ours(decoder, context, args.gen_frames, args, text, probe)
         ours_runs.append(o)
         _log(f"[{r + 1}/{args.repeats}] ours:         prefill {o.prefill_s:.3f} s, {o.ms_per_step:.2f} ms/step, "
              f"{over_floor(o):.2f}x the floor")
@@ -462,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"[{r + 1}/{args.repeats}] transformers: prefill {h.prefill_s:.3f} s, {h.ms_per_step:.2f} ms/step, "
                  f"{over_floor(h):.2f}x the floor")
     attn_impl = getattr(hf.config, "_attn_implementation", None)
-    del hf, ours, compiled, probe
+    hf_cache = None if args.skip_transformers else cache_kwarg(hf)
+    del hf, ours, decoder, probe
     if device.type == "cuda":
         torch.cuda.empty_cache()
     _log(f"bandwidth probe ({args.bw_mib} MiB copy, fastest of 5) ...")
@@ -497,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours_warmup_s": ours_warmup_s,
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
+        "transformers_cache_kwarg": hf_cache,
         "transformers_attn_implementation": attn_impl,
         "machine": {**machine_info(device), "loadavg_1min_at_start": load_start},
         "model": {"layers": args.layers, "dim": args.dim, "heads": args.heads, "ffn": args.ffn,

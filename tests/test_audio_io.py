@@ -1,4 +1,4 @@
-"""Loading, writing and naming audio files (stage_bridge.audio.io, resample)."""
+"""Loading, writing and naming audio files (stage_bridge.audio.io, resample, fit_length)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import soundfile as sf
 
 from stage_bridge.audio import (
     Audio,
+    fit_length,
     is_silent,
     load_audio,
     resample,
@@ -296,3 +297,30 @@ def test_resample_keeps_sine_frequency(sr_in, sr_out):
         spectrum = np.abs(np.fft.rfft(channel * np.hanning(channel.size)))
         peak_hz = np.argmax(spectrum) * sr_out / channel.size
         assert peak_hz == pytest.approx(freq, abs=2.0)
+
+
+# --- fit_length ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_fit_length_crops_or_pads_the_end_and_keeps_the_dtype(dtype):
+    x = np.arange(1, 6, dtype=dtype)
+    np.testing.assert_array_equal(fit_length(x, 3), [1, 2, 3])
+    np.testing.assert_array_equal(fit_length(x, 7), [1, 2, 3, 4, 5, 0, 0])
+    np.testing.assert_array_equal(fit_length(x, 0), np.zeros(0))
+    assert fit_length(x, 3).dtype == fit_length(x, 7).dtype == dtype
+
+
+def test_fit_length_works_on_the_last_axis_of_multichannel_audio():
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_array_equal(fit_length(x, 2), [[0, 1], [4, 5]])
+    np.testing.assert_array_equal(fit_length(x, 5), [[0, 1, 2, 3, 0], [4, 5, 6, 7, 0]])
+    assert fit_length(x.T, 1).flags.c_contiguous
+
+
+def test_fit_length_never_returns_a_view():
+    x = np.ones(4, np.float32)
+    for n in (2, 4, 6):
+        y = fit_length(x, n)
+        y[:] = 5.0
+        assert (x == 1.0).all()

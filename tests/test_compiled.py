@@ -7,7 +7,8 @@ import torch
 
 from stage_bridge.engine import compiled as compiled_mod
 from stage_bridge.engine.compiled import CompiledDecoder, compile_problem
-from stage_bridge.engine.generate import generate_codes
+from stage_bridge.engine.decoder import COMPILED, Decoder
+from stage_bridge.engine.generate import Windows, generate_codes
 from stage_bridge.engine.lm import StageLM
 from stage_bridge.engine.pattern import StageLayout, build_sequence, step_positions
 from stage_bridge.engine.sampling import SamplingParams
@@ -73,7 +74,7 @@ def test_compiled_generation_equals_eager_and_compiles_once_per_kind():
 
     torch._dynamo.reset()
     eager, lm = _lm(4), _lm(4)
-    decoder = CompiledDecoder(lm, window_frames=WINDOW)
+    decoder = Decoder(lm, COMPILED)
     params = SamplingParams(guidance=3.0, top_k=20)
     graphs = lambda: counters["stats"]["unique_graphs"]  # noqa: E731
     start = graphs()
@@ -85,10 +86,10 @@ def test_compiled_generation_equals_eager_and_compiles_once_per_kind():
             mask = torch.ones(2, text_tokens, dtype=torch.bool)
             mask[1] = False  # the unconditional row has no text
             cross_e, cross_c = eager.cross_context(text, mask), lm.cross_context(text, mask)
-        windows = dict(window_frames=window, overlap_frames=3)  # the last case: long-form, 4 windows
-        want = generate_codes(eager, ctx, frames, takes=1, sampling=params, seed=3, cross=cross_e, **windows)
-        got = generate_codes(lm, ctx, frames, takes=1, sampling=params, seed=3, cross=cross_c, compiled=decoder,
-                             **windows)
+        windows = Windows(window, 3)  # the last case: long-form, 4 windows
+        want = generate_codes(Decoder(eager), ctx, frames, takes=1, sampling=params, seed=3, cross=cross_e,
+                              windows=windows)
+        got = generate_codes(decoder, ctx, frames, takes=1, sampling=params, seed=3, cross=cross_c, windows=windows)
         assert torch.equal(got, want), (frames, text_tokens, window)
     assert graphs() - start == 2  # with text, without text
 
@@ -146,7 +147,7 @@ def test_daemon_without_a_compiler_warns_and_runs_uncompiled(tmp_path, monkeypat
     monkeypatch.setattr(compiled, "compile_problem", lambda device, dtype: "--compile needs a C++ compiler.")
     with caplog.at_level("WARNING", logger="stage_bridge.daemon"):
         models, _ = daemon.load_models(_serve_cfg(tmp_path, compile=True))
-    assert models["drums"].compiled is None and models["drums"].lm is not None
+    assert models["drums"].decoder.mode == "eager" and models["drums"].decoder.compiled is None
     assert "C++ compiler" in caplog.text and "without it" in caplog.text
 
 
@@ -158,26 +159,26 @@ def test_daemon_compiles_before_it_answers(tmp_path, caplog):
     with caplog.at_level("INFO", logger="stage_bridge.daemon"):
         models, _ = daemon.load_models(_serve_cfg(tmp_path, compile=True))
     model = models["drums"]
-    assert model.compiled is not None and model.lm.layers[0].self_attn.cache is not None  # kept for reuse
+    assert model.decoder.mode == COMPILED and model.lm.layers[0].self_attn.cache is not None  # kept for reuse
     assert "compiled in" in caplog.text
 
 
-def test_a_step_that_fails_to_compile_runs_eager(caplog):
+def test_a_step_that_fails_to_compile_runs_eager(caplog, monkeypatch):
     """A compiler that is present but cannot build Inductor's code must not fail a generation."""
+    monkeypatch.setattr(compiled_mod, "compile_problem", lambda device, dtype: None)  # "a compiler is present"
     eager, lm = _lm(6), _lm(6)
-    decoder = CompiledDecoder.__new__(CompiledDecoder)
-    decoder.lm, decoder.capacity, decoder.failed = lm, 0, None
+    decoder = Decoder(lm, COMPILED)
     calls = []
 
     def broken(*args):
         calls.append(1)
         raise RuntimeError("C++ compile error: omp.h: No such file or directory")
 
-    decoder._step, decoder._eager = broken, compiled_mod._DecodeStep(lm)
+    decoder.compiled._step = broken
     ctx = torch.randint(0, CFG.card, (4, 6))
     params = SamplingParams(guidance=3.0, top_k=20)
-    want = generate_codes(eager, ctx, 6, takes=1, sampling=params, seed=2)
+    want = generate_codes(Decoder(eager), ctx, 6, takes=1, sampling=params, seed=2)
     with caplog.at_level("WARNING", logger="stage_bridge.engine.compiled"):
-        got = generate_codes(lm, ctx, 6, takes=1, sampling=params, seed=2, compiled=decoder)
+        got = generate_codes(decoder, ctx, 6, takes=1, sampling=params, seed=2)
     assert torch.equal(got, want)
-    assert len(calls) == 1 and "omp.h" in decoder.failed and "without --compile" in caplog.text
+    assert len(calls) == 1 and "omp.h" in decoder.compiled.failed and "without --compile" in caplog.text

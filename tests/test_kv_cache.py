@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stage_bridge.engine.generate import generate_codes
+from stage_bridge.engine.decoder import CUDA_GRAPH, EAGER, Decoder
+from stage_bridge.engine.generate import Windows, generate_codes
 from stage_bridge.engine.lm import LMConfig, StageLM
 from stage_bridge.engine.pattern import StageLayout, build_sequence, delay_revert, step_positions
 from stage_bridge.engine.sampling import SamplingParams, apply_guidance, sample_next
@@ -114,9 +115,9 @@ def test_generate_codes_equals_naive_recompute():
     ctx = torch.randint(0, CFG.card, (4, 6))  # shorter than the target, as in STAGE training
     params = SamplingParams(guidance=3.0, top_k=20, top_p=0.0, temperature=1.0)
     want = _naive_generate(lm, ctx, 8, 2, params, seed=7)
-    got = generate_codes(lm, ctx, 8, takes=2, sampling=params, seed=7)
+    got = generate_codes(Decoder(lm), ctx, 8, takes=2, sampling=params, seed=7)
     assert torch.equal(got, want)
-    again = generate_codes(lm, ctx, 8, takes=2, sampling=params, seed=7)
+    again = generate_codes(Decoder(lm), ctx, 8, takes=2, sampling=params, seed=7)
     assert torch.equal(got, again)
     assert not torch.equal(got[0], got[1])  # takes differ
     assert int(got.max()) < CFG.card  # never pad / context token in the output
@@ -126,8 +127,8 @@ def test_windowed_generation_covers_every_frame_and_continues_from_prompt():
     lm = _lm(3)
     ctx = torch.randint(0, CFG.card, (4, 40))
     steps = []
-    out = generate_codes(lm, ctx, 40, takes=1, sampling=SamplingParams(top_k=10), seed=1,
-                         window_frames=16, overlap_frames=6, progress=lambda d, t: steps.append((d, t)))
+    out = generate_codes(Decoder(lm), ctx, 40, takes=1, sampling=SamplingParams(top_k=10), seed=1,
+                         windows=Windows(16, 6), progress=lambda d, t: steps.append((d, t)))
     assert out.shape == (1, 4, 40) and int(out.max()) < CFG.card
     assert steps[-1][0] == steps[-1][1]  # progress reaches 100 %
     assert [d for d, _ in steps] == list(range(1, steps[-1][1] + 1))
@@ -142,8 +143,7 @@ def test_static_shape_step_equals_eager_generation(device):
     lm = _lm(4).to(device)
     ctx = torch.randint(0, CFG.card, (4, 12), device=device)
     params = SamplingParams(top_k=15)
-    eager = generate_codes(lm, ctx, 20, takes=2, sampling=params, seed=3, window_frames=12, overlap_frames=4,
-                           use_graph=False)
-    static = generate_codes(lm, ctx, 20, takes=2, sampling=params, seed=3, window_frames=12, overlap_frames=4,
-                            use_graph=True)
+    eager = generate_codes(Decoder(lm, EAGER), ctx, 20, takes=2, sampling=params, seed=3, windows=Windows(12, 4))
+    static = generate_codes(Decoder(lm, CUDA_GRAPH), ctx, 20, takes=2, sampling=params, seed=3,
+                            windows=Windows(12, 4))
     assert torch.equal(eager, static)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import time
 import types
 
@@ -148,22 +150,22 @@ def test_nothing_is_reported_before_enough_ticks():
     tracker = ClockTracker()
     period = 60 / (24 * 120)
     assert tracker.bpm is None
-    for i in range(tracker.min_ticks - 1):
+    for i in range(midiclock.MIN_TICKS - 1):
         tracker.on_tick(T0 + i * period)
         assert tracker.bpm is None
-    tracker.on_tick(T0 + (tracker.min_ticks - 1) * period)
+    tracker.on_tick(T0 + (midiclock.MIN_TICKS - 1) * period)
     assert tracker.bpm == pytest.approx(120.0)
 
 
-def test_is_alive_times_out():
+def test_alive_times_out():
     tracker = ClockTracker()
-    assert not tracker.is_alive(T0)
+    assert not tracker.snapshot(T0).alive
     assert tracker.last_tick_time is None
     tracker.on_tick(T0)
     assert tracker.last_tick_time == T0
-    assert tracker.is_alive(T0 + 0.3)
-    assert not tracker.is_alive(T0 + 0.6)
-    assert tracker.is_alive(T0 + 0.6, timeout=1.0)
+    assert tracker.snapshot(T0 + 0.3).alive
+    assert not tracker.snapshot(T0 + 0.6).alive
+    assert tracker.snapshot(T0 + 0.6, timeout=1.0).alive
     feed(tracker, T0 + np.arange(1, 30) * 60 / (24 * 120))
     snap = tracker.snapshot(T0 + 60.0)
     assert snap.bpm == pytest.approx(120.0) and not snap.alive   # a dead clock keeps its tempo
@@ -240,9 +242,76 @@ def test_reset_forgets_everything():
     assert tracker.bpm is None and not tracker.playing and tracker.last_tick_time is None
 
 
-def test_bad_parameters():
-    with pytest.raises(ValueError):
-        ClockTracker(window=8, min_ticks=12)
+# ------------------------------------------------------------------------- the pure fit
+def grid(n: int, bpm: float = 120.0, t0: float = T0) -> np.ndarray:
+    return t0 + np.arange(n) * 60 / (24 * bpm)
+
+
+def one_segment(t: np.ndarray):
+    return t, np.zeros(len(t), int), np.ones(len(t), bool)
+
+
+def test_fit_needs_min_ticks_usable_ticks():
+    t, seg, usable = one_segment(grid(midiclock.MIN_TICKS + 2))
+    assert midiclock.fit_clock(t, seg, usable).bpm == pytest.approx(120.0)
+    usable[:3] = False
+    assert midiclock.fit_clock(t, seg, usable) is None
+
+
+def test_fit_leaves_unusable_ticks_out_but_counts_them():
+    t, seg, usable = one_segment(grid(40))
+    t[[10, 11, 25]] += [0.5, -0.3, 0.2]                       # held up far off the grid
+    usable[[10, 11, 25]] = False
+    before = t.copy()
+    assert midiclock.fit_clock(t, seg, usable).bpm == pytest.approx(120.0, abs=1e-6)
+    assert np.array_equal(t, before)                         # pure: the inputs stay as they were
+
+
+def test_fit_merges_a_segment_after_lost_ticks():
+    full = grid(60) + np.random.default_rng(1).normal(0.0, 0.001, 60)
+    lost = np.delete(full, range(30, 40))                    # ten ticks lost in the gap
+    fit = midiclock.fit_clock(lost, np.repeat([0, 1], [30, 20]), np.ones(50, bool))
+    # merged: the very fit of one segment with the right tick index (separate intercepts, which
+    # a segment that could not be merged keeps, differ by ~1e-6 s per tick here)
+    usable = np.ones(60, bool)
+    usable[30:40] = False
+    known = midiclock.fit_clock(full, np.zeros(60, int), usable)
+    assert fit.seconds_per_tick == pytest.approx(known.seconds_per_tick, rel=1e-9, abs=0)
+    # the same ticks as one segment would have a wrong tick index: far off
+    assert abs(midiclock.fit_clock(lost, np.zeros(50, int), np.ones(50, bool)).bpm - 120.0) > 5
+
+
+def test_fit_reports_a_tempo_change_from_the_first_tick_at_the_new_tempo():
+    old = grid(60)
+    new = old[-1] + np.arange(1, 8) * 60 / (24 * 140)
+    fit = midiclock.fit_clock(*one_segment(np.concatenate([old, new])))
+    assert fit.change == "tempo" and fit.since == new[0]
+    assert fit.bpm == pytest.approx(120.0, abs=1.0)          # the caller refits from `since`
+
+
+def test_fit_reports_a_phase_jump():
+    t = grid(60)
+    t[-7:] += 0.010                                          # the clock jumped half a tick
+    fit = midiclock.fit_clock(*one_segment(t))
+    assert fit.change == "phase" and fit.since == t[-7]
+    seg = np.repeat([0, 1], [53, 7])                         # the caller's refit: a new segment
+    again = midiclock.fit_clock(t, seg, np.ones(60, bool), prior=fit.seconds_per_tick)
+    assert again.bpm == pytest.approx(120.0, abs=1e-6) and again.change is None
+
+
+def test_tick_ring_keeps_the_newest_ticks_oldest_first():
+    ring = midiclock.TickRing(4)
+    for i in range(6):
+        ring.append(float(i), new_segment=(i == 3), usable=(i != 4))
+    t, seg, usable = ring.arrays()
+    assert t.tolist() == [2.0, 3.0, 4.0, 5.0]
+    assert seg.tolist() == [0, 1, 1, 1] and usable.tolist() == [True, True, False, True]
+    ring.drop_before(4.0)
+    assert ring.arrays()[0].tolist() == [4.0, 5.0]
+    ring.append(6.0)
+    assert ring.arrays()[0].tolist() == [4.0, 5.0, 6.0]
+    ring.clear()
+    assert ring.arrays()[0].size == 0
 
 
 # ------------------------------------------------------------------------- rtmidi adapter
@@ -314,7 +383,7 @@ def test_virtual_port_and_every_message_let_through(fake):
     assert midi_in.ignored == dict(sysex=False, timing=False, active_sense=False)
     clock_in.close()
     clock_in.close()                                           # idempotent
-    assert midi_in.deleted and midi_in.opened is None and clock_in.closed
+    assert midi_in.deleted and midi_in.opened is None
     assert clock_in.poll() == 0
 
 
@@ -423,6 +492,19 @@ def test_background_thread_polls(fake):
 def test_list_input_ports(fake):
     assert midiclock.list_input_ports("alsa") == ["Midi Through:0", "DAW Clock Out", "daw clock 2"]
     assert FakeMidiIn.instances[-1].deleted
+
+
+def test_every_midi_api_choice_opens_that_api(fake):
+    fake(compiled=(1, 2, 3, 4))
+    for api in midiclock.MIDI_APIS:
+        with MidiClockInput("daw", api=api, poll_interval=None) as clock_in:
+            assert clock_in.api == ("coremidi" if api == "auto" else api)   # auto: rtmidi's first
+
+
+def test_importing_the_module_does_not_import_rtmidi():
+    # the daemon imports config (and MIDI_APIS) without MIDI; python-rtmidi is optional
+    code = "import sys, stage_bridge.bridge.midiclock; assert 'rtmidi' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_real_rtmidi_reports_a_missing_jack_server(monkeypatch):

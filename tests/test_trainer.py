@@ -1,10 +1,11 @@
-"""The fine-tuning trainer on the tiny-random model (CPU, synthetic codes; no dataset module needed).
+"""The fine-tuning trainer on the tiny-random model (CPU, synthetic codes).
 
 - the loss: target codes only, MusicGen's shift and per-codebook mean, left-padded contexts
 - the schedule: phase 1 changes only the context-token rows (all else bit-identical), phase 2 all
 - a fixed batch is overfitted; save/resume continues bit-exactly; Ctrl-C never corrupts a checkpoint
 - the run folder is a model that `resolve` + `build_model` load and `render_stem` generates with
-- `run_training` wiring (with a stand-in data module), and DDP under torchrun (gloo, 2 processes)
+- `run_training` end to end on songs the test synthesises (the real dataset module), and DDP
+  under torchrun (gloo, 2 processes)
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import types
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,6 +33,8 @@ from stage_bridge.train import checkpoint as ckpt_io
 from stage_bridge.train.schedule import ScheduleConfig
 from stage_bridge.train.trainer import (ResumableSampler, SepTokenLM, TrainConfig, Trainer,
                                         codebook_cross_entropy, make_batch, read_metrics, stage_loss, target_mask)
+
+from train_fixtures import make_plain
 
 CPU = torch.device("cpu")
 K, CARD, TT = 4, 64, 16
@@ -52,7 +54,6 @@ class Example:  # the fields of dataset.TrainExample
     context: torch.Tensor
     target: torch.Tensor
     prompt: str
-    context_kind: str = "mix"
     song: str = "song"
     start_s: float = 0.0
 
@@ -382,30 +383,6 @@ def test_ctrl_c_during_training_writes_nothing(tmp_path, monkeypatch):
 
 # -- run_training ----------------------------------------------------------------------------------
 
-def _fake_data_module(n_train=6, n_valid=2):
-    """Stands in for `stage_bridge.train.dataset` (its interface, none of its audio work)."""
-    mod = types.ModuleType("stage_bridge.train.dataset")
-    mod.SPLIT_FILE = "split.json"
-    mod.discover_songs = lambda root: ([types.SimpleNamespace(name=f"song{i}") for i in range(n_train + n_valid)],
-                                       ["skipped song x: unreadable"])
-    mod.split_songs = lambda songs, seed: {"train": [s.name for s in songs[:n_train]],
-                                           "valid": [s.name for s in songs[n_train:]], "test": []}
-
-    def write_split(run_dir, split):
-        (Path(run_dir) / "split.json").write_text(json.dumps(split))
-
-    mod.write_split = write_split
-    mod.read_split = lambda run_dir: json.loads((Path(run_dir) / "split.json").read_text())
-
-    class StemPairDataset(Synthetic):
-        def __init__(self, songs, instrument, codec, cache_dir, seed=0, augment=True):
-            assert instrument == "drums" and all(hasattr(s, "name") for s in songs)
-            super().__init__(len(songs), seed=0 if augment else 7)
-
-    mod.StemPairDataset = StemPairDataset
-    return mod
-
-
 def _train_cli(*extra: str) -> int:
     import argparse
     from stage_bridge.train.run import add_train_arguments, run_training
@@ -415,23 +392,28 @@ def _train_cli(*extra: str) -> int:
     return run_training(parser.parse_args(list(extra)))
 
 
-def test_run_training_end_to_end(tmp_path, monkeypatch, capsys):
-    import stage_bridge.train as pkg
-    fake = _fake_data_module()
-    monkeypatch.setitem(sys.modules, "stage_bridge.train.dataset", fake)
-    monkeypatch.setattr(pkg, "dataset", fake, raising=False)
+def test_run_training_end_to_end(tmp_path, capsys):
+    """`stage-bridge train` on songs made here: discovery, split, pairs, token cache, checkpoints."""
+    data = tmp_path / "songs"
+    make_plain(data, songs=4, seconds=11)  # one 10 s window per song
+    (data / "broken").mkdir()
+    (data / "broken" / "drums.wav").write_bytes(b"not audio")  # skipped with a warning
     out = tmp_path / "run"
-    common = ["--data", str(tmp_path), "--instrument", "drums", "--base", "tiny-random", "--out", str(out),
-              "--device", "cpu", "--batch", "2", "--phase1-steps", "1", "--warmup-steps", "1", "--lr", "1e-3",
-              "--valid-every", "2", "--save-every", "2", "--log-every", "1", "--quiet",
+    common = ["--data", str(data), "--instrument", "drums", "--base", "tiny-random", "--out", str(out),
+              "--device", "cpu", "--batch", "2", "--grad-accum", "1", "--phase1-steps", "1", "--warmup-steps", "1",
+              "--lr", "1e-3", "--valid-every", "2", "--save-every", "2", "--log-every", "1", "--quiet",
               "--cache", str(tmp_path / "cache")]
     assert _train_cli(*common, "--steps", "3") == 0
-    assert (out / "split.json").exists() and (out / "train_config.json").exists()
+    split = json.loads((out / "split.json").read_text())
+    assert sorted(n for part in split.values() for n in part) == [f"song{i:02d}" for i in range(4)]
+    assert split["train"] and split["valid"]
     stored = json.loads((out / "train_config.json").read_text())
     assert stored["settings"]["instrument"] == "drums" and stored["train_config"]["precision"] == "fp32"
     assert ckpt_io.latest_checkpoint(out).name == "step-00000003"
+    assert list((tmp_path / "cache" / "tokens").rglob("*.npy"))  # the pairs' codes were cached
     err = capsys.readouterr().err
-    assert "8 songs found, 1 skipped" in err and "random weights" in err
+    assert "4 songs found, 1 skipped" in err and "random weights" in err
+    assert any(r["valid_loss"] for r in read_metrics(out / "metrics.csv"))  # the valid song gave examples
 
     assert _train_cli(*common, "--steps", "3") == 2  # refuses to overwrite a run
     assert "--resume" in capsys.readouterr().err

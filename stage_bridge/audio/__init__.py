@@ -14,6 +14,7 @@ from stage_bridge.audio.io import (
     to_mono,
     write_audio_atomic,
 )
+from stage_bridge.audio.length import fit_length
 from stage_bridge.audio.resample import resample
 from stage_bridge.audio.timing import (
     bar_seconds,
@@ -40,6 +41,7 @@ __all__ = [
     "click_onsets",
     "click_track",
     "click_waveform",
+    "fit_length",
     "is_silent",
     "load_audio",
     "resample",

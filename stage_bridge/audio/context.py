@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from stage_bridge.audio.click import click_track
+from stage_bridge.audio.length import fit_length
 from stage_bridge.errors import BadArgument
 
 CONTEXT_MODES = ("mix", "click", "mix+click")
@@ -77,7 +78,4 @@ def _fit(mix: np.ndarray, num_samples: int) -> np.ndarray:
     mix = np.asarray(mix, dtype=np.float32)
     if mix.ndim != 1:
         raise ValueError(f"mix must be mono (1-D); got shape {mix.shape}. Use audio.to_mono first.")
-    out = np.zeros(num_samples, dtype=np.float32)
-    kept = min(num_samples, mix.shape[0])
-    out[:kept] = mix[:kept]
-    return out
+    return fit_length(mix, num_samples)

@@ -12,6 +12,8 @@ from fractions import Fraction
 import numpy as np
 import soxr
 
+from stage_bridge.audio.length import fit_length
+
 
 def resample(samples: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     """Resample 1-D or ``(channels, n)`` float32 audio from ``sr_in`` to ``sr_out`` Hz.
@@ -31,16 +33,7 @@ def resample(samples: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
         return np.zeros(samples.shape[:-1] + (0,), dtype=np.float32)
     frames = np.ascontiguousarray(samples.T)  # soxr wants (n, channels)
     out = soxr.resample(frames, sr_in, sr_out, quality="VHQ").astype(np.float32, copy=False)
-    out = _fit_length(out, target)
-    return np.ascontiguousarray(out.T)
-
-
-def _fit_length(frames: np.ndarray, target: int) -> np.ndarray:
-    """Trim, or zero-pad at the end, along axis 0 so there are exactly ``target`` frames."""
-    if frames.shape[0] >= target:
-        return frames[:target]
-    pad = [(0, target - frames.shape[0])] + [(0, 0)] * (frames.ndim - 1)
-    return np.pad(frames, pad)
+    return fit_length(out.T, target)
 
 
 def _rate(value: int, name: str) -> int:

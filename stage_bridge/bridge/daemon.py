@@ -62,12 +62,11 @@ def compile_decode_step(model: "StageModel") -> None:
     (more takes, a prompt) compile at their first job."""
     import time
 
-    from ..engine.generate import generate_codes
-    from ..engine.sampling import SamplingParams
+    from ..engine.generate import warm_up
 
     log.info("compiling the decode step of %s for this CPU (one-time; a minute or two on few cores) ...", model.name)
     t = time.perf_counter()
-    generate_codes(model.lm, None, 2, takes=1, sampling=SamplingParams(), compiled=model.compiled)
+    warm_up(model.decoder)
     log.info("compiled in %.0f s", time.perf_counter() - t)
 
 

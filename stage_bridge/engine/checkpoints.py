@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from transformers import EncodecConfig, T5Config
 
+from ..atomic import write_atomic
 from ..errors import CheckpointError, WeightsMissing
 from .codec import musicgen_codec_config
 from .lm import LMConfig
@@ -433,12 +434,8 @@ def save_native(ckpt: Checkpoint, folder: Path) -> None:
     for k in ("architectures", "transformers_version", "model_type"):
         meta["codec_config"].pop(k, None)
         meta["text_config"].pop(k, None)
-    tmp = folder / f".{NATIVE_WEIGHTS}.part"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / NATIVE_WEIGHTS)
-    tmp = folder / f".{NATIVE_CONFIG}.part"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, folder / NATIVE_CONFIG)
+    write_atomic(folder / NATIVE_WEIGHTS, lambda f: save_file(tensors, f.name), replace=True)
+    write_atomic(folder / NATIVE_CONFIG, lambda f: f.write(json.dumps(meta, indent=2).encode()), replace=True)
 
 
 # -- tiny-random -------------------------------------------------------------------------------

@@ -42,10 +42,6 @@ class Codec:
         return int(self.model.config.hop_length)
 
     @property
-    def frame_rate(self) -> float:
-        return self.sample_rate / self.hop_length
-
-    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

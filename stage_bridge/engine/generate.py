@@ -23,20 +23,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..audio import Audio, CONTEXT_MODES, bars_to_samples, build_context, is_silent, resample, to_mono, validate_tempo
+from ..audio import (Audio, CONTEXT_MODES, bars_to_samples, build_context, fit_length, is_silent, resample, to_mono,
+                     validate_tempo)
 from ..errors import BadArgument, Cancelled, EmptyAudio
 from ..limits import MAX_BARS, MAX_TAKES
-from .lm import CrossContext, StageLM
+from .decoder import Decoder
+from .lm import CrossContext
 from .model import StageModel
 from .pattern import StageLayout, build_sequence, delay_revert, step_positions
 from .sampling import SamplingParams, apply_guidance, sample_next
-from .compiled import CompiledDecoder
-from .stepper import Stepper, make_stepper
 
 Progress = Callable[[int, int], None]  # (steps done, steps total)
 ShouldCancel = Callable[[], bool]
-
-
 
 @dataclass(frozen=True)
 class WindowPlan:
@@ -62,90 +60,88 @@ def plan_windows(total_frames: int, window_frames: int = 500, overlap_frames: in
         start = start + frames - overlap_frames
 
 
+@dataclass(frozen=True)
+class Windows:
+    """How long requests are cut: windows of at most `frames` target frames (10 s, the length
+    STAGE was trained on), each later one continuing from the previous one's last `overlap`."""
+    frames: int = 500
+    overlap: int = 250
+
+
 @torch.inference_mode()
 def generate_codes(
-    lm: StageLM,
+    decoder: Decoder,
     context_codes: Tensor | None,
     total_frames: int,
     takes: int = 1,
     sampling: SamplingParams = SamplingParams(),
     seed: int = 0,
     cross: CrossContext | None = None,
-    window_frames: int = 500,
-    overlap_frames: int = 250,
+    windows: Windows = Windows(),
     progress: Progress | None = None,
     should_cancel: ShouldCancel | None = None,
-    use_graph: bool | None = None,
-    compiled: CompiledDecoder | None = None,
 ) -> Tensor:
     """(K, Tc) context codes (or None) -> (takes, K, total_frames) generated target codes.
 
     Context frame t is time-aligned with target frame t; context beyond the target is unused.
-
-    `cross` must hold 2 * takes rows (conditional first) when guidance is on, else `takes` rows.
-    `use_graph`: replay decode steps as a CUDA graph (default: on CUDA).
-    `compiled`: run decode steps through this compiled decoder of `lm` (CPU; its caches are
-    kept for the next generation, see `CompiledDecoder.prepare`).
+    `cross` must hold `sampling.rows(takes)` rows (conditional first), as `render_stem` builds it.
     """
-    cfg = lm.cfg
-    device = lm.heads[0].weight.device
+    cfg = decoder.lm.cfg
+    device = decoder.device
     sampling.validate()
-    use_cfg = sampling.guidance != 1.0
-    rows = 2 * takes if use_cfg else takes
+    rows = sampling.rows(takes)
     generator = torch.Generator(device=device).manual_seed(seed)
     if context_codes is None:
         context_codes = torch.zeros(cfg.num_codebooks, 0, dtype=torch.long)
     context_codes = context_codes.to(device)
-    plans = plan_windows(total_frames, window_frames, overlap_frames)
+    plans = plan_windows(total_frames, windows.frames, windows.overlap)
     layouts = [StageLayout(context_codes[:, p.start : p.start + p.frames].shape[-1], p.frames, cfg.num_codebooks,
                            p.prompt) for p in plans]
     total_steps = sum(p.steps(cfg.num_codebooks) for p in plans)
     out = torch.full((takes, cfg.num_codebooks, total_frames), cfg.pad_id, dtype=torch.long, device=device)
-    max_steps = max(layout.num_steps for layout in layouts)
-    if compiled is not None:
-        compiled.prepare(rows, max_steps)
-    else:
-        lm.setup_cache(rows, max_steps)
-    try:
-        stepper = make_stepper(lm, cross, rows, max_steps, use_graph, compiled)
+    with decoder.generation(rows, max(layout.num_steps for layout in layouts), cross):
         done = 0
         for plan, layout in zip(plans, layouts):
             context = context_codes[None, :, plan.start : plan.start + layout.context_frames].expand(takes, -1, -1)
-            if use_cfg:  # unconditional rows: the context fully masked (all padding)
+            if sampling.guided:  # unconditional rows: the context fully masked (all padding)
                 context = torch.cat([context, torch.full_like(context, cfg.pad_id)])
             target = out[:, :, plan.start : plan.start + plan.frames].repeat(rows // takes, 1, 1)
             tokens, valid = build_sequence(context, target, layout, cfg.card)
             report = (lambda n, base=done: progress(base + n, total_steps)) if progress else (lambda n: None)
             out[:, :, plan.start : plan.start + plan.frames] = _decode_window(
-                lm, stepper, tokens, valid, layout, takes, sampling, generator, cross, use_cfg, report, should_cancel)
+                decoder, tokens, valid, layout, takes, sampling, generator, report, should_cancel)
             done += plan.steps(cfg.num_codebooks)
-    finally:
-        if compiled is None:
-            lm.clear_cache()
     return out
 
 
-def _decode_window(lm: StageLM, stepper: Stepper, tokens: Tensor, valid: Tensor,
-                   layout: StageLayout, takes: int, sampling: SamplingParams, generator: torch.Generator,
-                   cross: CrossContext | None, use_cfg: bool, on_step: Callable[[int], None],
+def _decode_window(decoder: Decoder, tokens: Tensor, valid: Tensor, layout: StageLayout, takes: int,
+                   sampling: SamplingParams, generator: torch.Generator, on_step: Callable[[int], None],
                    should_cancel: ShouldCancel | None) -> Tensor:
     step_valid = valid.any(1)
     positions = step_positions(step_valid)
     fill = layout.generated_mask(tokens.device)  # (K, S)
     start, n_steps = layout.first_generated_step, layout.num_steps
-    stepper.begin_window(step_valid)
-    logits = lm(tokens[..., :start], positions[:, :start], step_valid[:, :start], 0, cross)[:, :, -1]
+    decoder.begin_window(step_valid)
+    logits = decoder.prefill(tokens, positions, start)
     for s in range(start, n_steps):
         _check_cancel(should_cancel)
-        guided = apply_guidance(logits, sampling.guidance) if use_cfg else logits
+        guided = apply_guidance(logits, sampling.guidance) if sampling.guided else logits
         nxt = sample_next(guided, sampling, generator)  # (takes, K)
-        if use_cfg:
+        if sampling.guided:
             nxt = torch.cat([nxt, nxt])
         tokens[:, :, s] = torch.where(fill[:, s], nxt, tokens[:, :, s])
         on_step(s - start + 1)
         if s + 1 < n_steps:
-            logits = stepper(tokens[..., s : s + 1], positions[:, s : s + 1], s)
+            logits = decoder.step(tokens[..., s : s + 1], positions[:, s : s + 1], s)
     return delay_revert(tokens[:takes])[:, :, layout.target_offset :]
+
+
+def warm_up(decoder: Decoder) -> None:
+    """Run a two-frame generation of the commonest kind (one take, no prompt), so that a resident
+    daemon's first job does not pay for one-time work: compiling the step (`compiled`, a minute or
+    two on few cores), kernel selection and allocator growth elsewhere. Other kinds (more takes, a
+    prompt) pay theirs at their first job."""
+    generate_codes(decoder, None, 2, takes=1)
 
 
 # -- the musician's request --------------------------------------------------------------------
@@ -197,8 +193,7 @@ class StemResult:
 
 @torch.inference_mode()
 def render_stem(model: StageModel, req: StemRequest, progress: Progress | None = None,
-                should_cancel: ShouldCancel | None = None, window_frames: int = 500,
-                overlap_frames: int = 250) -> StemResult:
+                should_cancel: ShouldCancel | None = None) -> StemResult:
     req.validate()
     t_start = time.perf_counter()
     warnings: list[str] = []
@@ -220,18 +215,18 @@ def render_stem(model: StageModel, req: StemRequest, progress: Progress | None =
     _check_cancel(should_cancel)
     t_encoded = time.perf_counter()
 
-    rows = 2 * req.takes if req.sampling.guidance != 1.0 else req.takes
+    rows = req.sampling.rows(req.takes)
     cross = CrossContext(None, None)
     if req.prompt.strip():
         states, mask = model.require_text().encode([req.prompt] * req.takes + [""] * (rows - req.takes))
         cross = model.lm.cross_context(states, mask)
     seed = req.seed if req.seed is not None else random.SystemRandom().randrange(2**31)
-    codes = generate_codes(model.lm, context_codes, codec.frames_for(n_model), req.takes, req.sampling, seed, cross,
-                           window_frames, overlap_frames, progress, should_cancel, compiled=model.compiled)
+    codes = generate_codes(model.decoder, context_codes, codec.frames_for(n_model), req.takes, req.sampling, seed,
+                           cross, progress=progress, should_cancel=should_cancel)
     t_generated = time.perf_counter()
     _check_cancel(should_cancel)
     audio = codec.decode(codes)[:, :n_model].float().cpu().numpy()
-    takes = [_exact_length(resample(a, sr, sr_out), n_out) for a in audio]
+    takes = [fit_length(resample(a, sr, sr_out), n_out) for a in audio]
     t_done = time.perf_counter()
     timings = {"encode_s": t_encoded - t_start, "generate_s": t_generated - t_encoded,
                "decode_s": t_done - t_generated, "total_s": t_done - t_start}
@@ -241,10 +236,3 @@ def render_stem(model: StageModel, req: StemRequest, progress: Progress | None =
 def _check_cancel(should_cancel: ShouldCancel | None) -> None:
     if should_cancel is not None and should_cancel():
         raise Cancelled("generation cancelled")
-
-
-def _exact_length(x: np.ndarray, n: int) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.shape[-1] >= n:
-        return x[:n]
-    return np.pad(x, (0, n - x.shape[-1]))

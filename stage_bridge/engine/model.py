@@ -14,7 +14,8 @@ from transformers import EncodecModel, T5EncoderModel
 from ..errors import BadArgument, CheckpointError, CompileUnavailable, DeviceUnavailable, WeightsMissing
 from .checkpoints import Checkpoint, find_tokenizer, resolve
 from .codec import Codec
-from .compiled import CompiledDecoder, compile_problem
+from .compiled import compile_problem
+from .decoder import Decoder, default_mode
 from .lm import StageLM
 from .text import ByteTokenizer, TextEncoder
 
@@ -48,13 +49,16 @@ def pick_device(name: str = "auto") -> torch.device:
 @dataclass
 class StageModel:
     name: str
-    lm: StageLM
+    decoder: Decoder  # the decoder LM and how its decode steps run (eager, CUDA graph or compiled)
     codec: Codec
     text: TextEncoder | None  # None: the T5 tokenizer/weights are absent; prompts are refused
     device: torch.device
     is_random: bool
     text_missing_reason: str = ""
-    compiled: CompiledDecoder | None = None  # the CPU decode step compiled by Inductor (opt-in)
+
+    @property
+    def lm(self) -> StageLM:
+        return self.decoder.lm
 
     @property
     def sample_rate(self) -> int:
@@ -73,19 +77,19 @@ def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype = tor
     `inference` packs the decoder's weights for the CPU's fast kernels where that applies
     (`StageLM.pack_for_cpu`); training passes False to keep plain, trainable weights.
     `compile` instead keeps them plain and compiles the CPU decode step (`CompiledDecoder`;
-    the compiling itself happens at the first generation of each kind)."""
+    the compiling itself happens at the first generation of each kind, or in `warm_up`).
+    The decode mode is chosen here, once: `decoder.default_mode`."""
     problem = compile_problem(device, dtype) if compile else None
     if problem is not None:
         raise CompileUnavailable(problem)
     lm = StageLM(ckpt.lm_config)
     _load(lm, ckpt.lm_state, f"{ckpt.name} (decoder)")
     lm = lm.to(device=device, dtype=dtype).eval()
-    compiled = None
     if compile:
         lm.requires_grad_(False)
-        compiled = CompiledDecoder(lm)
     elif inference:
         lm.pack_for_cpu()
+    decoder = Decoder(lm, default_mode(device, compile))
 
     if not ckpt.codec_state:
         raise WeightsMissing(f"{ckpt.name} holds no EnCodec weights (a bare decoder). Use a full model "
@@ -96,7 +100,7 @@ def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype = tor
     codec = Codec(codec_model.to(device).eval(), ckpt.lm_config.num_codebooks)
 
     text, reason = _text_encoder(ckpt, device)
-    return StageModel(ckpt.name, lm, codec, text, device, ckpt.is_random, reason, compiled)
+    return StageModel(ckpt.name, decoder, codec, text, device, ckpt.is_random, reason)
 
 
 def load_model(name_or_path: str, device: str = "auto", weights_dir: Path | None = None,

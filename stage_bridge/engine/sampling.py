@@ -22,6 +22,16 @@ class SamplingParams:
     top_p: float = 0.0
     temperature: float = 1.0
 
+    @property
+    def guided(self) -> bool:
+        """Classifier-free guidance is on (a scale of 1 is plain conditional sampling)."""
+        return self.guidance != 1.0
+
+    def rows(self, takes: int) -> int:
+        """Batch rows for `takes` takes: guidance adds one unconditional row per take (the context
+        fully masked), after all the conditional ones."""
+        return 2 * takes if self.guided else takes
+
     def validate(self) -> None:
         if not (self.guidance >= 0.0):
             raise BadArgument(f"guidance must be >= 0 (got {self.guidance}); 3.0 is STAGE's default.")

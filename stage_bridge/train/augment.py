@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
+from stage_bridge.audio import fit_length
 from stage_bridge.errors import BadArgument
 
 SPEED_GRID = (0.8, 0.9, 1.0, 1.1, 1.2)
@@ -95,7 +96,7 @@ def stretch(audio: np.ndarray, sr: int, speed: float = 1.0, semitones: float = 0
                                     pitch_shift_in_semitones=float(semitones), high_quality=True)
     else:
         y = _vocoder(x, sr, speed, semitones)
-    y = _fit(np.asarray(y, dtype=np.float32), n_out)
+    y = fit_length(np.asarray(y, dtype=np.float32), n_out)
     return y[0] if mono else y
 
 
@@ -144,9 +145,3 @@ def _pv_stretch(x: np.ndarray, rate: float, n_fft: int = 1024, hop: int = 256) -
         norm[k * hop : k * hop + n_fft] += window**2
     out /= np.maximum(norm, 1e-3)
     return out[:, n_fft // 2 :].astype(np.float32)
-
-
-def _fit(y: np.ndarray, n: int) -> np.ndarray:
-    if y.shape[-1] >= n:
-        return np.ascontiguousarray(y[..., :n])
-    return np.pad(y, ((0, 0), (0, n - y.shape[-1])))

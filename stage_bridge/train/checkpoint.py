@@ -13,8 +13,8 @@ Layout of a run folder:
 
 A checkpoint is written into a hidden temporary folder next to the others, fsynced, then renamed
 to its final name in one atomic step: a `step-*` folder exists complete or not at all. Only then
-are the top-level files replaced, each by an atomic rename of a hard link (or copy) of the new
-file. Whatever is interrupted, the previous checkpoint stays intact and loadable; `--resume`
+are the top-level files replaced, each atomically by a hard link (or copy) of the new file
+(`atomic.copy_atomic`). Whatever is interrupted, the previous checkpoint stays intact and loadable; `--resume`
 always continues from the newest complete `step-*` folder.
 """
 
@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import copy_atomic, fsync_folder, write_atomic
 from ..engine.checkpoints import NATIVE_CONFIG, NATIVE_WEIGHTS, Checkpoint, save_native
-from ..atomic import fsync_folder
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
 STATE_VERSION = 1
-FILE_MODE, DIR_MODE = 0o644, 0o755
+DIR_MODE = 0o755  # readable by the daemon whatever user it runs as; mkdtemp alone gives 0700
 _STEP_RX = re.compile(r"^step-(\d+)$")
 
 
@@ -84,12 +84,9 @@ def save_checkpoint(run_dir: Path, step: int, model: Checkpoint, trainer_state: 
         raise FileExistsError(f"{final} already exists")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=root))
     try:
-        save_native(model, tmp)
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-        for f in tmp.iterdir():
-            os.chmod(f, FILE_MODE)  # readable by the daemon whatever user it runs as
-            _fsync_file(f)
-        os.chmod(tmp, DIR_MODE)  # mkdtemp gives 0700
+        save_native(model, tmp)  # each file fsynced and readable by all, like the next one
+        write_atomic(tmp / TRAINER_STATE, lambda f: torch.save(trainer_state, f))
+        os.chmod(tmp, DIR_MODE)
         fsync_folder(tmp)
         os.rename(tmp, final)
     except BaseException:  # KeyboardInterrupt included: leave nothing partial behind
@@ -104,19 +101,7 @@ def save_checkpoint(run_dir: Path, step: int, model: Checkpoint, trainer_state: 
 def publish(run_dir: Path, step_dir: Path) -> None:
     """Make `step_dir`'s model the run's top-level model (weights first, then its config)."""
     for name in (NATIVE_WEIGHTS, NATIVE_CONFIG):
-        src, dst = step_dir / name, Path(run_dir) / name
-        tmp = Path(run_dir) / f".{name}.{os.getpid()}.part"
-        tmp.unlink(missing_ok=True)
-        try:
-            try:
-                os.link(src, tmp)
-            except OSError:  # no hard links on this filesystem
-                shutil.copyfile(src, tmp)
-                _fsync_file(tmp)
-            os.replace(tmp, dst)
-        finally:
-            tmp.unlink(missing_ok=True)
-    fsync_folder(Path(run_dir))
+        copy_atomic(step_dir / name, Path(run_dir) / name, replace=True)
 
 
 def prune(run_dir: Path, keep: int) -> None:
@@ -160,10 +145,3 @@ def restore_rng(state: dict[str, Any], extra: dict[str, torch.Generator] | None 
         torch.cuda.set_rng_state_all(state["cuda"])
     for key, gen in (extra or {}).items():
         gen.set_state(state[f"gen.{key}"])
-
-
-# -- fsync ---------------------------------------------------------------------------------------
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())

@@ -35,8 +35,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -46,7 +44,8 @@ import soundfile as sf
 import torch
 from torch import Tensor
 
-from stage_bridge.audio import load_audio, resample, to_mono
+from stage_bridge.atomic import write_atomic
+from stage_bridge.audio import fit_length, load_audio, resample, to_mono
 from stage_bridge.errors import BadArgument, StageError
 from stage_bridge.train.augment import PITCH_RANGE, SPEED_GRID, Augmentation, resolve_backend, stretch, window_times
 from stage_bridge.train.beats import click_at, downbeats_every, track_beats
@@ -57,6 +56,8 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg")
 MIX_NAMES = frozenset({"mix", "mixture", "master", "full_mix"})
 LENGTH_TOLERANCE_S = 0.1
 BLOCK_S = 0.25  # resolution of the per-stem activity map used to find silent windows
+WINDOW_S = 10.0  # STAGE's training examples: 10 s target windows, back to back
+MIN_CONTEXT_S = 5.0  # shortest context prefix of a window
 ANALYSIS_VERSION = 1
 TOKENS_VERSION = 1
 SPLIT_FILE = "split.json"
@@ -343,7 +344,7 @@ def write_split(run_dir: Path, split: dict[str, list[str]]) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = {k: sorted(split.get(k, [])) for k in SPLITS}
     path = run_dir / SPLIT_FILE
-    _atomic_write(path, json.dumps(payload, indent=2).encode())
+    write_atomic(path, lambda f: f.write(json.dumps(payload, indent=2).encode()), replace=True)
     return path
 
 
@@ -370,19 +371,14 @@ class TrainExample:
     context: Tensor
     target: Tensor
     prompt: str
-    context_kind: str  # 'stems' | 'click'
     song: str
-    start_s: float  # window start in the (unstretched) song
-    context_stems: tuple[str, ...] = ()
-    speed: float = 1.0
-    semitones: int = 0
+    start_s: float  # window start in the (unstretched) song; `StemPairDataset.plan` has the rest
 
 
 @dataclass(frozen=True)
 class PairPlan:
     """Every random choice behind one example (a function of seed, epoch and index)."""
 
-    index: int
     song: int
     start: int  # window start, samples at the codec rate
     aug: Augmentation
@@ -424,20 +420,15 @@ class StemPairDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, songs: Sequence[SongSource], instrument: str, codec, cache_dir: Path,
-                 window_s: float = 10.0, hop_s: float | None = None, seed: int = 0, augment: bool = True,
-                 p_click: float = 0.5, min_context_s: float = 5.0, p_full_context: float = 0.05,
+                 seed: int = 0, augment: bool = True, p_click: float = 0.5, p_full_context: float = 0.05,
                  exclude: Sequence[str] = ("vocals",), silence_db: float = -50.0, p_speed: float = 0.5,
                  p_pitch: float = 0.5, speeds: Sequence[float] = SPEED_GRID, pitch_range: int = PITCH_RANGE,
-                 stretch_backend: str = "auto", codec_id: str | None = None):
+                 stretch_backend: str = "auto"):
         self.instrument = normalize_stem(instrument)
         self.exclude = frozenset(normalize_stem(e) for e in exclude)
         if self.instrument in self.exclude:
             raise BadArgument(f"The target instrument '{instrument}' is in the excluded stems; remove it from "
                               "the exclusions to train on it.")
-        hop_s = window_s if hop_s is None else hop_s
-        if not (window_s > 0 and hop_s > 0 and 0 < min_context_s <= window_s):
-            raise BadArgument(f"Need window_s > 0, hop_s > 0 and 0 < min_context_s <= window_s "
-                              f"(got {window_s}, {hop_s}, {min_context_s}).")
         for name, p in (("p_click", p_click), ("p_full_context", p_full_context), ("p_speed", p_speed),
                         ("p_pitch", p_pitch)):
             if not 0 <= p <= 1:
@@ -445,10 +436,8 @@ class StemPairDataset(torch.utils.data.Dataset):
         self.codec = codec
         self.sr = int(codec.sample_rate)
         self.hop = int(codec.hop_length)
-        self.window = int(round(window_s * self.sr))
-        self.hop_samples = int(round(hop_s * self.sr))
-        self.min_context = int(round(min_context_s * self.sr))
-        self.window_s = window_s
+        self.window = int(round(WINDOW_S * self.sr))
+        self.min_context = int(round(MIN_CONTEXT_S * self.sr))
         self.seed, self.epoch = int(seed), 0
         self.augment, self.p_click, self.p_full = augment, p_click, p_full_context
         self.p_speed, self.p_pitch = p_speed, p_pitch
@@ -458,7 +447,7 @@ class StemPairDataset(torch.utils.data.Dataset):
         self.backend = resolve_backend(stretch_backend) if augment else "none"
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.codec_id = codec_id or codec_fingerprint(codec)
+        self.codec_id = codec_fingerprint(codec)
         self.block = int(round(BLOCK_S * self.sr))
         self.warnings: list[str] = []
         self.songs: list[_Song] = []
@@ -474,17 +463,17 @@ class StemPairDataset(torch.utils.data.Dataset):
         self.windows: list[tuple[int, int]] = []
         for si, song in enumerate(self.songs):
             before = len(self.windows)
-            for start in range(0, song.length - self.window + 1, self.hop_samples):
+            for start in range(0, song.length - self.window + 1, self.window):
                 if not self._active(song, 0, start, start + self.window):
                     continue
                 if not song.beats.size and not self._active_others(song, start, start + self.window):
                     continue  # neither a stems nor a click context is possible
                 self.windows.append((si, start))
             if len(self.windows) == before:
-                self._warn(f"song {song.src.name} has no {window_s:g} s window where '{self.instrument}' is "
+                self._warn(f"song {song.src.name} has no {WINDOW_S:g} s window where '{self.instrument}' is "
                            f"audible (song length {song.length / self.sr:.1f} s); it adds no examples")
         if not self.windows:
-            raise DatasetError(f"No usable {window_s:g} s windows with an audible '{self.instrument}' stem in "
+            raise DatasetError(f"No usable {WINDOW_S:g} s windows with an audible '{self.instrument}' stem in "
                                f"{len(self.songs)} song(s)" + (f": {'; '.join(self.warnings[:5])}"
                                                                 if self.warnings else "."))
 
@@ -528,7 +517,7 @@ class StemPairDataset(torch.utils.data.Dataset):
             n_ctx = self.window
         else:
             n_ctx = self.min_context + int(u[7] * (self.window - self.min_context + 1))
-        return PairPlan(i, si, start, Augmentation(speed, semitones), kind, chosen, min(n_ctx, self.window),
+        return PairPlan(si, start, Augmentation(speed, semitones), kind, chosen, min(n_ctx, self.window),
                         (song.stems[0], *others))
 
     def __getitem__(self, i: int) -> TrainExample:
@@ -556,7 +545,7 @@ class StemPairDataset(torch.utils.data.Dataset):
         needed = plan.mix_stems if not plan.aug.identity else (plan.mix_stems[0], *plan.stems)
         audio = np.stack([self.load_stem(plan.song, s, plan.start, span) for s in needed])
         audio = stretch(audio, self.sr, plan.aug.speed, plan.aug.semitones, self.backend)
-        audio = _fit(audio, self.window)
+        audio = fit_length(audio, self.window)
         target = audio[0]
         if plan.kind == "click":
             context = click_at(beats, downbeats, self.window, self.sr)
@@ -607,8 +596,7 @@ class StemPairDataset(torch.utils.data.Dataset):
                     context = c
         frames = -(-plan.context_samples // self.hop)
         return TrainExample(context=context[:, :frames].clone(), target=target, prompt=self.prompt(plan.song),
-                            context_kind=plan.kind, song=song.src.name, start_s=plan.start / self.sr,
-                            context_stems=plan.stems, speed=plan.aug.speed, semitones=plan.aug.semitones)
+                            song=song.src.name, start_s=plan.start / self.sr)
 
     def _cache_path(self, key: str) -> Path:
         return self.cache_dir / "tokens" / key[:2] / f"{key}.npy"
@@ -629,11 +617,8 @@ class StemPairDataset(torch.utils.data.Dataset):
         arr = arr.astype(np.int16) if arr.max(initial=0) < 2**15 and arr.min(initial=0) >= 0 else arr
         path = self._cache_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-
-        def write(handle):
-            np.save(handle, arr, allow_pickle=False)
-
-        _atomic_write(path, write)
+        # replace: DataLoader workers (or ranks) may encode the same window at the same time
+        write_atomic(path, lambda f: np.save(f, arr, allow_pickle=False), replace=True)
 
     def _active(self, song: _Song, row: int, a: int, b: int) -> bool:
         blocks = song.energy[row, a // self.block : max(a // self.block + 1, -(-b // self.block))]
@@ -670,7 +655,8 @@ class StemPairDataset(torch.utils.data.Dataset):
             names, energy, length, beats, downbeats = self._analyse_audio(src, tracks)
             payload = {"stems": np.array(names), "energy": energy, "length": np.array(length),
                        "beats": beats, "downbeats": downbeats}
-            _atomic_write(cached, lambda h: np.savez(h, **payload))
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cached, lambda f: np.savez(f, **payload), replace=True)
         rows = [names.index(s) for s in usable]
         if src.beats is not None:
             beats = np.asarray(src.beats, dtype=np.float64)
@@ -688,11 +674,9 @@ class StemPairDataset(torch.utils.data.Dataset):
             audio = np.zeros(length, dtype=np.float64)
             for path, rate in tracks[stem]:
                 wav = load_audio(path)
-                mono = resample(to_mono(wav.samples), wav.sample_rate, self.sr)
-                audio[: min(length, mono.shape[0])] += mono[:length]
+                audio += fit_length(resample(to_mono(wav.samples), wav.sample_rate, self.sr), length)
             mix += audio
-            padded = np.zeros(n_blocks * self.block)
-            padded[:length] = audio
+            padded = fit_length(audio, n_blocks * self.block)
             energy[r] = (padded.reshape(n_blocks, self.block) ** 2).mean(axis=1)
         if src.beats is None:
             beats, _ = track_beats(mix.astype(np.float32), self.sr, bpm=src.bpm)
@@ -720,33 +704,16 @@ def _hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def _atomic_write(path: Path, data) -> None:
-    """Write bytes (or call ``data(handle)``) to a temp file beside ``path``, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if callable(data):
-                data(handle)
-            else:
-                handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_segment(path: Path, rate: int, sr: int, start: int, length: int) -> np.ndarray:
-    """``length`` mono samples at ``sr`` starting at ``start`` (codec-rate samples) of one file."""
+    """``length`` float32 mono samples at ``sr`` starting at ``start`` (codec-rate samples) of one
+    file; zeros past its end."""
     if rate == sr:
         with sf.SoundFile(str(path)) as f:
             if start >= f.frames:
-                return np.zeros(length)
+                return np.zeros(length, dtype=np.float32)
             f.seek(start)
             data = f.read(min(length, f.frames - start), dtype="float32", always_2d=True)
-        out = np.zeros(length)
-        out[: data.shape[0]] = data.mean(axis=1)
-        return out
+        return fit_length(data.mean(axis=1), length)
     # Read from a frame whose time falls exactly on an output sample, with a margin for the filter.
     g = math.gcd(rate, sr)
     step_in, step_out = rate // g, sr // g
@@ -758,18 +725,8 @@ def _read_segment(path: Path, rate: int, sr: int, start: int, length: int) -> np
     b = a + int(math.ceil(n_out * rate / sr)) + 1
     with sf.SoundFile(str(path)) as f:
         if a >= f.frames:
-            return np.zeros(length)
+            return np.zeros(length, dtype=np.float32)
         f.seek(a)
         data = f.read(min(b, f.frames) - a, dtype="float32", always_2d=True)
     mono = data.mean(axis=1)
-    res = resample(mono, rate, sr)
-    out = np.zeros(length)
-    seg = res[out_offset : out_offset + length]
-    out[: seg.shape[0]] = seg
-    return out
-
-
-def _fit(audio: np.ndarray, n: int) -> np.ndarray:
-    if audio.shape[-1] >= n:
-        return audio[..., :n]
-    return np.pad(audio, [(0, 0)] * (audio.ndim - 1) + [(0, n - audio.shape[-1])])
+    return fit_length(resample(mono, rate, sr)[out_offset:], length)

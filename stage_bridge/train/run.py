@@ -16,8 +16,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BadArgument, StageError
+from .. import __version__
 from ..argtypes import real, whole_number
+from ..atomic import write_atomic
+from ..errors import BadArgument, StageError
 
 if TYPE_CHECKING:
     import torch
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
 # called whenever the CLI builds its parser, which must stay fast.
 
 TRAIN_CONFIG = "train_config.json"
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Options that define the run: on --resume they come from train_config.json, not the command line.
 RUN_DEFINING = ("data", "instrument", "base", "batch", "grad_accum", "seed", "phase1_steps", "warmup_steps", "lr",
                 "sep_lr", "context_dropout", "text_dropout", "weight_decay", "clip")
@@ -46,8 +47,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--steps", type=whole_number(1), default=10_000, help="optimizer steps in all (default 10000)")
     p.add_argument("--batch", type=whole_number(1), default=2, help="examples per micro-batch and process (default 2)")
     p.add_argument("--grad-accum", type=whole_number(1), default=4, help="micro-batches per optimizer step (default 4)")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="autocast precision; master weights stay fp32 (auto: bf16 on a GPU that has it, else fp32)")
+    p.add_argument("--precision", default="auto", type=precision_choice,
+                   help="autocast precision: auto, fp32, bf16 or fp16; master weights stay fp32 "
+                        "(auto: bf16 on a GPU that has it, else fp32)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (torchrun: one GPU per process)")
     p.add_argument("--valid-every", type=whole_number(1), default=500, help="validation loss every K steps")
@@ -117,13 +119,25 @@ def _barrier(info) -> None:
 
 # -- the command -----------------------------------------------------------------------------------
 
+def precision_choice(name: str) -> str:
+    """--precision: "auto" or a name of the engine's precision table. Imported only when the
+    option is parsed, so that building the CLI's parser never loads torch."""
+    from ..engine.model import PRECISIONS
+
+    if name != "auto" and name not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from auto, {', '.join(PRECISIONS)})")
+    return name
+
+
 def resolve_precision(name: str, device) -> str:
+    """"auto" -> bf16 on a GPU that has it, else fp32; an explicit precision must suit the device."""
     import torch
+
+    from .trainer import check_precision
 
     if name == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise BadArgument("--precision fp16 needs a CUDA GPU (it uses a gradient scaler); use bf16 or fp32")
+    check_precision(name, device)
     return name
 
 
@@ -176,18 +190,17 @@ def build_datasets(settings: dict[str, Any], model, run_dir: Path, resume: bool,
     """Songs -> split (split.json; re-read on --resume) -> the train and valid datasets."""
     import copy
 
-    from . import dataset as ds
+    from .dataset import SPLIT_FILE, StemPairDataset, discover_songs, read_split, split_songs, write_split
 
-    songs, warnings = ds.discover_songs(Path(settings["data"]))  # logs each warning itself
+    songs, warnings = discover_songs(Path(settings["data"]))  # logs each warning itself
     by_name = {s.name: s for s in songs}
-    split_file = run_dir / getattr(ds, "SPLIT_FILE", "split.json")
-    if resume and split_file.exists():
-        split = ds.read_split(run_dir)
+    if resume and (run_dir / SPLIT_FILE).exists():
+        split = read_split(run_dir)
     else:
-        split = ds.split_songs(songs, settings["seed"])
+        split = split_songs(songs, settings["seed"])
         if write:
-            ds.write_split(run_dir, split)
-    gone = [n for part in ("train", "valid") for n in split.get(part, []) if n not in by_name]
+            write_split(run_dir, split)
+    gone = [n for part in ("train", "valid") for n in split[part] if n not in by_name]
     if gone:
         print(f"warning: {len(gone)} song(s) of the run's split are no longer usable in {settings['data']} "
               f"(e.g. {gone[0]})", file=sys.stderr)
@@ -200,10 +213,10 @@ def build_datasets(settings: dict[str, Any], model, run_dir: Path, resume: bool,
     cache = Path(settings["cache"])
 
     def make(part: str, augment: bool):
-        chosen = [by_name[n] for n in split.get(part, []) if n in by_name]
+        chosen = [by_name[n] for n in split[part] if n in by_name]
         if not chosen:
             return None
-        return ds.StemPairDataset(chosen, settings["instrument"], codec, cache, seed=settings["seed"], augment=augment)
+        return StemPairDataset(chosen, settings["instrument"], codec, cache, seed=settings["seed"], augment=augment)
 
     train = make("train", True)
     if train is None:
@@ -272,10 +285,9 @@ def run_training(args: argparse.Namespace) -> int:
         config.validate()
         if info.main and not args.resume:
             stored = {"settings": settings, "train_config": config.to_dict(), "world_size": info.world,
-                      "stage_bridge_version": _version()}
-            tmp = run_dir / f".{TRAIN_CONFIG}.part"
-            tmp.write_text(json.dumps(stored, indent=2))
-            os.replace(tmp, run_dir / TRAIN_CONFIG)
+                      "stage_bridge_version": __version__}
+            write_atomic(run_dir / TRAIN_CONFIG, lambda f: f.write(json.dumps(stored, indent=2).encode()),
+                         replace=True)
         if not info.main:  # rank 0 analyses the songs first; the others then read its cache
             _barrier(info)
         train_set, valid_set = build_datasets(settings, model, run_dir, args.resume, write=info.main)
@@ -308,14 +320,6 @@ def run_training(args: argparse.Namespace) -> int:
         return 2
     finally:
         _finish_distributed(info)
-
-
-def _version() -> str:
-    try:
-        from .. import __version__
-        return __version__
-    except Exception:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

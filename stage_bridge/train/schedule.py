@@ -55,7 +55,6 @@ class Schedule:
     def __init__(self, config: ScheduleConfig):
         config.validate()
         self.config = config
-        self.last_step = -1
 
     def phase(self, step: int) -> int:
         return self.config.phase(step)
@@ -64,17 +63,17 @@ class Schedule:
         lr_main, lr_sep = self.config.lrs(step)
         for group in optimizer.param_groups:
             group["lr"] = lr_sep if group.get("name") == SEP else lr_main
-        self.last_step = step
         return lr_main, lr_sep
 
     def state_dict(self) -> dict:
-        return {"config": asdict(self.config), "last_step": self.last_step}
+        return {"config": asdict(self.config)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Checks that a resumed run keeps its schedule (older checkpoints also hold a
+        "last_step", which nothing needs: the step comes from the trainer state)."""
         saved = ScheduleConfig(**state["config"])
         if saved != self.config:
             raise ValueError(f"the checkpoint was trained with schedule {saved}, not {self.config}")
-        self.last_step = int(state["last_step"])
 
 
 def build_optimizer(sep_params: list[torch.nn.Parameter], main_params: list[torch.nn.Parameter],

@@ -25,7 +25,6 @@ import contextlib
 import csv
 import io
 import math
-import os
 import sys
 import time
 import weakref
@@ -37,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..atomic import write_atomic
 from ..engine.checkpoints import Checkpoint, load_state_file
 from ..engine.lm import LMConfig, StageLM
-from ..engine.model import StageModel
+from ..engine.model import PRECISIONS, StageModel
 from ..engine.pattern import StageLayout, build_sequence, step_positions
 from ..errors import BadArgument, WeightsMissing
 from . import checkpoint as ckpt_io
@@ -234,7 +234,7 @@ class TrainConfig:
     steps: int = 10_000
     batch: int = 2
     grad_accum: int = 4
-    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast; master weights stay fp32)
+    precision: str = "fp32"  # a name of engine.model.PRECISIONS (autocast; master weights stay fp32)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     weight_decay: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.95)
@@ -255,8 +255,8 @@ class TrainConfig:
         for name in ("steps", "batch", "grad_accum", "valid_every", "save_every", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise BadArgument(f"{name} must be >= 1")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise BadArgument(f"unknown precision {self.precision!r}; use fp32, bf16 or fp16")
+        if self.precision not in PRECISIONS:
+            raise BadArgument(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if not (0.0 <= self.context_dropout <= 1.0 and 0.0 <= self.text_dropout <= 1.0):
             raise BadArgument("dropout probabilities must be within [0, 1]")
         try:
@@ -269,13 +269,11 @@ class TrainConfig:
         d["betas"] = list(self.betas)
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        d = dict(d)
-        d["schedule"] = ScheduleConfig(**d.get("schedule", {}))
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
-        return cls(**d)
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """fp16 training needs a gradient scaler, which only CUDA has; bf16 and fp32 run anywhere."""
+    if precision == "fp16" and device.type != "cuda":
+        raise BadArgument("--precision fp16 needs a CUDA GPU (it uses a gradient scaler); use bf16 or fp32")
 
 
 @dataclass(frozen=True)
@@ -344,7 +342,7 @@ class MetricsLog:
         self.path = Path(run_dir) / METRICS_CSV
         if resume_step is not None and self.path.exists():
             rows = [r for r in read_metrics(self.path) if int(r["step"]) <= resume_step]
-            _write_text_atomic(self.path, _csv_text(rows))
+            write_atomic(self.path, lambda f: f.write(_csv_text(rows).encode()), replace=True)
         new = not self.path.exists() or self.path.stat().st_size == 0
         self.file = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=CSV_FIELDS)
@@ -393,12 +391,6 @@ def _csv_text(rows: list[dict[str, str]]) -> str:
     return buf.getvalue()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def read_metrics(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -431,12 +423,10 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(run_dir) / LOSS_PNG
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.part.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    try:
+        return write_atomic(Path(run_dir) / LOSS_PNG, lambda f: fig.savefig(f, format="png"), replace=True)
+    finally:
+        plt.close(fig)
 
 
 # -- the trainer -----------------------------------------------------------------------------------
@@ -474,8 +464,7 @@ class Trainer:
         if next(model.lm.parameters()).dtype != torch.float32:
             raise ValueError("train with fp32 master weights (build_model(..., dtype=torch.float32)); "
                              "use --precision for mixed precision")
-        if config.precision == "fp16" and self.device.type != "cuda":
-            raise BadArgument("fp16 training needs a CUDA GPU (it uses a gradient scaler); use bf16 or fp32")
+        check_precision(config.precision, self.device)
         self.text_enabled = config.text_dropout < 1.0
         if self.text_enabled and model.text is None:
             raise WeightsMissing(model.text_missing_reason + " (or train without prompts: --text-dropout 1)")
@@ -498,14 +487,13 @@ class Trainer:
         self.micro_in_epoch = 0  # micro-batches of this epoch consumed (data position)
         self.elapsed = 0.0  # training seconds over all sessions
         self.last_saved_step: int | None = None
-        self.history: list[StepRecord] = []
         self._base = base
         self._frozen_states = self._capture_frozen_states()
 
     # -- pieces ------------------------------------------------------------------------------
     def _autocast(self):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.precision)
-        if dtype is None:
+        dtype = PRECISIONS[self.cfg.precision]
+        if dtype == torch.float32:  # the master weights' own precision: nothing to cast
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
@@ -644,7 +632,6 @@ class Trainer:
                     t_last = time.perf_counter()  # validation time is not training time
                     rec = StepRecord(self.step, self.phase, loss, valid_loss, lr_main, lr_sep, round(self.elapsed, 3))
                     session.append(rec)
-                    self.history.append(rec)
                     if log is not None and (self.step % cfg.log_every == 0 or valid_loss is not None
                                             or self.step == cfg.steps):
                         log.log(asdict(rec))
