@@ -51,7 +51,8 @@ class Server:
         prepare_home(cfg)
         self.transport = UdpTransport(host, cfg.osc_port, cfg.reply_host, cfg.reply_port)
         self.tempo = TempoSource(clock)
-        runner = StemRunner(models, cfg.outbox, RenderSettings(sample_rate=cfg.sample_rate, precision=cfg.precision))
+        settings = RenderSettings(sample_rate=cfg.sample_rate, precision=cfg.precision, compiled=cfg.compile)
+        runner = StemRunner(models, cfg.outbox, settings)
         self.service = JobService(Journal(cfg.journal_path), runner, OscEvents(self.transport.send), self.tempo,
                                   cfg.home, cfg.allow_roots, cfg.queue_size)
         summary = ",".join(f"{i}={getattr(m, 'name', 'missing')}" for i, m in models.items())

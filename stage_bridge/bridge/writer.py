@@ -59,7 +59,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
 
 
 def take_sidecar(job: StemJob, model: "StageModel", request: "StemRequest", result: "StemResult",
-                 precision: str) -> dict[str, Any]:
+                 precision: str, compiled: bool) -> dict[str, Any]:
     """What every take's `.json` says (before its take number and file name): the job as asked,
     what the engine made of it (seed, length) and with what (model, device, settings, version)."""
     sampling = request.sampling
@@ -70,7 +70,7 @@ def take_sidecar(job: StemJob, model: "StageModel", request: "StemRequest", resu
         "duration_s": result.num_samples / result.sample_rate,
         "guidance": sampling.guidance, "top_k": sampling.top_k, "top_p": sampling.top_p,
         "temperature": sampling.temperature, "click_gain_db": request.click_gain_db,
-        "device": str(model.device), "precision": precision, "compiled": model.compiled is not None,
+        "device": str(model.device), "precision": precision, "compiled": compiled,
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "stage_bridge": __version__,
     }
