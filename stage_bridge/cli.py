@@ -16,7 +16,11 @@ from typing import Sequence
 
 from . import __version__
 from .argtypes import real, whole_number
+from .bridge.config import DEFAULT_MODELS
 from .errors import StageError
+from .limits import MAX_TAKES
+
+_DEFAULTS = " / ".join(DEFAULT_MODELS.values())
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports errors in the same one-line form (exit status 2)."""
@@ -37,14 +41,14 @@ def build_parser() -> ArgumentParser:
 
     g = sub.add_parser("generate", help="generate a stem for a context audio file")
     g.add_argument("--context", type=Path, help="the song so far (WAV/FLAC/AIFF/OGG); optional with --context-mode click")
-    g.add_argument("--instrument", required=True, help="drums or bass")
+    g.add_argument("--instrument", required=True, help=" or ".join(DEFAULT_MODELS))
     g.add_argument("--bpm", type=real(), required=True, help="tempo in quarter notes per minute (30-300)")
     g.add_argument("--bars", type=whole_number(), required=True, help="length of the stem in bars")
     g.add_argument("--beats-per-bar", type=whole_number(), default=4)
     g.add_argument("--beat-unit", type=whole_number(), default=4, help="the meter's denominator (4 for 4/4, 8 for 6/8)")
     g.add_argument("--offset", type=real(), default=0.0, help="seconds from the context's start to its first downbeat")
     g.add_argument("--prompt", default="", help='optional text, e.g. "Genres: Rock. Moods: happy."')
-    g.add_argument("--takes", type=whole_number(), default=1, help="how many variations to generate (1-8)")
+    g.add_argument("--takes", type=whole_number(), default=1, help=f"how many variations to generate (1-{MAX_TAKES})")
     g.add_argument("--context-mode", default="mix", choices=["mix", "click", "mix+click"])
     g.add_argument("--click-gain-db", type=real(), default=-6.0, help="click level in mix+click mode")
     g.add_argument("--seed", type=int, default=None, help="same seed, same result (default: random, saved in the sidecar)")
@@ -53,7 +57,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--top-p", type=real(), default=0.0)
     g.add_argument("--temperature", type=real(), default=1.0)
     g.add_argument("--sample-rate", type=whole_number(), default=44100, help="output rate when there is no context file")
-    g.add_argument("--model", default=None, help="model name or path (default: stage-drums / stage-bass)")
+    g.add_argument("--model", default=None, help=f"model name or path (default: {_DEFAULTS})")
     g.add_argument("--weights-dir", type=Path, default=None, help="where named weights live")
     g.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
@@ -70,7 +74,7 @@ def build_parser() -> ArgumentParser:
 
     s = sub.add_parser("serve", help="run the daemon: warm models, OSC for the Max for Live device, watched folders")
     s.add_argument("--model", action="append", default=None, metavar="NAME|INSTRUMENT=NAME",
-                   help="model for every instrument, or per instrument (repeatable); default stage-drums / stage-bass")
+                   help=f"model for every instrument, or per instrument (repeatable); default {_DEFAULTS}")
     s.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cuda, mps or cpu")
     s.add_argument("--precision", default=None, help="decoder precision: fp32 (default), bf16 or fp16")
     s.add_argument("--compile", action="store_const", const=True, default=None,
@@ -116,7 +120,6 @@ def build_parser() -> ArgumentParser:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .bridge.config import DEFAULT_MODELS
     from .bridge.job import StemJob
     from .bridge.runner import RenderSettings, load_context, render_and_publish, stem_request
     from .bridge.writer import ensure_writable

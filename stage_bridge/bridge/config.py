@@ -1,4 +1,7 @@
-"""Daemon settings from the command line, environment variables and a TOML file.
+"""Daemon settings (`ServeConfig`) from the command line, environment variables and a TOML file.
+
+Also the default model of each instrument (`DEFAULT_MODELS`), the one definition the daemon's
+settings and `stage-bridge generate` share.
 
 Precedence: command line > environment (STAGE_BRIDGE_*) > config file > defaults. The file
 lives in the platform's config folder (`stage-bridge doctor` prints where), e.g.
