@@ -10,15 +10,17 @@ import argparse
 import datetime as _dt
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Sequence
 
 from . import __version__
 from .argtypes import real, whole_number
+from .bridge.config import DEFAULT_MODELS
 from .errors import StageError
+from .limits import MAX_TAKES
 
-INSTRUMENT_MODELS = {"drums": "stage-drums", "bass": "stage-bass"}
-
+_DEFAULTS = " / ".join(DEFAULT_MODELS.values())
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports errors in the same one-line form (exit status 2)."""
@@ -39,14 +41,14 @@ def build_parser() -> ArgumentParser:
 
     g = sub.add_parser("generate", help="generate a stem for a context audio file")
     g.add_argument("--context", type=Path, help="the song so far (WAV/FLAC/AIFF/OGG); optional with --context-mode click")
-    g.add_argument("--instrument", required=True, help="drums or bass")
+    g.add_argument("--instrument", required=True, help=" or ".join(DEFAULT_MODELS))
     g.add_argument("--bpm", type=real(), required=True, help="tempo in quarter notes per minute (30-300)")
     g.add_argument("--bars", type=whole_number(), required=True, help="length of the stem in bars")
     g.add_argument("--beats-per-bar", type=whole_number(), default=4)
     g.add_argument("--beat-unit", type=whole_number(), default=4, help="the meter's denominator (4 for 4/4, 8 for 6/8)")
     g.add_argument("--offset", type=real(), default=0.0, help="seconds from the context's start to its first downbeat")
     g.add_argument("--prompt", default="", help='optional text, e.g. "Genres: Rock. Moods: happy."')
-    g.add_argument("--takes", type=whole_number(), default=1, help="how many variations to generate (1-8)")
+    g.add_argument("--takes", type=whole_number(), default=1, help=f"how many variations to generate (1-{MAX_TAKES})")
     g.add_argument("--context-mode", default="mix", choices=["mix", "click", "mix+click"])
     g.add_argument("--click-gain-db", type=real(), default=-6.0, help="click level in mix+click mode")
     g.add_argument("--seed", type=int, default=None, help="same seed, same result (default: random, saved in the sidecar)")
@@ -55,7 +57,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--top-p", type=real(), default=0.0)
     g.add_argument("--temperature", type=real(), default=1.0)
     g.add_argument("--sample-rate", type=whole_number(), default=44100, help="output rate when there is no context file")
-    g.add_argument("--model", default=None, help="model name or path (default: stage-drums / stage-bass)")
+    g.add_argument("--model", default=None, help=f"model name or path (default: {_DEFAULTS})")
     g.add_argument("--weights-dir", type=Path, default=None, help="where named weights live")
     g.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
@@ -72,7 +74,7 @@ def build_parser() -> ArgumentParser:
 
     s = sub.add_parser("serve", help="run the daemon: warm models, OSC for the Max for Live device, watched folders")
     s.add_argument("--model", action="append", default=None, metavar="NAME|INSTRUMENT=NAME",
-                   help="model for every instrument, or per instrument (repeatable); default stage-drums / stage-bass")
+                   help=f"model for every instrument, or per instrument (repeatable); default {_DEFAULTS}")
     s.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cuda, mps or cpu")
     s.add_argument("--precision", default=None, help="decoder precision: fp32 (default), bf16 or fp16")
     s.add_argument("--compile", action="store_const", const=True, default=None,
@@ -118,57 +120,45 @@ def build_parser() -> ArgumentParser:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .audio import load_audio
-    from .bridge.writer import ensure_writable, publish_takes
-    from .engine.generate import StemRequest, render_stem
+    from .bridge.job import StemJob
+    from .bridge.runner import RenderSettings, load_context, render_and_publish, stem_request
+    from .bridge.writer import ensure_writable
     from .engine.model import load_model
     from .engine.sampling import SamplingParams
     from .errors import BadArgument
 
     instrument = args.instrument.strip().lower()
-    if instrument not in INSTRUMENT_MODELS and args.model is None:
-        raise BadArgument(f"unknown instrument '{args.instrument}'; use drums or bass (or give --model for your own).")
-    context = None
-    if args.context is not None:
-        context = load_audio(args.context)
-    elif args.context_mode != "click":
+    if instrument not in DEFAULT_MODELS and args.model is None:
+        raise BadArgument(f"unknown instrument '{args.instrument}'; use {' or '.join(DEFAULT_MODELS)} "
+                          "(or give --model for your own).")
+    if args.context is None and args.context_mode != "click":
         raise BadArgument(f"--context is required with --context-mode {args.context_mode} (or use --context-mode click).")
-    request = StemRequest(
-        bpm=args.bpm, bars=args.bars, context=context, beats_per_bar=args.beats_per_bar, beat_unit=args.beat_unit,
-        offset=args.offset, context_mode=args.context_mode, prompt=args.prompt, takes=args.takes, seed=args.seed,
-        sample_rate=args.sample_rate, click_gain_db=args.click_gain_db,
-        sampling=SamplingParams(args.guidance, args.top_k, args.top_p, args.temperature))
+    context_path = str(args.context.resolve()) if args.context is not None else ""
+    job = StemJob(id=f"cli-{uuid.uuid4().hex[:12]}", source="cli", name=args.context.stem if args.context else "click",
+                  context_path=context_path, instrument=instrument, bars=args.bars, bpm=args.bpm,
+                  beats_per_bar=args.beats_per_bar, beat_unit=args.beat_unit, offset=args.offset, prompt=args.prompt,
+                  takes=args.takes, context_mode=args.context_mode, seed=args.seed)
+    settings = RenderSettings(sample_rate=args.sample_rate, precision=args.precision, compiled=args.compile,
+                              click_gain_db=args.click_gain_db,
+                              sampling=SamplingParams(args.guidance, args.top_k, args.top_p, args.temperature))
+    request = stem_request(job, load_context(job), settings)
     request.validate()
     request.sampling.validate()
     out_dir = ensure_writable(args.out)
 
-    model_name = args.model or INSTRUMENT_MODELS[instrument]
-    model = load_model(model_name, args.device, args.weights_dir, args.precision, compile=args.compile)
+    model = load_model(args.model or DEFAULT_MODELS[instrument], args.device, args.weights_dir, args.precision,
+                       compile=args.compile)
     if model.is_random:
         print(f"warning: model '{model.name}' has random weights and produces noise (for tests and demos only)",
               file=sys.stderr)
     progress = None if args.quiet else ProgressBar()
     try:
-        result = render_stem(model, request, progress=progress)
+        paths, result = render_and_publish(model, job, request, out_dir, settings, progress=progress)
     finally:
         if progress is not None:
             progress.close()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    name = args.context.stem if args.context is not None else "click"
-    sidecar = {
-        "model": model.name, "random_weights": model.is_random, "instrument": instrument, "prompt": args.prompt,
-        "seed": result.seed, "takes": args.takes, "bpm": args.bpm, "bars": args.bars,
-        "beats_per_bar": args.beats_per_bar, "beat_unit": args.beat_unit, "offset": args.offset,
-        "context": str(args.context.resolve()) if args.context else None, "context_mode": args.context_mode,
-        "sample_rate": result.sample_rate, "num_samples": result.num_samples,
-        "duration_s": result.num_samples / result.sample_rate, "guidance": args.guidance, "top_k": args.top_k,
-        "top_p": args.top_p, "temperature": args.temperature, "device": str(model.device),
-        "precision": args.precision, "compiled": args.compile,
-        "timings": {k: round(v, 4) for k, v in result.timings.items()},
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "stage_bridge": __version__,
-    }
-    paths = publish_takes(out_dir, name, instrument, args.bpm, result.takes, result.sample_rate, sidecar)
     for path in paths:
         print(path)
     return 0
@@ -226,8 +216,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     journal = Journal(cfg.journal_path)
     for job in journal.history(args.limit):
         when = _dt.datetime.fromtimestamp(job.created).strftime("%Y-%m-%d %H:%M:%S")
-        p = job.params
-        what = f"{p.get('instrument')} {p.get('bars')} bars @ {p.get('bpm')} bpm ({p.get('source')})"
+        spec = job.spec
+        what = f"{spec.instrument} {spec.bars} bars @ {spec.bpm} bpm ({spec.source})"
         detail = ", ".join(job.outputs) if job.outputs else (f"{job.error_code}: {job.error_message}" if job.error_code else "")
         print(f"{when}  {job.id:<24} {job.state:<9} {what}  {detail}")
     journal.close()

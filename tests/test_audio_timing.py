@@ -128,3 +128,24 @@ def test_beat_samples_are_exact_floors():
     np.testing.assert_array_equal(onsets, [0, 29400, 58800, 88200, 117600])
     np.testing.assert_array_equal(downbeats, [0, 117600])
     assert onsets.dtype == np.int64
+
+
+def test_whole_bars_rounds_down_with_a_tolerance():
+    from stage_bridge.audio.timing import whole_bars
+
+    assert whole_bars(4 * 44100, 44100, 120) == 2
+    assert whole_bars(4 * 44100 - 1, 44100, 120) == 2  # a sample short still counts (10 ms tolerance)
+    assert whole_bars(int(3.9 * 44100), 44100, 120) == 1
+    assert whole_bars(3 * 44100, 44100, 120, 6, 8) == 2  # 6/8 at 120: a bar is 1.5 s
+    assert whole_bars(10 * 44100, 44100, 120, offset_s=9.5) == 0
+    with pytest.raises(BadArgument):
+        whole_bars(44100, 44100, 10)
+
+
+def test_whole_bars_uses_the_bpm_as_typed():
+    """19 bars of 4/4 at 30.4 bpm are exactly 7 200 000 samples at 48 kHz; the binary float nearest
+    30.4 is a little more than 30.4, which would make that 18.99... bars."""
+    from stage_bridge.audio.timing import bars_to_samples, whole_bars
+
+    assert bars_to_samples(19, 30.4, 48000) == 7_200_000
+    assert whole_bars(7_200_000, 48000, 30.4, tolerance_s=0) == 19

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stage_bridge.bridge.config import KEYS, load_config, parse_models
-from stage_bridge.bridge.server import ServeConfig
+from stage_bridge.bridge.config import KEYS, ServeConfig, load_config, parse_models
 from stage_bridge.errors import BadArgument
 
 

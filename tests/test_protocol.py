@@ -11,7 +11,7 @@ from pythonosc.osc_message import OscMessage
 
 from stage_bridge.bridge import protocol as P
 from stage_bridge.bridge.protocol import (GenerateRequest, ProtocolError, Tempo, parse_cancel, parse_generate,
-                                         parse_tempo)
+                                         parse_options, parse_tempo)
 
 BASE = ["verse-1", "/music/verse.wav", "drums", 8]
 
@@ -157,9 +157,31 @@ def test_generate_job_id_checked_first():
 
 
 def test_error_messages_say_what_to_do():
-    assert "1 to 512" in str(refused("bad_bars", parse_generate, ["j", "p", "drums", 600]))
-    assert "30 to 300" in str(refused("bad_tempo", parse_generate, BASE + ["bpm", 10]))
+    assert f"1 to {P.MAX_BARS}" in str(refused("bad_bars", parse_generate, ["j", "p", "drums", 600]))
+    assert f"{P.BPM_RANGE[0]} to {P.BPM_RANGE[1]}" in str(refused("bad_tempo", parse_generate, BASE + ["bpm", 10]))
     assert "prompt" in str(refused("bad_option", parse_generate, BASE + ["prompt"]))
+
+
+# -- options by name (the inbox sidecar's way in) ---------------------------------------------------
+
+def test_options_defaults_and_normalising():
+    assert parse_options({}) == {"bpm": None, "beats_per_bar": None, "beat_unit": None, "offset": 0.0, "prompt": "",
+                                 "takes": 1, "context_mode": P.DEFAULT_CONTEXT_MODE, "seed": None}
+    opts = parse_options({"bpm": 90, "takes": 2.0, "offset": 1, "seed": 7.0})
+    assert (opts["bpm"], opts["takes"], opts["offset"], opts["seed"]) == (90.0, 2, 1.0, 7)
+    assert type(opts["bpm"]) is float and type(opts["takes"]) is int
+
+
+@pytest.mark.parametrize("options,code", [
+    ({"colour": "red"}, "bad_option"), ({"bars": 4}, "bad_option"), ({"bpm": "fast"}, "bad_option"),
+    ({"bpm": 1000}, "bad_tempo"), ({"beat_unit": 3}, "bad_tempo"), ({"takes": 0}, "bad_option"),
+    ({"prompt": "x" * (P.MAX_PROMPT_CHARS + 1)}, "bad_option"), ({"offset": P.MAX_OFFSET_S + 1}, "bad_option"),
+    ({"seed": P.MAX_SEED + 1}, "bad_option"), ({"context_mode": "loud"}, "bad_option"),
+])
+def test_options_refused_as_in_generate(options, code):
+    refused(code, parse_options, options)
+    pairs = [x for kv in options.items() for x in kv]
+    refused(code, parse_generate, BASE + pairs)  # the same rule, whichever way the options came
 
 
 # -- /stage/tempo and /stage/cancel ----------------------------------------------------------------
@@ -174,7 +196,7 @@ def test_error_messages_say_what_to_do():
 ])
 def test_tempo_accepted(args, expected):
     tempo = parse_tempo(args)
-    assert tempo == expected
+    assert tempo == expected and tempo.source == "osc"
     assert type(tempo.bpm) is float
     assert tempo.beats_per_bar is None or type(tempo.beats_per_bar) is int
 

@@ -30,12 +30,12 @@ def validate_tempo(bpm: float, beats_per_bar: int = 4, beat_unit: int = 4) -> No
             "(quarter notes per minute, as shown in your DAW)."
         )
     lo, hi = BEATS_PER_BAR_RANGE
-    if not _is_int(beats_per_bar) or not lo <= beats_per_bar <= hi:
+    if not is_int(beats_per_bar) or not lo <= beats_per_bar <= hi:
         raise BadArgument(
             f"Beats per bar {beats_per_bar!r} is not usable: give a whole number from {lo} to {hi} "
             "(the top number of the time signature)."
         )
-    if not _is_int(beat_unit) or beat_unit not in BEAT_UNITS:
+    if not is_int(beat_unit) or beat_unit not in BEAT_UNITS:
         units = ", ".join(str(u) for u in BEAT_UNITS)
         raise BadArgument(
             f"Beat unit {beat_unit!r} is not usable: the bottom number of the time signature "
@@ -113,7 +113,7 @@ def beat_samples(
     """
     validate_tempo(bpm, beats_per_bar, beat_unit)
     rate = _sample_rate(sample_rate)
-    if not _is_int(num_samples) or num_samples < 0:
+    if not is_int(num_samples) or num_samples < 0:
         raise ValueError(f"num_samples must be a non-negative integer, got {num_samples!r}")
     numbers_, times = _grid(bpm, beat_unit, offset_s, Fraction(int(num_samples), rate))
     onsets = np.array([math.floor(t * rate) for t in times], dtype=np.int64)
@@ -141,6 +141,18 @@ def _bar_fraction(bpm: float, beats_per_bar: int, beat_unit: int) -> Fraction:
     return _beat_fraction(bpm, beat_unit) * int(beats_per_bar)
 
 
+def whole_bars(frames: int, sample_rate: int, bpm: float, beats_per_bar: int = 4, beat_unit: int = 4,
+               offset_s: float = 0.0, tolerance_s: Fraction = Fraction(1, 100)) -> int:
+    """Whole bars in ``frames`` samples after ``offset_s``, rounded down (0 if less than one).
+
+    A clip up to ``tolerance_s`` short of a whole bar counts as that bar, because DAWs round bar
+    lengths to whole samples. Exact like every length here (the bpm as typed, not its float).
+    """
+    validate_tempo(bpm, beats_per_bar, beat_unit)
+    length = Fraction(int(frames), _sample_rate(sample_rate)) - _exact(_finite(offset_s, "offset_s")) + tolerance_s
+    return max(0, math.floor(length / _bar_fraction(bpm, beats_per_bar, beat_unit)))
+
+
 def _exact(value: float) -> Fraction:
     """The rational number the user meant: ints exactly, floats via their shortest decimal."""
     if isinstance(value, numbers.Integral):
@@ -155,7 +167,7 @@ def _round_half_up(value: Fraction) -> int:
 
 
 def _sample_rate(sr: int) -> int:
-    if not _is_int(sr) or sr <= 0:
+    if not is_int(sr) or sr <= 0:
         raise ValueError(f"sample rate must be a positive integer, got {sr!r}")
     return int(sr)
 
@@ -176,5 +188,6 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _is_int(value: object) -> bool:
+def is_int(value: object) -> bool:
+    """A whole number that is not a bool (True is an int to Python, never a count to a musician)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)

@@ -1,4 +1,7 @@
-"""Daemon settings from the command line, environment variables and a TOML file.
+"""Daemon settings (`ServeConfig`) from the command line, environment variables and a TOML file.
+
+Also the default model of each instrument (`DEFAULT_MODELS`), the one definition the daemon's
+settings and `stage-bridge generate` share.
 
 Precedence: command line > environment (STAGE_BRIDGE_*) > config file > defaults. The file
 lives in the platform's config folder (`stage-bridge doctor` prints where), e.g.
@@ -18,17 +21,60 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import BadArgument
 from ..paths import user_config_dir, user_data_dir
-from .server import ServeConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+DEFAULT_MODELS = {"drums": "stage-drums", "bass": "stage-bass"}  # instrument -> model, unless told otherwise
+
+
+@dataclass
+class ServeConfig:
+    """Everything `stage-bridge serve` is told (see KEYS for where each comes from)."""
+
+    home: Path
+    models: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_MODELS))
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False  # CPU: compile the decode step (engine/compiled.py) before answering
+    osc_host: str = "127.0.0.1"
+    osc_port: int = 9000
+    reply_host: str = "127.0.0.1"
+    reply_port: int = 9001
+    allow_remote: bool = False
+    midi: bool = True
+    midi_in: str | None = None
+    midi_api: str = "auto"
+    allow_roots: list[Path] = field(default_factory=list)
+    queue_size: int = 16
+    weights_dir: Path | None = None
+    watch: bool = True
+    sample_rate: int = 48000  # output rate of click-only jobs (no context file to follow)
+
+    @property
+    def inbox(self) -> Path:
+        return self.home / "inbox"
+
+    @property
+    def outbox(self) -> Path:
+        return self.home / "outbox"
+
+    @property
+    def bounces(self) -> Path:
+        return self.home / "bounces"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.home / "jobs.sqlite3"
+
 
 ENV_PREFIX = "STAGE_BRIDGE_"
 KEYS = {  # key: (type, ServeConfig field)
@@ -47,7 +93,7 @@ def default_config_file() -> Path:
 
 def parse_models(value: Any) -> dict[str, str]:
     """'NAME' (every instrument), 'drums=A,bass=B', a list of those, or a TOML table."""
-    models = {"drums": "stage-drums", "bass": "stage-bass"}
+    models = dict(DEFAULT_MODELS)
     if isinstance(value, Mapping):
         items = [f"{k}={v}" for k, v in value.items()]
     elif isinstance(value, (list, tuple)):

@@ -1,8 +1,9 @@
-"""`stage-bridge serve` and `stage-bridge doctor`: wiring the daemon's parts together.
+"""`stage-bridge serve` and `stage-bridge doctor`: models, MIDI clock, then the server, until a signal.
 
 Models load once, before the daemon answers: a musician's first request must not wait for
 weights. A model whose weights are missing does not stop the daemon (the device can still
-connect and say what is wrong); its jobs fail with `weights_missing`.
+connect and say what is wrong); its jobs fail with `weights_missing`. The main thread waits
+for SIGINT/SIGTERM and then stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -11,15 +12,21 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import StageError
-from .server import Bridge, ServeConfig, check_listen_host
+from .config import ServeConfig
+from .osc import check_listen_host
+from .server import Server
+
+if TYPE_CHECKING:
+    from ..engine.model import StageModel
+    from .midiclock import MidiClockInput
 
 log = logging.getLogger("stage_bridge.daemon")
 
 
-def load_models(cfg: ServeConfig) -> tuple[dict[str, Any], str]:
+def load_models(cfg: ServeConfig) -> "tuple[dict[str, StageModel | StageError], str]":
     """instrument -> StageModel (or the StageError saying why not); models shared by name."""
     from ..engine.checkpoints import resolve
     from ..engine.compiled import compile_problem
@@ -31,8 +38,8 @@ def load_models(cfg: ServeConfig) -> tuple[dict[str, Any], str]:
     if compile and (problem := compile_problem(device, dtype)) is not None:
         log.warning("%s Continuing without it (a speed option only).", problem)
         compile = False
-    loaded: dict[str, Any] = {}
-    models: dict[str, Any] = {}
+    loaded: "dict[str, StageModel | StageError]" = {}
+    models: "dict[str, StageModel | StageError]" = {}
     for instrument, name in cfg.models.items():
         if name not in loaded:
             try:
@@ -49,7 +56,7 @@ def load_models(cfg: ServeConfig) -> tuple[dict[str, Any], str]:
     return models, str(device)
 
 
-def compile_decode_step(model: Any) -> None:
+def compile_decode_step(model: "StageModel") -> None:
     """Compile the decode step before the daemon answers, as weights are loaded before: the first
     job must not wait for it. This compiles the commonest kind (one take, no prompt); others
     (more takes, a prompt) compile at their first job."""
@@ -63,7 +70,7 @@ def compile_decode_step(model: Any) -> None:
     log.info("compiled in %.0f s", time.perf_counter() - t)
 
 
-def open_midi(cfg: ServeConfig) -> Any:
+def open_midi(cfg: ServeConfig) -> "MidiClockInput | None":
     if not cfg.midi:
         return None
     from .midiclock import MidiClockInput
@@ -79,11 +86,11 @@ def open_midi(cfg: ServeConfig) -> Any:
 
 def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    check_listen_host(cfg)  # refuse at once, before minutes of model loading
+    check_listen_host(cfg.osc_host, cfg.allow_remote)  # refuse at once, before minutes of model loading
     models, device = load_models(cfg)
     midi = open_midi(cfg)
     try:
-        bridge = Bridge(cfg, models, device, clock=midi)
+        server = Server(cfg, models, device, clock=midi)
     except StageError:
         if midi:
             midi.close()
@@ -94,11 +101,11 @@ def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
     # The OSC thread must get the interpreter quickly while the worker runs Python code between
     # kernels: a 1 ms switch interval (default 5 ms) keeps ping answers within milliseconds.
     sys.setswitchinterval(0.001)
-    bridge.start()  # resumes journal jobs first, so the watcher cannot queue one twice
+    server.start()  # resumes journal jobs first, so the watcher cannot queue one twice
     if cfg.watch:
         from .watcher import InboxWatcher
-        bridge.add_thread(InboxWatcher(bridge).run, "stage-bridge-inbox")
-    host, port = bridge.osc_address
+        server.add_thread(InboxWatcher(server.service, cfg.inbox, tuple(models)).run, "stage-bridge-inbox")
+    host, port = server.osc_address
     print(f"stage-bridge ready: OSC {host}:{port}, replies to {cfg.reply_host}:{cfg.reply_port}, "
           f"device {device}, home {cfg.home}", file=sys.stderr, flush=True)
     try:
@@ -106,7 +113,7 @@ def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
             pass
     finally:
         log.info("stopping ...")
-        bridge.stop()
+        server.stop()
         if midi:
             midi.close()
         log.info("stopped")

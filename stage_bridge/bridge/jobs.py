@@ -1,11 +1,13 @@
-"""Jobs: a bounded queue served by one model worker, recorded in an SQLite journal.
+"""Jobs: a bounded queue served by one model worker, recorded in an SQLite journal, and the
+job service every front end (OSC, inbox) submits through.
 
 Why one worker: a single GPU serves one generation at a time best, and a musician wants the
 job they asked for first to finish first. Why a journal: the daemon may be killed at any
 moment (laptop lid, kill -9, power); on restart, queued and interrupted jobs run again and
 `stage-bridge jobs` shows what happened. Outputs are published atomically by the runner, so
 an interrupted job never leaves a partial file to clean up (only hidden `.part` temp files,
-which the server removes at start).
+which the server removes at start). Why a service: the front ends need only "submit this
+request", "cancel", "is there a tempo / room"; they never reach into the queue or journal.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from ..errors import Cancelled, StageError
-from .protocol import ERROR_CODES, ProtocolError
+from .job import StemJob, job_from_request, resolve_context_path
+from .protocol import ERROR_CODES, GenerateRequest, ProtocolError, Tempo
+from .tempo import TempoSource
 
 log = logging.getLogger("stage_bridge.jobs")
 
@@ -31,14 +35,19 @@ ACTIVE = (QUEUED, RUNNING)
 
 @dataclass
 class Job:
-    id: str
-    params: dict[str, Any]  # everything the runner needs, JSON-serialisable
+    """What became of a request: its state, outputs or error (the request itself never changes)."""
+
+    spec: StemJob
     state: str = QUEUED
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
     outputs: list[str] = field(default_factory=list)
     error_code: str | None = None
     error_message: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
 
 
 class Journal:
@@ -59,7 +68,7 @@ class Journal:
     def add(self, job: Job) -> None:
         with self._lock:
             self._db.execute("INSERT INTO jobs (id, state, params, created, updated, outputs) VALUES (?,?,?,?,?,?)",
-                             (job.id, job.state, json.dumps(job.params), job.created, job.updated,
+                             (job.id, job.state, json.dumps(job.spec.params()), job.created, job.updated,
                               json.dumps(job.outputs)))
 
     def update(self, job: Job) -> None:
@@ -74,7 +83,8 @@ class Journal:
         with self._lock:
             rows = self._db.execute(f"SELECT id, state, params, created, updated, outputs, error_code, error_message "
                                     f"FROM jobs {where} ORDER BY {order}", args).fetchall()
-        return [Job(r[0], json.loads(r[2]), r[1], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows]
+        return [Job(StemJob.from_params(r[0], json.loads(r[2])), r[1], r[3], r[4], json.loads(r[5]), r[6], r[7])
+                for r in rows]
 
     def active(self) -> list[Job]:
         """Queued and interrupted (running) jobs, oldest first."""
@@ -96,7 +106,7 @@ class Events(Protocol):
     def cancelled(self, job: Job) -> None: ...
 
 
-Runner = Callable[[Job, Callable[[float], None], Callable[[], bool]], list[str]]
+Runner = Callable[[StemJob, Callable[[float], None], Callable[[], bool]], list[str]]  # -> output paths
 
 
 class JobQueue:
@@ -173,6 +183,15 @@ class JobQueue:
         return self._running
 
     @property
+    def stopped(self) -> bool:
+        """The worker has ended (after `stop`)."""
+        return self._stopping and not self._thread.is_alive()
+
+    def has_room(self) -> bool:
+        with self._cond:
+            return len(self._queue) < self.capacity
+
+    @property
     def queue_length(self) -> int:
         with self._cond:
             return len(self._queue)
@@ -201,7 +220,7 @@ class JobQueue:
                     self.events.progress(job, round(percent, 1))
 
             try:
-                job.outputs = self.runner(job, progress, self._cancel_running.is_set)
+                job.outputs = self.runner(job.spec, progress, self._cancel_running.is_set)
                 job.state = DONE
             except Cancelled:
                 job.state = CANCELLED  # by the user, or by a clean shutdown
@@ -225,6 +244,63 @@ class JobQueue:
                 self.events.failed(job)
             elif job.state == CANCELLED:
                 self.events.cancelled(job)
+
+
+class JobService:
+    """Requests in, jobs out: resolves a request's tempo and path, then queues and journals it.
+
+    The one interface the front ends use (OSC handlers, inbox watcher); it owns the journal and
+    the queue, and reads the tempo from the shared `TempoSource`.
+    """
+
+    def __init__(self, journal: Journal, runner: Runner, events: Events, tempo: TempoSource, home: Path,
+                 roots: Sequence[Path] = (), capacity: int = 16):
+        """`roots`: folders (besides `home`) context files may be read from."""
+        self.journal = journal
+        self.tempo = tempo
+        self.home = Path(home)
+        self.roots = [p.resolve() for p in [self.home, *roots]]
+        self.queue = JobQueue(journal, runner, events, capacity)
+
+    def start(self) -> list[Job]:
+        """Start the worker, first re-queueing what the journal left unfinished."""
+        return self.queue.start(resume=True)
+
+    def stop(self) -> None:
+        """Cancel the running job; queued ones stay in the journal for the next start."""
+        self.queue.stop()
+
+    def close(self) -> None:
+        """After `stop` and after every front end has stopped submitting."""
+        self.journal.close()
+
+    def submit(self, req: GenerateRequest, source: str, name: str | None = None) -> Job:
+        """Queue the job `req` asks for; ProtocolError when it cannot be (no tempo, path, full, ...)."""
+        path = resolve_context_path(req.context_path, self.home, self.roots)
+        job = Job(job_from_request(req, source, path, self.tempo.current(), name))
+        self.queue.submit(job)
+        return job
+
+    def cancel(self, job_id: str) -> None:
+        self.queue.cancel(job_id)
+
+    def current_tempo(self) -> Tempo | None:
+        return self.tempo.current()
+
+    def has_room(self) -> bool:
+        return self.queue.has_room()
+
+    @property
+    def running(self) -> Job | None:
+        return self.queue.running
+
+    @property
+    def queue_length(self) -> int:
+        return self.queue.queue_length
+
+    def job_ids(self, source: str, limit: int = 100_000) -> set[str]:
+        """Ids of the journal's latest `limit` jobs from `source` (the inbox's once-only memory)."""
+        return {job.id for job in self.journal.history(limit) if job.spec.source == source}
 
 
 def _code(e: StageError) -> str:

@@ -29,14 +29,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from ..audio.context import CONTEXT_MODES
-from ..audio.timing import BEAT_UNITS, BEATS_PER_BAR_RANGE, BPM_RANGE
+from ..audio.timing import BEAT_UNITS, BEATS_PER_BAR_RANGE, BPM_RANGE, is_int
 from ..errors import StageError
-from ..limits import MAX_BARS, MAX_TAKES
+from ..limits import MAX_BARS, MAX_OFFSET_S, MAX_PROMPT_CHARS, MAX_SEED, MAX_TAKES
 
 PING, GENERATE, TEMPO, CANCEL, STATUS = "/stage/ping", "/stage/generate", "/stage/tempo", "/stage/cancel", "/stage/status"
 INFO = "/stage/info"  # asked and answered under the same address
@@ -48,14 +48,17 @@ INSTRUMENTS = ("drums", "bass")
 DEFAULT_CONTEXT_MODE = "mix+click"
 JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
+_UNITS = ", ".join(map(str, BEAT_UNITS[:-1])) + f" or {BEAT_UNITS[-1]}"
+
 # Every error code the daemon sends in /stage/job/error, with what it means for the musician.
 ERROR_CODES = {
     "bad_request": "the message has the wrong number or kinds of arguments",
     "bad_job_id": "job ids are 1-64 letters, digits, '.', '_' or '-'",
     "duplicate_job": "a job with this id is already queued or running",
     "bad_instrument": "the instrument is not one the daemon has a model for",
-    "bad_bars": "bars must be a whole number from 1 to 512",
-    "bad_tempo": "bpm must be 30-300; beats_per_bar 1-32; beat_unit 1, 2, 4, 8 or 16",
+    "bad_bars": f"bars must be a whole number from 1 to {MAX_BARS}",
+    "bad_tempo": (f"bpm must be {BPM_RANGE[0]}-{BPM_RANGE[1]}; beats_per_bar {BEATS_PER_BAR_RANGE[0]}-"
+                  f"{BEATS_PER_BAR_RANGE[1]}; beat_unit {_UNITS}"),
     "bad_option": "an unknown option key, or a value of the wrong kind or range",
     "no_tempo": "no tempo: none in the request, no /stage/tempo, no MIDI clock",
     "forbidden_path": "the context file is outside the folders the daemon may read",
@@ -83,6 +86,9 @@ class ProtocolError(StageError):
 
 @dataclass(frozen=True)
 class GenerateRequest:
+    """A validated `/stage/generate` (or inbox file): what was asked, before the daemon fills in
+    the tempo it knows and resolves the path. `bpm`, `beats_per_bar`, `beat_unit` None: not given."""
+
     job_id: str
     context_path: str
     instrument: str
@@ -99,36 +105,49 @@ class GenerateRequest:
 
 @dataclass(frozen=True)
 class Tempo:
+    """A project tempo and where it came from ("osc": /stage/tempo, "midi": MIDI clock).
+    Meter None: the source does not say (MIDI clock never does)."""
+
     bpm: float
     beats_per_bar: int | None = None
     beat_unit: int | None = None
+    source: str = "osc"
 
 
 # -- validation helpers ------------------------------------------------------------------------
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def _is_number(v: Any) -> bool:
-    if _is_int(v):
+    if is_int(v):
         return abs(v) <= 2**63  # math.isfinite would overflow on ints past float range
     return isinstance(v, float) and math.isfinite(v)
 
 
+def _whole(v: Any) -> Any:
+    """Max sends numbers from number boxes as floats at times: 4.0 counts as 4."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 def check_bpm(bpm: Any) -> float:
     if not _is_number(bpm) or not BPM_RANGE[0] <= bpm <= BPM_RANGE[1]:
-        raise ProtocolError("bad_tempo", f"bpm {bpm!r} is not usable: give a number from 30 to 300.")
+        raise ProtocolError("bad_tempo", f"bpm {bpm!r} is not usable: give a number from {BPM_RANGE[0]} to "
+                                         f"{BPM_RANGE[1]}.")
     return float(bpm)
 
 
 def check_meter(beats_per_bar: Any, beat_unit: Any) -> tuple[int | None, int | None]:
     lo, hi = BEATS_PER_BAR_RANGE
-    if beats_per_bar is not None and (not _is_int(beats_per_bar) or not lo <= beats_per_bar <= hi):
-        raise ProtocolError("bad_tempo", f"beats_per_bar {beats_per_bar!r} must be a whole number from 1 to 32.")
-    if beat_unit is not None and (not _is_int(beat_unit) or beat_unit not in BEAT_UNITS):
-        raise ProtocolError("bad_tempo", f"beat_unit {beat_unit!r} must be 1, 2, 4, 8 or 16.")
+    if beats_per_bar is not None and (not is_int(beats_per_bar) or not lo <= beats_per_bar <= hi):
+        raise ProtocolError("bad_tempo", f"beats_per_bar {beats_per_bar!r} must be a whole number from {lo} to {hi}.")
+    if beat_unit is not None and (not is_int(beat_unit) or beat_unit not in BEAT_UNITS):
+        raise ProtocolError("bad_tempo", f"beat_unit {beat_unit!r} must be {_UNITS}.")
     return beats_per_bar, beat_unit
+
+
+def check_bars(bars: Any) -> int:
+    bars = _whole(bars)
+    if not is_int(bars) or not 1 <= bars <= MAX_BARS:
+        raise ProtocolError("bad_bars", f"bars {bars!r} must be a whole number from 1 to {MAX_BARS}.")
+    return int(bars)
 
 
 def check_job_id(job_id: Any) -> str:
@@ -137,8 +156,58 @@ def check_job_id(job_id: Any) -> str:
     return job_id
 
 
-_OPTION_TYPES = {"bpm": "number", "beats_per_bar": "int", "beat_unit": "int", "offset": "number", "prompt": "str",
-                 "takes": "int", "context_mode": "str", "seed": "int"}
+OPTION_TYPES = {"bpm": "number", "beats_per_bar": "int", "beat_unit": "int", "offset": "number", "prompt": "str",
+                "takes": "int", "context_mode": "str", "seed": "int"}
+_KIND_CHECKS = {"int": is_int, "number": _is_number, "str": lambda v: isinstance(v, str)}
+
+
+def parse_options(options: Mapping[Any, Any]) -> dict[str, Any]:
+    """Validate a request's optional settings by name: the key value pairs of `/stage/generate`
+    and the keys of an inbox sidecar both come here, so they are checked by the same rules.
+
+    Returns every option, normalised, with its default where not given (bpm and meter None).
+    """
+    for key, value in options.items():
+        kind = OPTION_TYPES.get(key) if isinstance(key, str) else None
+        if kind is None:
+            raise ProtocolError("bad_option", f"unknown option {key!r}; known: {', '.join(OPTION_TYPES)}.")
+        if not _KIND_CHECKS[kind](_whole(value) if kind == "int" else value):
+            raise ProtocolError("bad_option", f"option {key} needs a {kind}, got {value!r}.")
+    opts = {k: (_whole(v) if OPTION_TYPES[k] == "int" else v) for k, v in options.items()}
+    bpm = check_bpm(opts["bpm"]) if "bpm" in opts else None
+    bpb, unit = check_meter(opts.get("beats_per_bar"), opts.get("beat_unit"))
+    offset = float(opts.get("offset", 0.0))
+    if not 0 <= offset <= MAX_OFFSET_S:
+        raise ProtocolError("bad_option", f"offset {offset} must be 0 to {MAX_OFFSET_S} seconds.")
+    takes = opts.get("takes", 1)
+    if not 1 <= takes <= MAX_TAKES:
+        raise ProtocolError("bad_option", f"takes {takes} must be 1 to {MAX_TAKES}.")
+    mode = opts.get("context_mode", DEFAULT_CONTEXT_MODE)
+    if mode not in CONTEXT_MODES:
+        raise ProtocolError("bad_option", f"context_mode {mode!r}: use one of {', '.join(CONTEXT_MODES)}.")
+    seed = opts.get("seed")
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ProtocolError("bad_option", f"seed {seed} must be 0 to {MAX_SEED}.")
+    prompt = opts.get("prompt", "")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ProtocolError("bad_option", f"prompt is longer than {MAX_PROMPT_CHARS} characters.")
+    return {"bpm": bpm, "beats_per_bar": bpb, "beat_unit": unit, "offset": offset, "prompt": prompt, "takes": takes,
+            "context_mode": mode, "seed": seed}
+
+
+def check_instrument(instrument: Any, instruments: Sequence[str]) -> str:
+    if not isinstance(instrument, str) or instrument.strip().lower() not in instruments:
+        raise ProtocolError("bad_instrument", f"instrument {instrument!r}: use one of {', '.join(instruments)}.")
+    return instrument.strip().lower()
+
+
+def make_request(job_id: str, context_path: str, instrument: str, bars: int,
+                 options: Mapping[str, Any]) -> GenerateRequest:
+    """The request from checked positional fields and `parse_options`'s result (OSC and inbox)."""
+    if options["context_mode"] != "click" and not context_path:
+        raise ProtocolError("bad_request", f"context_mode {options['context_mode']} needs a context_path (only "
+                                           "click mode works without).")
+    return GenerateRequest(job_id, context_path, instrument, bars, **options)
 
 
 def parse_generate(args: Sequence[Any], instruments: Sequence[str] = INSTRUMENTS) -> GenerateRequest:
@@ -147,50 +216,18 @@ def parse_generate(args: Sequence[Any], instruments: Sequence[str] = INSTRUMENTS
         raise ProtocolError("bad_request", "/stage/generate needs job_id, context_path, instrument, bars "
                                            "followed by optional key value pairs.")
     job_id = check_job_id(args[0])
-    context_path, instrument, bars = args[1], args[2], args[3]
+    context_path = args[1]
     if not isinstance(context_path, str):
         raise ProtocolError("bad_request", "context_path must be a string (it may be empty in click mode).")
-    if not isinstance(instrument, str) or instrument.strip().lower() not in instruments:
-        raise ProtocolError("bad_instrument", f"instrument {instrument!r}: use one of {', '.join(instruments)}.")
-    if isinstance(bars, float) and bars.is_integer():
-        bars = int(bars)  # Max sends numbers from number boxes as floats at times
-    if not _is_int(bars) or not 1 <= bars <= MAX_BARS:
-        raise ProtocolError("bad_bars", f"bars {bars!r} must be a whole number from 1 to {MAX_BARS}.")
+    instrument = check_instrument(args[2], instruments)
+    bars = check_bars(args[3])
     rest = list(args[4:])
     if len(rest) % 2:
         raise ProtocolError("bad_option", f"options come in key value pairs; '{rest[-1]}' has no value.")
-    opts: dict[str, Any] = {}
-    for key, value in zip(rest[::2], rest[1::2]):
-        kind = _OPTION_TYPES.get(key) if isinstance(key, str) else None
-        if kind is None:
-            raise ProtocolError("bad_option", f"unknown option {key!r}; known: {', '.join(_OPTION_TYPES)}.")
-        if kind == "int" and isinstance(value, float) and value.is_integer():
-            value = int(value)
-        ok = {"int": _is_int, "number": _is_number, "str": lambda v: isinstance(v, str)}[kind](value)
-        if not ok:
-            raise ProtocolError("bad_option", f"option {key} needs a {kind}, got {value!r}.")
-        opts[key] = value
-    bpm = check_bpm(opts["bpm"]) if "bpm" in opts else None
-    bpb, unit = check_meter(opts.get("beats_per_bar"), opts.get("beat_unit"))
-    offset = float(opts.get("offset", 0.0))
-    if offset < 0 or offset > 3600:
-        raise ProtocolError("bad_option", f"offset {offset} must be 0 to 3600 seconds.")
-    takes = opts.get("takes", 1)
-    if not 1 <= takes <= MAX_TAKES:
-        raise ProtocolError("bad_option", f"takes {takes} must be 1 to {MAX_TAKES}.")
-    mode = opts.get("context_mode", DEFAULT_CONTEXT_MODE)
-    if mode not in CONTEXT_MODES:
-        raise ProtocolError("bad_option", f"context_mode {mode!r}: use one of {', '.join(CONTEXT_MODES)}.")
-    if mode != "click" and not context_path:
-        raise ProtocolError("bad_request", f"context_mode {mode} needs a context_path (only click mode works without).")
-    seed = opts.get("seed")
-    if seed is not None and not 0 <= seed < 2**31:
-        raise ProtocolError("bad_option", f"seed {seed} must be 0 to 2147483647.")
-    prompt = opts.get("prompt", "")
-    if len(prompt) > 500:
-        raise ProtocolError("bad_option", "prompt is longer than 500 characters.")
-    return GenerateRequest(job_id, context_path, instrument.strip().lower(), bars, bpm, bpb, unit, offset, prompt,
-                           takes, mode, seed)
+    for key in rest[::2]:  # unhashable or odd keys are refused before they meet a dict
+        if not isinstance(key, str) or key not in OPTION_TYPES:
+            raise ProtocolError("bad_option", f"unknown option {key!r}; known: {', '.join(OPTION_TYPES)}.")
+    return make_request(job_id, context_path, instrument, bars, parse_options(dict(zip(rest[::2], rest[1::2]))))
 
 
 def parse_tempo(args: Sequence[Any]) -> Tempo:
@@ -198,7 +235,7 @@ def parse_tempo(args: Sequence[Any]) -> Tempo:
         raise ProtocolError("bad_request", "/stage/tempo takes bpm, or bpm beats_per_bar beat_unit.")
     bpm = check_bpm(args[0])
     if len(args) == 3:
-        values = [int(v) if isinstance(v, float) and v.is_integer() else v for v in args[1:]]
+        values = [_whole(v) for v in args[1:]]
         if None in values:  # an OSC nil is not "not given" here: the three-argument form names the meter
             raise ProtocolError("bad_tempo", f"beats_per_bar and beat_unit must be whole numbers, got {values}.")
         bpb, unit = check_meter(*values)

@@ -10,8 +10,8 @@ validated exactly like the options of `/stage/generate`. Unknown keys are logged
 
 Tempo: the sidecar's bpm, else the daemon's tempo (/stage/tempo, then MIDI clock).
 Bars: the sidecar's bars, else the file's length after `offset`, rounded DOWN to whole bars at that
-tempo and meter (at least 1, at most 512). A file up to 10 ms short of a whole bar counts as that
-bar, because DAWs round bar lengths to whole samples.
+tempo and meter (at least 1, at most MAX_BARS). A file up to 10 ms short of a whole bar counts as
+that bar, because DAWs round bar lengths to whole samples.
 
 When a file is complete: the folder is polled every `interval` seconds with one `os.scandir`. A
 file starts a job when its size and mtime (and those of its sidecar) are unchanged between two
@@ -38,11 +38,9 @@ one log line (repeated only if it disappears and comes back).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import threading
@@ -50,10 +48,13 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from ..audio.timing import whole_bars
+from ..limits import MAX_BARS
 from . import protocol as P
-from .jobs import Job
+from .job import DEFAULT_METER
+from .jobs import Job, JobService
 
 log = logging.getLogger("stage_bridge.watcher")
 
@@ -68,7 +69,7 @@ def _audio_extensions() -> tuple[str, ...]:
 
 AUDIO_EXTENSIONS = _audio_extensions()
 TEMP_SUFFIXES = (".part", ".tmp")
-SIDECAR_KEYS = ("bars", "bpm", "beats_per_bar", "beat_unit", "offset", "prompt", "takes", "context_mode", "seed")
+SIDECAR_KEYS = ("bars", *P.OPTION_TYPES)
 BAR_TOLERANCE_S = Fraction(1, 100)
 HISTORY_LIMIT = 100_000
 SOURCE = "inbox"
@@ -99,20 +100,20 @@ def inbox_job_id(file_name: str, name: str, size: int, mtime_ns: int) -> str:
 def default_bars(frames: int, sample_rate: int, bpm: float, beats_per_bar: int, beat_unit: int,
                  offset: float = 0.0) -> int:
     """Whole bars in the audio after `offset` (rounded down, 10 ms tolerance), clamped to 1..MAX_BARS."""
-    bar = Fraction(240, beat_unit) * beats_per_bar / Fraction(bpm)
-    length = Fraction(frames, sample_rate) - Fraction(offset) + BAR_TOLERANCE_S
-    return max(1, min(P.MAX_BARS, math.floor(length / bar)))
+    return max(1, min(MAX_BARS, whole_bars(frames, sample_rate, bpm, beats_per_bar, beat_unit, offset,
+                                           BAR_TOLERANCE_S)))
 
 
 class InboxWatcher:
-    """Polls `bridge.cfg.inbox` and submits one job per new, completely written stem file."""
+    """Polls `inbox` and submits one job per new, completely written stem file to `service`."""
 
-    def __init__(self, bridge: Any, interval: float = 0.5, settle: float = 1.0):
-        self.bridge = bridge
-        self.inbox = Path(bridge.cfg.inbox)
+    def __init__(self, service: JobService, inbox: Path, instruments: Sequence[str], interval: float = 0.5,
+                 settle: float = 1.0):
+        self.service = service
+        self.inbox = Path(inbox)
         self.interval = interval
         self.settle = settle
-        self._instruments = tuple(i.lower() for i in bridge.models)
+        self._instruments = tuple(i.lower() for i in instruments)
         self._seen: dict[str, _Seen] = {}
         self._refused: dict[str, tuple[_Sig, str]] = {}
         self._ignored: set[str] = set()
@@ -120,7 +121,7 @@ class InboxWatcher:
         self._processed: set[str] = self._load_processed()
 
     def _load_processed(self) -> set[str]:
-        return {job.id for job in self.bridge.journal.history(HISTORY_LIMIT) if job.params.get("source") == SOURCE}
+        return self.service.job_ids(SOURCE, HISTORY_LIMIT)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -239,34 +240,35 @@ class InboxWatcher:
 
     def _refusal_cleared(self, code: str) -> bool:
         if code == "no_tempo":
-            return self.bridge.ambient_tempo() is not None
+            return self.service.current_tempo() is not None
         if code == "queue_full":
-            return self.bridge.queue.queue_length < self.bridge.queue.capacity
+            return self.service.has_room()
         return False
 
     def _submit(self, file_name: str, name: str, instrument: str, job_id: str) -> Job:
         path = self.inbox / file_name
         options = self._read_sidecar(file_name, name)
         bars = options.pop("bars", None)
-        args: list[Any] = [job_id, str(path), instrument, 1 if bars is None else bars]
-        for key, value in options.items():
-            args += [key, value]
         try:
-            req = P.parse_generate(args, self._instruments)
+            if bars is not None:
+                bars = P.check_bars(bars)
+            opts = P.parse_options(options)
         except P.ProtocolError as e:
             log.warning("inbox: %s: sidecar %s.json has a bad value: %s Fix it to retry.", file_name, name, e)
             raise _Refused("bad_sidecar", str(e)) from None
+        from_length = bars is None
         if bars is None:
-            req = dataclasses.replace(req, bars=self._bars_from_length(file_name, name, path, req))
+            bars = self._bars_from_length(file_name, name, path, opts)
+        req = P.make_request(job_id, str(path), instrument, bars, opts)
         try:
-            job = self.bridge.submit(req, source=SOURCE, name=name)
+            job = self.service.submit(req, source=SOURCE, name=name)
         except P.ProtocolError as e:
             level = logging.INFO if e.code in ("no_tempo", "queue_full") else logging.WARNING
             log.log(level, "inbox: %s: not started (%s): %s", file_name, e.code, e)
             raise _Refused(e.code, str(e)) from None
-        p = job.params
-        log.info("inbox: %s -> job %s (%s, %d bars at %s bpm from %s%s)", file_name, job.id, instrument, p["bars"],
-                 p["bpm"], p["tempo_source"], "; bars from the file's length" if bars is None else "")
+        spec = job.spec
+        log.info("inbox: %s -> job %s (%s, %d bars at %s bpm from %s%s)", file_name, job.id, instrument, spec.bars,
+                 spec.bpm, spec.tempo_source, "; bars from the file's length" if from_length else "")
         return job
 
     def _read_sidecar(self, file_name: str, name: str) -> dict[str, Any]:
@@ -293,7 +295,7 @@ class InboxWatcher:
                         ", ".join(map(repr, unknown)), ", ".join(SIDECAR_KEYS))
         return {k: data[k] for k in SIDECAR_KEYS if k in data and data[k] is not None}
 
-    def _bars_from_length(self, file_name: str, name: str, path: Path, req: P.GenerateRequest) -> int:
+    def _bars_from_length(self, file_name: str, name: str, path: Path, opts: dict[str, Any]) -> int:
         import soundfile as sf
 
         try:
@@ -301,16 +303,16 @@ class InboxWatcher:
         except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/OSError
             log.warning("inbox: %s: cannot read it as audio (%s)", file_name, e)
             raise _Refused("not_audio", str(e)) from None
-        ambient = self.bridge.ambient_tempo()
-        bpm = req.bpm if req.bpm is not None else (ambient[0] if ambient else None)
+        ambient = self.service.current_tempo()
+        bpm = opts["bpm"] if opts["bpm"] is not None else (ambient.bpm if ambient else None)
         if bpm is None:
             message = (f"no tempo for {file_name}: put \"bpm\" in {name}.json, "
                        "or send /stage/tempo, or run a MIDI clock into the daemon.")
             log.info("inbox: %s: not started (no_tempo): %s", file_name, message)
             raise _Refused("no_tempo", message)
-        bpb = req.beats_per_bar or (ambient[2] if ambient else None) or 4
-        unit = req.beat_unit or (ambient[3] if ambient else None) or 4
+        bpb = opts["beats_per_bar"] or (ambient.beats_per_bar if ambient else None) or DEFAULT_METER
+        unit = opts["beat_unit"] or (ambient.beat_unit if ambient else None) or DEFAULT_METER
         if info.frames <= 0 or info.samplerate <= 0:
             log.warning("inbox: %s: contains no audio", file_name)
             raise _Refused("empty_audio", "no frames")
-        return default_bars(info.frames, info.samplerate, bpm, bpb, unit, req.offset)
+        return default_bars(info.frames, info.samplerate, bpm, bpb, unit, opts["offset"])

@@ -5,22 +5,30 @@ overwritten: each WAV is written to a hidden `.part` file in the destination fol
 hard-linked into place (which fails if the name was taken meanwhile; we then take the next
 free name). The sidecar is published first and the WAV second, so even a kill -9 between the
 two never leaves a take without its description; a sidecar left without its WAV is removed
-by `remove_orphan_sidecars` when the daemon starts again.
+by `remove_orphan_sidecars` when the daemon starts again. `take_sidecar` is the one description
+of a take, whether the daemon or `stage-bridge generate` made it.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import itertools
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from .. import __version__
 from ..atomic import write_atomic
 from ..audio import write_audio_atomic
 from ..errors import OutputNotWritable
+from .job import StemJob
+
+if TYPE_CHECKING:
+    from ..engine.generate import StemRequest, StemResult
+    from ..engine.model import StageModel
 
 
 def ensure_writable(folder: Path) -> Path:
@@ -48,6 +56,24 @@ def take_stem(name: str, instrument: str, bpm: float, take: int) -> str:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
     return write_atomic(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True).encode()))
+
+
+def take_sidecar(job: StemJob, model: "StageModel", request: "StemRequest", result: "StemResult",
+                 precision: str, compiled: bool) -> dict[str, Any]:
+    """What every take's `.json` says (before its take number and file name): the job as asked,
+    what the engine made of it (seed, length) and with what (model, device, settings, version)."""
+    sampling = request.sampling
+    return {
+        "job_id": job.id, **job.params(), "seed": result.seed,
+        "model": model.name, "random_weights": model.is_random,
+        "sample_rate": result.sample_rate, "num_samples": result.num_samples,
+        "duration_s": result.num_samples / result.sample_rate,
+        "guidance": sampling.guidance, "top_k": sampling.top_k, "top_p": sampling.top_p,
+        "temperature": sampling.temperature, "click_gain_db": request.click_gain_db,
+        "device": str(model.device), "precision": precision, "compiled": compiled,
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "stage_bridge": __version__,
+    }
 
 
 def remove_orphan_sidecars(folder: Path) -> list[Path]:

@@ -1,0 +1,206 @@
+"""The daemon's OSC side: handlers as plain functions on a python-osc `Dispatcher`, a UDP
+transport that only moves datagrams, and the job events sent back as replies.
+
+Why apart: the handlers are the protocol's behaviour and can be called without a socket; the
+transport knows sockets and nothing of the protocol; `dispatch` is the one place where
+malformed packets are dropped, unknown addresses logged and refusals (ProtocolError) become
+`/stage/job/error`. Handlers run on the receive thread and never touch a model: `/stage/generate`
+only queues, so `/stage/ping` is answered at once even while a job runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from pythonosc.dispatcher import Dispatcher
+from pythonosc.osc_packet import OscPacket
+
+from ..errors import StageError
+from . import protocol as P
+from .jobs import Job, JobService
+from .tempo import TempoSource
+
+log = logging.getLogger("stage_bridge.osc")
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+PATTERN_CHARS = frozenset("*?[]{}")
+
+Send = Callable[..., None]  # send(address, *args): one reply message
+
+
+@dataclass(frozen=True)
+class OscContext:
+    """What the handlers read and act on (fixed for the daemon's life)."""
+
+    service: JobService
+    tempo: TempoSource
+    send: Send
+    instruments: Sequence[str]
+    models: str  # "drums=NAME,bass=NAME" ("missing" where weights are missing), for /stage/status
+    device: str
+    home: Path
+    bounces: Path
+
+
+# -- handlers: (context, address, *osc_args) -----------------------------------------------------
+
+def on_ping(ctx: OscContext, address: str, *args: Any) -> None:
+    ctx.send(P.PONG, *args[:1])
+
+
+def on_tempo(ctx: OscContext, address: str, *args: Any) -> None:
+    ctx.tempo.set(P.parse_tempo(args))
+
+
+def on_cancel(ctx: OscContext, address: str, *args: Any) -> None:
+    ctx.service.cancel(P.parse_cancel(args))
+
+
+def on_status(ctx: OscContext, address: str, *args: Any) -> None:
+    running = ctx.service.running
+    if running is not None:  # the tempo the running job uses, and where it came from
+        bpm, source = running.spec.bpm, running.spec.tempo_source
+    else:
+        tempo = ctx.tempo.current()
+        bpm, source = (tempo.bpm, tempo.source) if tempo else (0.0, "none")
+    ctx.send(P.STATUS, "busy" if running else "idle", ctx.service.queue_length, float(bpm), source, ctx.device,
+             ctx.models)
+
+
+def on_info(ctx: OscContext, address: str, *args: Any) -> None:
+    """Where the daemon lives, so the device writes its recordings where they may be read."""
+    ctx.send(P.INFO, str(ctx.home), str(ctx.bounces))
+
+
+def on_generate(ctx: OscContext, address: str, *args: Any) -> None:
+    ctx.service.submit(P.parse_generate(args, ctx.instruments), source="osc")
+
+
+def on_unknown(client: Any, address: str, *args: Any) -> None:
+    log.warning("ignored unknown OSC address %r from %s", address, client)
+
+
+HANDLERS = {P.PING: on_ping, P.GENERATE: on_generate, P.TEMPO: on_tempo, P.CANCEL: on_cancel, P.STATUS: on_status,
+            P.INFO: on_info}
+
+
+def build_dispatcher(ctx: OscContext) -> Dispatcher:
+    dispatcher = Dispatcher(strict_timing=False)  # bundles run now: a far-future timetag must not park the thread
+    for address, handler in HANDLERS.items():
+        dispatcher.map(address, functools.partial(handler, ctx))
+    dispatcher.set_default_handler(on_unknown, needs_reply_address=True)
+    return dispatcher
+
+
+def dispatch(dispatcher: Dispatcher, data: bytes, client: Any, send: Send) -> None:
+    """Parse one datagram (message or bundle) and run its handlers; malformed input is dropped.
+
+    Addresses must match exactly: an OSC pattern such as `/stage/*` would otherwise reach every
+    handler, `/stage/generate` included.
+    """
+    try:
+        messages = [m.message for m in OscPacket(data).messages]
+    except Exception as e:  # a fuzzed packet can trip any parser path
+        log.warning("dropped a malformed OSC packet from %s (%d bytes): %s", client, len(data), e)
+        return
+    for msg in messages:
+        if PATTERN_CHARS & set(msg.address):
+            on_unknown(client, msg.address)
+            continue
+        for handler in dispatcher.handlers_for_address(msg.address):
+            try:
+                handler.invoke(client, msg)
+            except P.ProtocolError as e:
+                about_job = msg.address in (P.GENERATE, P.CANCEL) and msg.params and isinstance(msg.params[0], str)
+                job_id = msg.params[0] if about_job else ""
+                log.info("refused %s %s: %s", msg.address, job_id, e)
+                send(P.ERROR, job_id, e.code, str(e))
+            except Exception:
+                log.exception("handler for %s failed", msg.address)
+
+
+# -- job events as replies ------------------------------------------------------------------------
+
+class OscEvents:
+    """jobs.Events: each state change of a job sent to the device."""
+
+    def __init__(self, send: Send):
+        self.send = send
+
+    def accepted(self, job: Job, position: int) -> None:
+        self.send(P.ACCEPTED, job.id, position)
+
+    def progress(self, job: Job, percent: float) -> None:
+        self.send(P.PROGRESS, job.id, float(percent))
+
+    def done(self, job: Job) -> None:
+        log.info("job %s done: %s", job.id, ", ".join(job.outputs))
+        self.send(P.DONE, job.id, *job.outputs)
+
+    def failed(self, job: Job) -> None:
+        log.info("job %s failed: %s %s", job.id, job.error_code, job.error_message)
+        self.send(P.ERROR, job.id, job.error_code or "engine_error", job.error_message or "")
+
+    def cancelled(self, job: Job) -> None:
+        self.send(P.CANCELLED, job.id)
+
+
+# -- the transport --------------------------------------------------------------------------------
+
+def check_listen_host(host: str, allow_remote: bool) -> str:
+    """Loopback unless explicitly allowed: OSC has no authentication."""
+    if host not in LOOPBACK and not allow_remote:
+        raise StageError(f"--osc-host {host} would accept commands from other computers; add --allow-remote "
+                         "if that is really what you want (default: 127.0.0.1, this computer only).")
+    return host
+
+
+class UdpTransport:
+    """Datagrams in (to a handler), OSC messages out to one reply address."""
+
+    def __init__(self, host: str, port: int, reply_host: str, reply_port: int):
+        if host not in LOOPBACK:
+            log.warning("listening on %s: any computer that can reach this port can start jobs", host)
+        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._sock.bind((host, port))
+        except OSError as e:
+            self._sock.close()
+            raise StageError(f"cannot listen on {host}:{port} ({e.strerror}): is another stage-bridge "
+                             "running? Stop it or choose another --osc-port.") from None
+        self._sock.settimeout(0.2)
+        self._reply = socket.socket(socket.AF_INET6 if ":" in reply_host else socket.AF_INET, socket.SOCK_DGRAM)
+        self._reply_addr = (reply_host, reply_port)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self._sock.getsockname()[:2]
+
+    def send(self, address: str, *args: Any) -> None:
+        try:
+            self._reply.sendto(P.message(address, *args), self._reply_addr)
+        except OSError as e:
+            log.warning("could not send %s to %s:%s (%s)", address, *self._reply_addr, e)
+
+    def serve(self, stop: threading.Event, handle: Callable[[bytes, Any], None]) -> None:
+        """Hand every datagram to `handle(data, sender)` until `stop` is set."""
+        while not stop.is_set():
+            try:
+                data, addr = self._sock.recvfrom(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                if stop.is_set():
+                    return
+                continue
+            handle(data, addr)
+
+    def close(self) -> None:
+        self._sock.close()
+        self._reply.close()

@@ -1,0 +1,99 @@
+"""The stem runner: one job in, published takes out, the same for the daemon and the CLI.
+
+Why here and only here: a `StemJob` becomes the engine's `StemRequest` in exactly one place
+(`stem_request`), so a new setting cannot reach the engine by one front end and not another;
+and the takes are published with one sidecar (writer.take_sidecar).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Mapping
+
+from ..errors import Cancelled, StageError
+from .job import StemJob
+from .protocol import ProtocolError
+from .writer import publish_takes, take_sidecar
+
+if TYPE_CHECKING:
+    from ..audio import Audio
+    from ..engine.generate import StemRequest, StemResult
+    from ..engine.model import StageModel
+    from ..engine.sampling import SamplingParams
+
+EngineProgress = Callable[[int, int], None]  # (steps done, steps in all), as render_stem reports it
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How to render, beyond what a job asks: the same for every job of a daemon or CLI run.
+
+    `sample_rate`: the output rate of click-only jobs (a context file sets its own);
+    `click_gain_db`, `sampling` None: the engine's defaults; `precision`, `compiled` (the decode
+    step compiled, --compile): how the model was loaded, recorded in the sidecar.
+    """
+
+    sample_rate: int
+    precision: str = "fp32"
+    compiled: bool = False
+    click_gain_db: float | None = None
+    sampling: "SamplingParams | None" = None
+
+
+def load_context(job: StemJob) -> "Audio | None":
+    from ..audio import load_audio
+
+    return load_audio(job.context_path) if job.context_path else None
+
+
+def stem_request(job: StemJob, context: "Audio | None", settings: RenderSettings) -> "StemRequest":
+    """The engine's request for `job`: the one place a job's settings reach the engine."""
+    from ..engine.generate import StemRequest
+
+    engine_defaults_unless_set = {k: v for k, v in (("click_gain_db", settings.click_gain_db),
+                                                    ("sampling", settings.sampling)) if v is not None}
+    return StemRequest(bpm=job.bpm, bars=job.bars, context=context, beats_per_bar=job.beats_per_bar,
+                       beat_unit=job.beat_unit, offset=job.offset, context_mode=job.context_mode, prompt=job.prompt,
+                       takes=job.takes, seed=job.seed, sample_rate=settings.sample_rate, **engine_defaults_unless_set)
+
+
+def render_and_publish(model: "StageModel", job: StemJob, request: "StemRequest", outbox: Path,
+                       settings: RenderSettings, progress: EngineProgress | None = None,
+                       should_cancel: Callable[[], bool] | None = None) -> tuple[list[Path], "StemResult"]:
+    """Render `request` (built by `stem_request`) and publish its takes into `outbox`.
+    Nothing is written if `should_cancel` turns true before publishing (`Cancelled`)."""
+    from ..engine.generate import render_stem
+
+    result = render_stem(model, request, progress=progress, should_cancel=should_cancel)
+    if should_cancel is not None and should_cancel():
+        raise Cancelled("cancelled before writing")
+    sidecar = take_sidecar(job, model, request, result, settings.precision, settings.compiled)
+    paths = publish_takes(outbox, job.name, job.instrument, job.bpm, result.takes, result.sample_rate, sidecar)
+    return paths, result
+
+
+@dataclass
+class StemRunner:
+    """The daemon's runner (jobs.Runner): the job's instrument picks its warm model.
+
+    `models`: instrument -> StageModel, or the StageError saying why it could not load.
+    """
+
+    models: Mapping[str, "StageModel | StageError"]
+    outbox: Path
+    settings: RenderSettings
+
+    def __call__(self, job: StemJob, progress: Callable[[float], None], should_cancel: Callable[[], bool]) -> list[str]:
+        model = self.models.get(job.instrument)
+        if isinstance(model, StageError):
+            raise model
+        if model is None:
+            raise ProtocolError("bad_instrument", "no model loaded.")
+        request = stem_request(job, load_context(job), self.settings)
+        progress(0.0)
+        paths, _ = render_and_publish(model, job, request, self.outbox, self.settings,
+                                      progress=lambda done, total: progress(95.0 * done / total),
+                                      should_cancel=should_cancel)
+        progress(100.0)
+        return [str(p) for p in paths]
