@@ -138,8 +138,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                   context_path=context_path, instrument=instrument, bars=args.bars, bpm=args.bpm,
                   beats_per_bar=args.beats_per_bar, beat_unit=args.beat_unit, offset=args.offset, prompt=args.prompt,
                   takes=args.takes, context_mode=args.context_mode, seed=args.seed)
-    settings = RenderSettings(sample_rate=args.sample_rate, precision=args.precision, compiled=args.compile,
-                              click_gain_db=args.click_gain_db,
+    settings = RenderSettings(sample_rate=args.sample_rate, click_gain_db=args.click_gain_db,
                               sampling=SamplingParams(args.guidance, args.top_k, args.top_p, args.temperature))
     request = stem_request(job, load_context(job), settings)
     request.validate()

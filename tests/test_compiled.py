@@ -136,7 +136,7 @@ def test_prepare_keeps_a_cache_that_fits():
 
 
 def _serve_cfg(tmp_path, **kw):
-    from stage_bridge.bridge.server import ServeConfig
+    from stage_bridge.bridge.config import ServeConfig
 
     return ServeConfig(home=tmp_path, models={"drums": "tiny-random"}, device="cpu", **kw)
 

@@ -24,13 +24,12 @@ from stage_bridge.audio.context import CONTEXT_MODES
 from stage_bridge.audio.timing import BEAT_UNITS, BEATS_PER_BAR_RANGE, BPM_RANGE
 from stage_bridge.bridge import protocol as P
 from stage_bridge.errors import StageError
-from stage_bridge.limits import MAX_BARS, MAX_TAKES
+from stage_bridge.limits import MAX_BARS, MAX_OFFSET_S, MAX_PROMPT_CHARS, MAX_SEED, MAX_TAKES
 
 LOGIC = Path(__file__).resolve().parents[1] / "max_for_live" / "src" / "stage_logic.js"
 
-# Limits Python writes only inside parse_generate (no name to import): the probes sit on them,
-# so either side moving its limit makes the verdicts differ.
-PROMPT_CHARS, OFFSET_S, SEED_MAX = 500, 3600, 2**31 - 1
+# The probes sit on these limits, so either side moving its limit makes the verdicts differ.
+PROMPT_CHARS, OFFSET_S, SEED_MAX = MAX_PROMPT_CHARS, MAX_OFFSET_S, MAX_SEED
 
 # Each call is [function, args...] on the StageLogic exports; ["get", name] reads an export and
 # ["ui", key, value] sets a control on a fresh Controller and returns its view's ui.

@@ -60,9 +60,12 @@ def test_daemon_and_cli_write_the_same_sidecar(tmp_path, capsys):
     assert set(daemon_meta) == set(cli_meta)
     assert {"job_id", "model", "random_weights", "source", "name", "context_path", "instrument", "bars", "bpm",
             "tempo_source", "beats_per_bar", "beat_unit", "offset", "prompt", "takes", "context_mode", "seed",
-            "sample_rate", "num_samples", "duration_s", "device", "precision", "compiled", "timings", "created",
+            "sample_rate", "num_samples", "duration_s", "device", "precision", "decode_mode", "compiled",
+            "timings", "created",
             "stage_bridge", "guidance", "top_k", "top_p", "temperature", "click_gain_db", "take",
             "file"} == set(cli_meta)
     assert daemon_meta["job_id"] == "j1" and daemon_meta["source"] == "osc" and daemon_meta["tempo_source"] == "osc"
     assert cli_meta["source"] == "cli" and cli_meta["job_id"].startswith("cli-")
     assert cli_meta["tempo_source"] == "request" and cli_meta["context_path"] == ""
+    # how the model was loaded comes from the model itself (not from what was asked for)
+    assert (cli_meta["precision"], cli_meta["decode_mode"], cli_meta["compiled"]) == ("fp32", "eager", False)

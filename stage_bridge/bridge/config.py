@@ -84,7 +84,6 @@ KEYS = {  # key: (type, ServeConfig field)
     "allow_root": (list, "allow_roots"), "queue_size": (int, "queue_size"), "weights_dir": (Path, "weights_dir"),
     "watch": (bool, "watch"), "sample_rate": (int, "sample_rate"),
 }
-MIDI_APIS = ("auto", "alsa", "jack", "coremidi", "winmm")
 
 
 def default_config_file() -> Path:
@@ -162,6 +161,8 @@ def load_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
     for key, value in values.items():
         field_name = KEYS[key][1]
         setattr(cfg, field_name, parse_models(value) if key == "model" else value)
+    from .midiclock import MIDI_APIS  # here, not at the top: the CLI imports this module on every start
+
     if cfg.midi_api not in MIDI_APIS:
         raise BadArgument(f"midi api '{cfg.midi_api}': use one of {', '.join(MIDI_APIS)}.")
     for port in (cfg.osc_port, cfg.reply_port):

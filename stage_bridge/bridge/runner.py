@@ -30,13 +30,11 @@ class RenderSettings:
     """How to render, beyond what a job asks: the same for every job of a daemon or CLI run.
 
     `sample_rate`: the output rate of click-only jobs (a context file sets its own);
-    `click_gain_db`, `sampling` None: the engine's defaults; `precision`, `compiled` (the decode
-    step compiled, --compile): how the model was loaded, recorded in the sidecar.
+    `click_gain_db`, `sampling` None: the engine's defaults. (How the model was loaded, its
+    precision and decode mode, the sidecar reads from the model itself.)
     """
 
     sample_rate: int
-    precision: str = "fp32"
-    compiled: bool = False
     click_gain_db: float | None = None
     sampling: "SamplingParams | None" = None
 
@@ -68,7 +66,7 @@ def render_and_publish(model: "StageModel", job: StemJob, request: "StemRequest"
     result = render_stem(model, request, progress=progress, should_cancel=should_cancel)
     if should_cancel is not None and should_cancel():
         raise Cancelled("cancelled before writing")
-    sidecar = take_sidecar(job, model, request, result, settings.precision, settings.compiled)
+    sidecar = take_sidecar(job, model, request, result)
     paths = publish_takes(outbox, job.name, job.instrument, job.bpm, result.takes, result.sample_rate, sidecar)
     return paths, result
 

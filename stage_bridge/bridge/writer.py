@@ -58,10 +58,11 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
     return write_atomic(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True).encode()))
 
 
-def take_sidecar(job: StemJob, model: "StageModel", request: "StemRequest", result: "StemResult",
-                 precision: str, compiled: bool) -> dict[str, Any]:
+def take_sidecar(job: StemJob, model: "StageModel", request: "StemRequest", result: "StemResult") -> dict[str, Any]:
     """What every take's `.json` says (before its take number and file name): the job as asked,
     what the engine made of it (seed, length) and with what (model, device, settings, version)."""
+    from ..engine.decoder import COMPILED
+
     sampling = request.sampling
     return {
         "job_id": job.id, **job.params(), "seed": result.seed,
@@ -70,7 +71,8 @@ def take_sidecar(job: StemJob, model: "StageModel", request: "StemRequest", resu
         "duration_s": result.num_samples / result.sample_rate,
         "guidance": sampling.guidance, "top_k": sampling.top_k, "top_p": sampling.top_p,
         "temperature": sampling.temperature, "click_gain_db": request.click_gain_db,
-        "device": str(model.device), "precision": precision, "compiled": compiled,
+        "device": str(model.device), "precision": model.precision, "decode_mode": model.decoder.mode,
+        "compiled": model.decoder.mode == COMPILED,
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "stage_bridge": __version__,
     }

@@ -61,6 +61,12 @@ class StageModel:
         return self.decoder.lm
 
     @property
+    def precision(self) -> str:
+        """The decoder's precision by name (a key of PRECISIONS), as the sidecar records it."""
+        dtype = self.lm.heads[0].weight.dtype
+        return next(name for name, d in PRECISIONS.items() if d == dtype)
+
+    @property
     def sample_rate(self) -> int:
         return self.codec.sample_rate
 
