@@ -56,15 +56,12 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], None], *, replace: bool
         os.chmod(tmp, FILE_MODE)
         with open(tmp, "r+b") as written:  # write access: Windows cannot fsync a read-only handle
             os.fsync(written.fileno())
-        _publish(tmp, path, replace)
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        raise not_writable(folder, exc) from exc
-    finally:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-    fsync_folder(folder)
-    return path
+        if isinstance(exc, OSError) and not isinstance(exc, FileExistsError):
+            raise not_writable(folder, exc) from exc
+        raise
+    return _publish_temp(tmp, path, replace)
 
 
 def copy_atomic(src: Path, path: Path, *, replace: bool = False) -> Path:
@@ -82,6 +79,12 @@ def copy_atomic(src: Path, path: Path, *, replace: bool = False) -> Path:
     except OSError:  # no hard links here (or across these folders): copy the bytes
         with open(src, "rb") as source:
             return write_atomic(path, lambda out: shutil.copyfileobj(source, out), replace=replace)
+    return _publish_temp(tmp, path, replace)
+
+
+def _publish_temp(tmp: Path, path: Path, replace: bool) -> Path:
+    """Give the complete temp file `tmp` its final name, then remove the temp name in any case."""
+    folder = path.parent
     try:
         _publish(tmp, path, replace)
     except FileExistsError:

@@ -16,6 +16,8 @@ import soundfile as sf
 from daemon_util import OscMsg, Rig, running_daemons, unique_id
 from stage_bridge.bridge import protocol as P
 
+pytestmark = pytest.mark.slow  # a whole daemon answering real OSC peers (oscsend/oscdump)
+
 GEN, TEMPO, CANCEL, STATUS, PING = P.GENERATE, P.TEMPO, P.CANCEL, P.STATUS, P.PING
 LONG = dict(bars=64, bpm=120.0)  # 128 s of audio: ~10 s for the tiny model on 2 CPU cores; always cancelled
 

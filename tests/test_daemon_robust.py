@@ -36,7 +36,8 @@ START_TIMEOUT = 90.0  # importing torch on a loaded 2-core machine takes a while
 SR = 48000  # the daemon's output rate for click-only jobs
 READY = re.compile(r"stage-bridge ready: OSC (\S+):(\d+),")
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytestmark = [pytest.mark.slow,  # whole daemons started, killed and flooded
+              pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")]
 
 
 # -- plumbing --------------------------------------------------------------------------------------

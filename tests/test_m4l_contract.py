@@ -30,6 +30,8 @@ from daemon_util import Daemon
 from stage_bridge.audio.timing import bars_to_samples
 from stage_bridge.bridge import protocol as P
 
+pytestmark = pytest.mark.slow  # the device's logic in node against a whole daemon
+
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "max_for_live" / "tests" / "contract_driver.js"
 BOOT = "Macintosh HD"        # the device runs as on a Mac: Max paths are "Macintosh HD:/..."
