@@ -13,7 +13,9 @@ medians are reported.
   precompute) to the first sampled step; ms/step = time between the first and the last sampled
   step / (steps - 1), i.e. one decode forward plus one sampling each.
 - TRANSFORMERS: `MusicgenForCausalLM` run the way its documentation says to continue from a
-  prefix ("re-use a cache to continue generation"): one public forward fills a KV cache with the
+  prefix (https://huggingface.co/docs/transformers/kv_cache, "Prefill a cache" / "Re-use Cache to
+  continue generation": a forward over the prefix fills a Cache object that `generate` is given
+  and continues from, feeding only the tokens the cache does not hold): one public forward fills a KV cache with the
   delay-patterned prompt minus its last token (both CFG rows; with text, an `EncoderDecoderCache`
   so the cross-attention K/V are computed once, as we do), then the public `generate` continues
   from that cache with `max_new_tokens` = our step count, `guidance_scale=3.0`, `do_sample=True,
@@ -276,7 +278,8 @@ def _hf_version() -> str:
 @torch.inference_mode()
 def continue_from_prefix(hf, prompt: torch.Tensor, steps: int, text_states: torch.Tensor | None = None,
                          **generate_kwargs) -> torch.Tensor:
-    """transformers' documented way to continue from a prefix: fill a KV cache with a public forward of
+    """transformers' documented way to continue from a prefix (https://huggingface.co/docs/transformers/kv_cache,
+    "Prefill a cache"; verified per version by tests/test_bench.py): fill a KV cache with a public forward of
     the prompt (in the delay pattern, as generate feeds it) minus its last token, for both CFG rows,
     then call the public `generate` with that cache. Returns generate's output."""
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
