@@ -267,9 +267,9 @@ function perform(a) {
         }
         break;
     case 'schedule':
-        var task = new Task(function (event) {
-            dispatch(event);
-        }, this, a.event);
+        // Task(function, object, arguments): the arguments travel as an ARRAY spread into the call
+        // (https://docs.cycling74.com/max8/vignettes/jstaskobject).
+        var task = new Task(dispatch, this, [a.event]);
         timers.push(task);
         if (timers.length > 8) {
             timers.shift();

@@ -61,9 +61,15 @@ function loadDevice({ os = 'macintosh', liveSet = fakeLiveSet() } = {}) {
       return undefined;
     }
   }
+  // Max's Task: new Task(function, object, arguments) where arguments is an ARRAY whose items are the
+  // function's arguments; object and arguments are optional (no arguments supplied when absent).
+  // https://docs.cycling74.com/max8/vignettes/jstaskobject (example: t = new Task(ticker, this, args)).
   class Task {
-    constructor(fn, self, arg) { this.fn = fn; this.arg = arg; }
-    schedule(ms) { timers.push({ ms, run: () => this.fn(this.arg) }); }
+    constructor(fn, self, args) {
+      if (args !== undefined && !Array.isArray(args)) throw new TypeError('Task arguments must be an array');
+      this.fn = fn; this.self = self; this.args = args || [];
+    }
+    schedule(ms) { timers.push({ ms, run: () => this.fn.apply(this.self, this.args) }); }
   }
   const ctx = {
     // messages are copied into this realm's arrays (the script's arrays belong to the sandbox)
