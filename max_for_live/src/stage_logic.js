@@ -240,6 +240,14 @@ var StageLogic = (function () {
         return jobId;
     }
 
+    // A text field's value. An empty [textedit] may output a bare `text`; [route text] then outputs a bang
+    // (a message holding only the matched word comes out as bang: https://docs.cycling74.com/max8/refpages/route)
+    // and [prepend KEY] sends `KEY bang`. Either way (a bang, or nothing after the key) the field is empty.
+    function fieldText(value) {
+        var s = trim(value === undefined || value === null ? '' : String(value));
+        return s === 'bang' ? '' : s;
+    }
+
     function cleanPrompt(prompt) {
         // One line of text; quotes and inner spaces are kept exactly.
         return trim(String(prompt === undefined || prompt === null ? '' : prompt).replace(/[\r\n\t]+/g, ' '));
@@ -860,10 +868,10 @@ var StageLogic = (function () {
             }
             break;
         case 'prompt':
-            ui.prompt = cleanPrompt(value);
+            ui.prompt = cleanPrompt(fieldText(value));
             break;
         case 'home':
-            ui.home = trim(str(value));
+            ui.home = fieldText(value);
             break;
         case 'targetIndex':
             if (isWhole(n) && n >= 0 && n < TARGETS.length) {

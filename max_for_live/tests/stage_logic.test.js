@@ -353,6 +353,19 @@ test('UI settings map menu indexes to values', () => {
   assert.equal(c.view().ui.takes, 1);
 });
 
+// An empty [textedit] reaches the script either as `KEY bang` ([route text] on a bare `text`) or as `KEY`
+// with nothing after it; both mean an empty field, never the word "bang" (issue 13, U1).
+for (const empty of ['bang', '', undefined]) test(`an empty text field (${JSON.stringify(empty)}) clears prompt and home`, () => {
+  const c = device();
+  c.dispatch({ type: 'set', key: 'prompt', value: 'Genres: Rock.' });
+  c.dispatch({ type: 'set', key: 'home', value: '/srv/stage' });
+  c.dispatch({ type: 'set', key: 'prompt', value: empty });
+  c.dispatch({ type: 'set', key: 'home', value: empty });
+  assert.equal(c.view().ui.prompt, '');
+  assert.equal(c.view().ui.home, '');
+  assert.equal(c.bouncesFolder(), BOUNCES, 'an empty home falls back to the guess');
+});
+
 test('click mode: sent at once, then accepted / progress / done drive the view', () => {
   const c = device();
   connect(c);
