@@ -35,6 +35,7 @@ var StageLogic = (function () {
     var INSTRUMENTS = ['drums', 'bass'];
     var BAR_CHOICES = [1, 2, 4, 8, 16];
     var CONTEXT_MODES = ['mix', 'click', 'mix+click'];
+    var NO_CONTEXT = '-';          // context_path for "no context" (docs/protocol.md)
     var TARGETS = ['arrangement', 'session'];
     var MAX_TAKES = 4;             // the device offers 1-4 (the daemon accepts up to 8)
     var MAX_BARS = 512;
@@ -260,7 +261,9 @@ var StageLogic = (function () {
         if (indexOf(CONTEXT_MODES, mode) < 0) {
             throw new LogicError('bad_option', 'context mode ' + mode + ': use mix, click or mix+click.');
         }
-        var context = mode === 'click' ? '' : String(req.contextPath || '');
+        // click mode sends NO_CONTEXT, not an empty string: Max may drop an empty symbol between [js] and
+        // [udpsend], which would shift every later argument (issue 13, U6; docs/protocol.md).
+        var context = mode === 'click' ? NO_CONTEXT : String(req.contextPath || '');
         if (mode !== 'click' && context === '') {
             throw new LogicError('bad_request', 'context mode ' + mode + ' needs a recording.');
         }
@@ -1219,6 +1222,7 @@ var StageLogic = (function () {
         INSTRUMENTS: INSTRUMENTS,
         BAR_CHOICES: BAR_CHOICES,
         CONTEXT_MODES: CONTEXT_MODES,
+        NO_CONTEXT: NO_CONTEXT,
         TARGETS: TARGETS,
         ADDRESS: ADDRESS,
         ERROR_TEXTS: ERROR_TEXTS,

@@ -42,9 +42,11 @@ test('generate: every argument with its OSC type, in the documented order', () =
   ]);
 });
 
-test('generate: click mode sends an empty context path even if one is given', () => {
+// Max may drop an empty symbol on its way from [js] to [udpsend] (issue 13, U6), so "no context" is the
+// placeholder "-" that the daemon reads as empty (docs/protocol.md, protocol.NO_CONTEXT).
+test('generate: click mode sends the no-context placeholder even if a path is given', () => {
   const msg = L.generateMessage({ ...baseRequest, mode: 'click', takes: 3 });
-  assert.deepEqual(msg.args[1], s(''));
+  assert.deepEqual(msg.args[1], s('-'));
   assert.deepEqual(msg.args.slice(-4), [s('takes'), i(3), s('context_mode'), s('click')]);
 });
 
