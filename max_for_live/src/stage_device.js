@@ -200,8 +200,9 @@ function unquote(value) {
 }
 
 // The id Live answered for a created clip ("id N", as a string or as the atoms ['id', N]), 0 for none.
-// Track.create_audio_clip / ClipSlot.create_audio_clip return the new clip (Live Object Model, Live 12:
-// https://docs.cycling74.com/apiref/lom/track/ and /clipslot/).
+// Track.create_audio_clip / ClipSlot.create_audio_clip create the clip (https://docs.cycling74.com/apiref/lom/clipslot)
+// and return it (Live's own docstrings list both among the ways to a Clip:
+// https://photonicvelocity.github.io/LiveAPI/tracks/Clip/). Not seen in a running Live yet.
 function createdId(answer) {
     var words = typeof answer === 'string' ? answer.split(' ') : (answer && answer.length ? answer : []);
     return words.length >= 2 && String(words[0]) === 'id' ? Number(words[1]) || 0 : 0;

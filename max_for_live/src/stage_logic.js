@@ -242,7 +242,8 @@ var StageLogic = (function () {
     }
 
     // A text field's value. An empty [textedit] may output a bare `text`; [route text] then outputs a bang
-    // (a message holding only the matched word comes out as bang: https://docs.cycling74.com/max8/refpages/route)
+    // ([route] sends the rest of the message, or a bang when nothing is left: Cycling '74 forum,
+    // https://cycling74.com/forums/am-i-doing-something-wrong-or-is-route-broken)
     // and [prepend KEY] sends `KEY bang`. Either way (a bang, or nothing after the key) the field is empty.
     function fieldText(value) {
         var s = trim(value === undefined || value === null ? '' : String(value));

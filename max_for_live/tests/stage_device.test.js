@@ -76,7 +76,8 @@ function loadDevice({ os = 'macintosh', liveSet = fakeLiveSet(), splitsSpaces = 
     }
     set(prop, value) { resolve(this.path)[prop] = value; }
     getcount(child) { const o = resolve(this.path); return o && Array.isArray(o[child]) ? o[child].length : 0; }
-    // create_audio_clip returns the new clip as "id N" (LOM, Live 12); a path Live cannot open (a word of a
+    // create_audio_clip returns the new clip as "id N" (https://docs.cycling74.com/apiref/lom/clipslot;
+    // https://photonicvelocity.github.io/LiveAPI/tracks/Clip/ lists it among the ways to a Clip); a path Live cannot open (a word of a
     // split path, a literal quote, a backslash) creates nothing and Live prints an error.
     call(fn, ...args) {
       const o = resolve(this.path);
