@@ -293,7 +293,7 @@ def test_click_mode_one_bar(logic, rig):
     assert view["state"] == "generating" and dev.recorder is None
     msg = dev.generated()
     job = view["jobId"]
-    assert typed(msg) == [("s", job), ("s", ""), ("s", "drums"), ("i", 1), ("s", "bpm"), ("f", 120), ("s", "beats_per_bar"),
+    assert typed(msg) == [("s", job), ("s", P.NO_CONTEXT), ("s", "drums"), ("i", 1), ("s", "bpm"), ("f", 120), ("s", "beats_per_bar"),
                           ("i", 4), ("s", "beat_unit"), ("i", 4), ("s", "offset"), ("f", 0), ("s", "takes"), ("i", 1),
                           ("s", "context_mode"), ("s", "click")]
     address, args = dev.run_job(job, since=since)

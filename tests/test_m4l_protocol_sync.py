@@ -85,6 +85,7 @@ def test_addresses():
 def test_instruments_and_context_modes():
     assert get("INSTRUMENTS") == list(P.INSTRUMENTS)
     assert get("CONTEXT_MODES") == list(CONTEXT_MODES)
+    assert get("NO_CONTEXT") == P.NO_CONTEXT
 
 
 def test_every_error_code_has_a_device_text_and_no_other():
@@ -108,7 +109,7 @@ BASE = {"jobId": "sync-1", "contextPath": "/tmp/context.wav", "instrument": "dru
 def sent_args(req: dict[str, Any]) -> list[Any]:
     """The /stage/generate arguments the device sends for `req` (checked against the device below)."""
     mode = req.get("mode", P.DEFAULT_CONTEXT_MODE)
-    args = [req["jobId"], "" if mode == "click" else req["contextPath"], req["instrument"], req["bars"],
+    args = [req["jobId"], P.NO_CONTEXT if mode == "click" else req["contextPath"], req["instrument"], req["bars"],
             "bpm", req["bpm"], "beats_per_bar", req["beatsPerBar"], "beat_unit", req["beatUnit"],
             "offset", req["offset"], "takes", req["takes"], "context_mode", mode]
     if req["prompt"]:

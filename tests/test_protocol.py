@@ -71,6 +71,14 @@ def test_generate_click_mode_needs_no_context():
     assert parse_generate(["j", "", "drums", 4, "context_mode", "click"]).context_path == ""
 
 
+def test_generate_dash_means_no_context():
+    """The Max device sends "-" for "no context" (Max may drop an empty symbol); it is no path."""
+    assert parse_generate(["j", "-", "drums", 4, "context_mode", "click"]).context_path == ""
+    with pytest.raises(ProtocolError) as err:
+        parse_generate(["j", "-", "drums", 4, "context_mode", "mix"])
+    assert err.value.code == "bad_request"
+
+
 def test_generate_custom_instrument_list():
     assert parse_generate(["j", "p", "keys", 4], instruments=("keys",)).instrument == "keys"
     refused("bad_instrument", parse_generate, ["j", "p", "drums", 4], instruments=("keys",))

@@ -23,8 +23,10 @@ setoutletassist(0, 'to [route osc rec arm gate delaytime delay status progress r
 include('stage_logic.js');
 
 var L = StageLogic;
-var API_MISSING = 'Live did not create the clip: inserting needs Live 12 with the Live API for audio clips ' +
-    '(Session view: Live 12.0.5 or later). Drag the take from Live\'s browser instead.';
+function notCreated(path) {
+    return 'Live did not create the clip from ' + path + ': check that the file still exists (inserting needs ' +
+        'Live 12; Session view: 12.0.5 or later). Drag the take from Live\'s browser instead.';
+}
 
 var ctl = new L.Controller({
     os: max.os,
@@ -177,7 +179,7 @@ function refreshTracks() {
             if (i === previous) {
                 chosen = audioTracks.length;
             }
-            audioTracks.push({ index: i, name: String(first(t.get('name'))) });
+            audioTracks.push({ index: i, name: unquote(first(t.get('name'))) });
             outlet(0, 'tracks', 'append', (i + 1) + ' ' + audioTracks[audioTracks.length - 1].name);
         }
     }
@@ -190,8 +192,41 @@ function refreshTracks() {
     }
 }
 
+// LiveAPI.get returns a symbol that holds spaces wrapped in literal double quotes (issue 13, D3:
+// `"My Track"`); the menu shows the name as Live does.
+function unquote(value) {
+    var s = String(value);
+    return s.length >= 2 && s.charAt(0) === '"' && s.charAt(s.length - 1) === '"' ? s.slice(1, -1) : s;
+}
+
+// The id Live answered for a created clip ("id N", as a string or as the atoms ['id', N]), 0 for none.
+// Track.create_audio_clip / ClipSlot.create_audio_clip create the clip (https://docs.cycling74.com/apiref/lom/clipslot)
+// and return it (Live's own docstrings list both among the ways to a Clip:
+// https://photonicvelocity.github.io/LiveAPI/tracks/Clip/). Not seen in a running Live yet.
+function createdId(answer) {
+    var words = typeof answer === 'string' ? answer.split(' ') : (answer && answer.length ? answer : []);
+    return words.length >= 2 && String(words[0]) === 'id' ? Number(words[1]) || 0 : 0;
+}
+
+// Calls create_audio_clip and returns the new clip's id (0 when Live created none). Whether Max passes a
+// string holding spaces as one atom or splits it is not settled (issue 13, D2), so an unquoted call that
+// creates nothing is retried once with the path in double quotes, which Max keeps as one symbol.
+function createClip(api, path, startBeats) {
+    var forms = /\s/.test(path) ? [path, '"' + path + '"'] : [path];
+    for (var k = 0; k < forms.length; k++) {
+        var answer = startBeats === undefined ? api.call('create_audio_clip', forms[k])
+            : api.call('create_audio_clip', forms[k], startBeats);
+        var id = createdId(answer);
+        if (id) {
+            return id;
+        }
+    }
+    return 0;
+}
+
 function insertClip(a) {
     var base = 'live_set tracks ' + a.trackIndex;
+    var path = String(a.path).replace(/\\/g, '/');   // Windows: Live takes forward slashes (issue 13, U5)
     var t = new LiveAPI(null, base);
     if (!t || Number(t.id) === 0) {
         return { ok: false, message: 'That track no longer exists: choose another one.' };
@@ -199,43 +234,34 @@ function insertClip(a) {
     if (Number(first(t.get('has_audio_input'))) !== 1) {
         return { ok: false, message: 'Choose an audio track (takes are audio).' };
     }
-    var clip;
+    var id = 0;
     var where;
     if (a.target === 'session') {
         var slots = t.getcount('clip_slots');
-        for (var i = 0; i < slots && !clip; i++) {
+        for (var i = 0; i < slots && !where; i++) {
             var slot = new LiveAPI(null, base + ' clip_slots ' + i);
             if (Number(first(slot.get('has_clip'))) === 0) {
-                slot.call('create_audio_clip', a.path);
-                if (Number(first(slot.get('has_clip'))) !== 1) {
-                    return { ok: false, message: API_MISSING };
+                id = createClip(slot, path);
+                if (!id) {
+                    return { ok: false, message: notCreated(path) };
                 }
-                clip = new LiveAPI(null, base + ' clip_slots ' + i + ' clip');
                 where = 'Session view, scene ' + (i + 1);
             }
         }
-        if (!clip) {
+        if (!where) {
             return { ok: false, message: 'That track has no empty clip slot: add a scene, or choose Arrangement.' };
         }
     } else {
-        var before = t.getcount('arrangement_clips');
-        t.call('create_audio_clip', a.path, a.startBeats);
-        var after = t.getcount('arrangement_clips');
-        if (!(after > before)) {
-            return { ok: false, message: API_MISSING };
-        }
-        for (var j = 0; j < after && !clip; j++) {
-            var c = new LiveAPI(null, base + ' arrangement_clips ' + j);
-            if (Math.abs(Number(first(c.get('start_time'))) - a.startBeats) < 1e-6) {
-                clip = c;
-            }
+        // judged by the returned id, not by a count: a clip created where one starts can replace it (D4)
+        id = createClip(t, path, a.startBeats);
+        if (!id) {
+            return { ok: false, message: notCreated(path) };
         }
         where = 'Arrangement view at beat ' + (Math.round(a.startBeats * 1000) / 1000);
     }
-    if (clip) {
-        clip.set('warping', 0);
-        clip.set('name', a.name);
-    }
+    var clip = new LiveAPI(null, 'id ' + id);
+    clip.set('warping', 0);
+    clip.set('name', a.name);
     return { ok: true, message: 'Inserted ' + a.name + ' (' + where + ', warping off).' };
 }
 
@@ -267,9 +293,9 @@ function perform(a) {
         }
         break;
     case 'schedule':
-        var task = new Task(function (event) {
-            dispatch(event);
-        }, this, a.event);
+        // Task(function, object, arguments): the arguments travel as an ARRAY spread into the call
+        // (https://docs.cycling74.com/max8/vignettes/jstaskobject).
+        var task = new Task(dispatch, this, [a.event]);
         timers.push(task);
         if (timers.length > 8) {
             timers.shift();
@@ -281,7 +307,7 @@ function perform(a) {
         try {
             result = insertClip(a);
         } catch (e) {
-            result = { ok: false, message: API_MISSING + ' (' + e.message + ')' };
+            result = { ok: false, message: notCreated(a.path) + ' (' + e.message + ')' };
         }
         dispatch({ type: 'insertResult', ok: result.ok, message: result.message });
         break;

@@ -35,6 +35,7 @@ var StageLogic = (function () {
     var INSTRUMENTS = ['drums', 'bass'];
     var BAR_CHOICES = [1, 2, 4, 8, 16];
     var CONTEXT_MODES = ['mix', 'click', 'mix+click'];
+    var NO_CONTEXT = '-';          // context_path for "no context" (docs/protocol.md)
     var TARGETS = ['arrangement', 'session'];
     var MAX_TAKES = 4;             // the device offers 1-4 (the daemon accepts up to 8)
     var MAX_BARS = 512;
@@ -240,6 +241,15 @@ var StageLogic = (function () {
         return jobId;
     }
 
+    // A text field's value. An empty [textedit] may output a bare `text`; [route text] then outputs a bang
+    // ([route] sends the rest of the message, or a bang when nothing is left: Cycling '74 forum,
+    // https://cycling74.com/forums/am-i-doing-something-wrong-or-is-route-broken)
+    // and [prepend KEY] sends `KEY bang`. Either way (a bang, or nothing after the key) the field is empty.
+    function fieldText(value) {
+        var s = trim(value === undefined || value === null ? '' : String(value));
+        return s === 'bang' ? '' : s;
+    }
+
     function cleanPrompt(prompt) {
         // One line of text; quotes and inner spaces are kept exactly.
         return trim(String(prompt === undefined || prompt === null ? '' : prompt).replace(/[\r\n\t]+/g, ' '));
@@ -252,7 +262,9 @@ var StageLogic = (function () {
         if (indexOf(CONTEXT_MODES, mode) < 0) {
             throw new LogicError('bad_option', 'context mode ' + mode + ': use mix, click or mix+click.');
         }
-        var context = mode === 'click' ? '' : String(req.contextPath || '');
+        // click mode sends NO_CONTEXT, not an empty string: Max may drop an empty symbol between [js] and
+        // [udpsend], which would shift every later argument (issue 13, U6; docs/protocol.md).
+        var context = mode === 'click' ? NO_CONTEXT : String(req.contextPath || '');
         if (mode !== 'click' && context === '') {
             throw new LogicError('bad_request', 'context mode ' + mode + ' needs a recording.');
         }
@@ -860,10 +872,10 @@ var StageLogic = (function () {
             }
             break;
         case 'prompt':
-            ui.prompt = cleanPrompt(value);
+            ui.prompt = cleanPrompt(fieldText(value));
             break;
         case 'home':
-            ui.home = trim(str(value));
+            ui.home = fieldText(value);
             break;
         case 'targetIndex':
             if (isWhole(n) && n >= 0 && n < TARGETS.length) {
@@ -1211,6 +1223,7 @@ var StageLogic = (function () {
         INSTRUMENTS: INSTRUMENTS,
         BAR_CHOICES: BAR_CHOICES,
         CONTEXT_MODES: CONTEXT_MODES,
+        NO_CONTEXT: NO_CONTEXT,
         TARGETS: TARGETS,
         ADDRESS: ADDRESS,
         ERROR_TEXTS: ERROR_TEXTS,

@@ -23,14 +23,20 @@ function fakeLiveSet() {
   };
 }
 
-function loadDevice({ os = 'macintosh', liveSet = fakeLiveSet() } = {}) {
+// splitsSpaces: whether Max hands LiveAPI.call a string holding spaces as several atoms (issue 13, D2: the
+// evidence conflicts, so every Insert test runs under both readings). A double-quoted string is one symbol
+// either way (Max "Messages to objects": quotes group words into one symbol,
+// https://docs.cycling74.com/max8/vignettes/messages_to_objects).
+function loadDevice({ os = 'macintosh', liveSet = fakeLiveSet(), splitsSpaces = false } = {}) {
   const out = [];
   const posts = [];
   const launched = [];
   const timers = [];
   const observers = [];
+  const byId = [null];                 // Live object ids; a LiveAPI may be built from the path "id N"
 
   function resolve(p) {
+    if (/^id \d+$/.test(p)) return byId[Number(p.slice(3))];
     const words = p.split(' ');
     let obj = { live_set: liveSet };
     for (let k = 0; k < words.length; k++) {
@@ -41,29 +47,64 @@ function loadDevice({ os = 'macintosh', liveSet = fakeLiveSet() } = {}) {
     }
     return obj;
   }
+  function idOf(o) {
+    if (!o) return 0;
+    if (!byId.includes(o)) byId.push(o);
+    return byId.indexOf(o);
+  }
+  // the atoms Live receives: under splitsSpaces a string splits at spaces outside double quotes
+  function atoms(args) {
+    if (!splitsSpaces) return args;
+    return args.flatMap((a) => (typeof a === 'string'
+      ? (a.match(/"[^"]*"|[^ ]+/g) || []).map((w) => w.replace(/^"(.*)"$/, '$1')) : [a]));
+  }
 
   class LiveAPI {
     constructor(callback, p) {
       this.callback = callback;
       this.path = p;
       this.unquotedpath = p;
-      this.id = resolve(p) ? 1 : 0;
+      this.id = idOf(resolve(p));
       if (callback) observers.push(this);
     }
-    get(prop) { const o = resolve(this.path); return o && prop in o ? [o[prop]] : []; }
+    // a name holding spaces comes back wrapped in literal double quotes (issue 13, D3)
+    get(prop) {
+      const o = resolve(this.path);
+      if (!o || !(prop in o)) return [];
+      const v = o[prop];
+      return [prop === 'name' && typeof v === 'string' && v.includes(' ') ? '"' + v + '"' : v];
+    }
     set(prop, value) { resolve(this.path)[prop] = value; }
     getcount(child) { const o = resolve(this.path); return o && Array.isArray(o[child]) ? o[child].length : 0; }
+    // create_audio_clip returns the new clip as "id N" (https://docs.cycling74.com/apiref/lom/clipslot;
+    // https://photonicvelocity.github.io/LiveAPI/tracks/Clip/ lists it among the ways to a Clip); a path Live cannot open (a word of a
+    // split path, a literal quote, a backslash) creates nothing and Live prints an error.
     call(fn, ...args) {
       const o = resolve(this.path);
-      if (!liveSet.supportsAudioClips || fn !== 'create_audio_clip') return undefined;   // Live prints an error
-      if ('has_clip' in o) { o.has_clip = 1; o.clip = { file_path: args[0], warping: 1, name: '' }; }
-      else o.arrangement_clips.push({ file_path: args[0], start_time: args[1], warping: 1, name: '' });
-      return undefined;
+      const [file, start] = atoms(args);
+      if (!liveSet.supportsAudioClips || fn !== 'create_audio_clip') return undefined;
+      if (typeof file !== 'string' || !/^([A-Za-z]:)?\/.*\.wav$/.test(file) || /["\\]/.test(file)) return undefined;
+      if ('has_clip' in o) {
+        o.has_clip = 1; o.clip = { file_path: file, warping: 1, name: '' };
+        return ['id', idOf(o.clip)];
+      }
+      if (typeof start !== 'number') return undefined;
+      // a clip created where another starts replaces it (issue 13, D4): the count need not grow
+      const clip = { file_path: file, start_time: start, warping: 1, name: '' };
+      const same = o.arrangement_clips.findIndex((c) => c.start_time === start);
+      if (same >= 0) o.arrangement_clips[same] = clip; else o.arrangement_clips.push(clip);
+      return ['id', idOf(clip)];
     }
   }
+  // Max's Task: new Task(function, object, arguments) where arguments is an ARRAY whose items are the
+  // function's arguments; object and arguments are optional (no arguments supplied when absent).
+  // https://docs.cycling74.com/max8/vignettes/jstaskobject (example: t = new Task(ticker, this, args)).
   class Task {
-    constructor(fn, self, arg) { this.fn = fn; this.arg = arg; }
-    schedule(ms) { timers.push({ ms, run: () => this.fn(this.arg) }); }
+    constructor(fn, self, args) {
+      if (args !== undefined && !Array.isArray(args)) throw new TypeError('Task arguments must be an array');
+      this.fn = fn; this.self = self; this.args = args || [];
+    }
+    schedule(ms) { timers.push({ ms, run: () => this.fn.apply(this.self, this.args) }); }
   }
   const ctx = {
     // messages are copied into this realm's arrays (the script's arrays belong to the sandbox)
@@ -166,8 +207,8 @@ test('Generate records at the next bar line, then sends the bounce to the daemon
   assert.ok(bounce.startsWith(BOUNCES));
 });
 
-test('done -> the takes menu; Insert creates an unwarped clip at the recording\'s bar', () => {
-  const dev = loadDevice();
+for (const splitsSpaces of [false, true]) test(`done -> the takes menu; Insert creates an unwarped clip at the recording's bar (splitsSpaces=${splitsSpaces})`, () => {
+  const dev = loadDevice({ splitsSpaces });
   connectAndTempo(dev);
   dev.send('mode', 1);               // click: no recording
   dev.send('generate', 1);
@@ -210,7 +251,7 @@ test('without Live\'s audio clip API, Insert says so in plain words', () => {
   dev.send('/stage/job/done', id, '/Users/alice/x.take1.wav');
   dev.take();
   dev.send('insert', 1);
-  assert.match(dev.routed('status').pop()[0], /^Live did not create the clip: inserting needs Live 12/);
+  assert.match(dev.routed('status').pop()[0], /^Live did not create the clip from \/Volumes\/Macintosh HD\/Users\/alice\/x\.take1\.wav: check that the file still exists/);
   dev.send('target', 1);
   dev.send('insert', 1);
   assert.match(dev.routed('status').pop()[0], /^Live did not create the clip/);
@@ -262,4 +303,43 @@ test('Windows: Max paths with forward slashes; the daemon gets backslashes', () 
   dev.runTimers();
   const [gen] = dev.routed('osc');
   assert.equal(gen[2], rec[1].replace(/\//g, '\\'));
+});
+
+test('track names Live returns in quotes are shown without them', () => {
+  const liveSet = fakeLiveSet();
+  liveSet.tracks[3].name = 'My Track';
+  const dev = loadDevice({ liveSet });
+  dev.send('init');
+  assert.deepEqual(dev.routed('tracks'), [['clear'], ['append', '1 Drums'], ['append', '4 My Track'], ['set', 0]]);
+});
+
+for (const splitsSpaces of [false, true]) test(`Arrangement: a clip that replaces one at the same beat counts as inserted (splitsSpaces=${splitsSpaces})`, () => {
+  const liveSet = fakeLiveSet();
+  liveSet.tracks[0].arrangement_clips.push({ file_path: '/old.wav', start_time: 16, warping: 1, name: 'old' });
+  const dev = loadDevice({ liveSet, splitsSpaces });
+  connectAndTempo(dev);
+  dev.send('mode', 1);
+  dev.send('generate', 1);
+  const id = dev.routed('osc').find((m) => m[0] === '/stage/generate')[1];
+  dev.send('/stage/job/done', id, '/Users/alice/Library/Application Support/x.take1.wav');
+  dev.take();
+  dev.send('insert', 1);
+  const clips = liveSet.tracks[0].arrangement_clips;
+  assert.equal(clips.length, 1);
+  assert.equal(clips[0].name, 'x.take1');
+  assert.equal(clips[0].warping, 0);
+  assert.match(dev.routed('status').pop()[0], /^Inserted x\.take1 \(Arrangement view at beat 16/);
+});
+
+test('Windows: Insert hands Live the take with forward slashes', () => {
+  const dev = loadDevice({ os: 'windows' });
+  connectAndTempo(dev);
+  dev.send('mode', 1);
+  dev.send('generate', 1);
+  const id = dev.routed('osc').find((m) => m[0] === '/stage/generate')[1];
+  dev.send('/stage/job/done', id, 'C:\\Users\\Bob\\AppData\\Local\\stage-bridge\\outbox\\x.take1.wav');
+  dev.take();
+  dev.send('insert', 1);
+  assert.deepEqual(dev.liveSet.tracks[0].arrangement_clips.map((c) => c.file_path),
+    ['C:/Users/Bob/AppData/Local/stage-bridge/outbox/x.take1.wav']);
 });

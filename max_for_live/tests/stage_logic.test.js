@@ -42,9 +42,11 @@ test('generate: every argument with its OSC type, in the documented order', () =
   ]);
 });
 
-test('generate: click mode sends an empty context path even if one is given', () => {
+// Max may drop an empty symbol on its way from [js] to [udpsend] (issue 13, U6), so "no context" is the
+// placeholder "-" that the daemon reads as empty (docs/protocol.md, protocol.NO_CONTEXT).
+test('generate: click mode sends the no-context placeholder even if a path is given', () => {
   const msg = L.generateMessage({ ...baseRequest, mode: 'click', takes: 3 });
-  assert.deepEqual(msg.args[1], s(''));
+  assert.deepEqual(msg.args[1], s('-'));
   assert.deepEqual(msg.args.slice(-4), [s('takes'), i(3), s('context_mode'), s('click')]);
 });
 
@@ -351,6 +353,19 @@ test('UI settings map menu indexes to values', () => {
   c.dispatch({ type: 'set', key: 'takes', value: 0 });
   assert.equal(c.view().ui.bars, 16, 'an index out of range changes nothing');
   assert.equal(c.view().ui.takes, 1);
+});
+
+// An empty [textedit] reaches the script either as `KEY bang` ([route text] on a bare `text`) or as `KEY`
+// with nothing after it; both mean an empty field, never the word "bang" (issue 13, U1).
+for (const empty of ['bang', '', undefined]) test(`an empty text field (${JSON.stringify(empty)}) clears prompt and home`, () => {
+  const c = device();
+  c.dispatch({ type: 'set', key: 'prompt', value: 'Genres: Rock.' });
+  c.dispatch({ type: 'set', key: 'home', value: '/srv/stage' });
+  c.dispatch({ type: 'set', key: 'prompt', value: empty });
+  c.dispatch({ type: 'set', key: 'home', value: empty });
+  assert.equal(c.view().ui.prompt, '');
+  assert.equal(c.view().ui.home, '');
+  assert.equal(c.bouncesFolder(), BOUNCES, 'an empty home falls back to the guess');
 });
 
 test('click mode: sent at once, then accepted / progress / done drive the view', () => {

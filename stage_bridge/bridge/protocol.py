@@ -210,6 +210,11 @@ def make_request(job_id: str, context_path: str, instrument: str, bars: int,
     return GenerateRequest(job_id, context_path, instrument, bars, **options)
 
 
+# `context_path` value meaning "no context" (click mode). An empty OSC string also works, but Max may drop an
+# empty symbol between [js] and [udpsend], so the Max device sends this; no absolute path can be "-".
+NO_CONTEXT = "-"
+
+
 def parse_generate(args: Sequence[Any], instruments: Sequence[str] = INSTRUMENTS) -> GenerateRequest:
     """Validate `/stage/generate` arguments. The job id is checked first so errors can name it."""
     if len(args) < 4:
@@ -219,6 +224,8 @@ def parse_generate(args: Sequence[Any], instruments: Sequence[str] = INSTRUMENTS
     context_path = args[1]
     if not isinstance(context_path, str):
         raise ProtocolError("bad_request", "context_path must be a string (it may be empty in click mode).")
+    if context_path == NO_CONTEXT:
+        context_path = ""
     instrument = check_instrument(args[2], instruments)
     bars = check_bars(args[3])
     rest = list(args[4:])
