@@ -152,7 +152,7 @@ class _ServiceFile:
     def current(self) -> str | None:
         try:
             return self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # not there (a file where a folder should be: neither)
             return None
         except (OSError, UnicodeDecodeError) as e:
             raise OutputNotWritable(f"cannot read {self.path} ({getattr(e, 'strerror', None) or e}); "
@@ -429,12 +429,15 @@ def install(host: Host, cfg: ServeConfig, run: Runner, say: Say, config_file: Pa
     done = []
     if current is not None and service.registered():  # an older definition is loaded: swap it
         done += service.unregister()
-    service.write(wanted)
     busy = port_taken(cfg.osc_host, cfg.osc_port)
     try:
+        service.write(wanted)
         done += service.register(start=not busy)
-    except ServiceError as e:  # the manager refused: leave the file as it was, nothing half-installed
-        service.erase() if current is None else service.write(current)
+    except ServiceError as e:  # the manager refused: put back what was there, nothing half-installed
+        try:
+            service.erase() if current is None else service.write(current)
+        except StageError:
+            pass  # the first failure is the one to report
         raise ServiceError(f"{e}. Nothing was installed; start the daemon with `stage-bridge serve` instead.") from None
     say(f"installed the {service.kind} {service.where}" + ("" if current is None else " (updated)"))
     say(f"  it runs: {service.command}")
