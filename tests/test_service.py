@@ -463,3 +463,13 @@ def test_cli_install_status_uninstall(monkeypatch, cli_home, capsys):
     out = capsys.readouterr().out
     assert "installed the systemd user unit" in out and "service: installed, systemd user unit" in out
     assert "removed the systemd user unit" in out and not (cli_home / UNIT_FILE).exists()
+
+
+@pytest.mark.parametrize("platform, note", [("darwin", "launchd loads it at your next login"),
+                                            ("linux", "not enabled, so it does not start at login")])
+def test_status_of_a_file_the_manager_does_not_have(platform, note, home, cfg):
+    fake, said = FakeManager(home), []
+    S.install(host_for(platform, home), cfg, fake, lambda _: None)
+    fake.loaded = False  # e.g. `launchctl bootout` or `systemctl --user disable` by hand
+    S.status(host_for(platform, home), cfg, fake, said.append)
+    assert said[0].startswith("service: installed, ") and note in said[0]

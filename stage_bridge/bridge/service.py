@@ -125,6 +125,7 @@ class Service(Protocol):
     kind: str  # in plain words, e.g. "systemd user unit"
     where: str  # the file (or registry value) that is the service
     command: str  # the daemon's command line, as this platform's shell would take it
+    off_note: str  # what it means when the file is there but the manager does not have it
 
     def wanted(self) -> str: ...
     def current(self) -> str | None: ...
@@ -133,6 +134,7 @@ class Service(Protocol):
     def registered(self) -> bool: ...
     def register(self, start: bool) -> list[str]: ...
     def unregister(self) -> list[str]: ...
+    def forget(self) -> list[str]: ...  # after the definition is gone; notes for the musician
 
 
 class _ServiceFile:
@@ -180,6 +182,7 @@ class Launchd(_ServiceFile):
     """A per-user launchd agent (launchd.plist(5), launchctl(1))."""
 
     kind = "launchd agent"
+    off_note = "not loaded now: launchd loads it at your next login, or `stage-bridge service install` now"
 
     def __init__(self, host: Host, argv: list[str], run: Runner):
         self.host, self.argv, self.run = host, argv, run
@@ -224,6 +227,9 @@ class Launchd(_ServiceFile):
         _check(self.run, ["launchctl", "bootout", f"{self.domain}/{LABEL}"])
         return ["stopped the daemon it had started"]
 
+    def forget(self) -> list[str]:
+        return [f"its log stays in {self.log.parent}"]
+
 
 def systemd_quote(arg: str, first: bool = False) -> str:
     """One word of an ExecStart= line (systemd.service(5), "Command lines"): double quotes keep
@@ -240,6 +246,7 @@ class Systemd(_ServiceFile):
     """A systemd user unit (systemd.unit(5), systemd.service(5), systemctl(1) --user)."""
 
     kind = "systemd user unit"
+    off_note = "but not enabled, so it does not start at login: `stage-bridge service install` enables it"
 
     def __init__(self, host: Host, argv: list[str], run: Runner):
         self.host, self.argv, self.run = host, argv, run
@@ -287,7 +294,9 @@ class Systemd(_ServiceFile):
         _check(self.run, self._systemctl("disable", "--now", UNIT))  # systemctl(1): unlink and stop
         return ["stopped the daemon it had started"]
 
-
+    def forget(self) -> list[str]:
+        _check(self.run, self._systemctl("daemon-reload"))  # systemctl(1): forget the removed unit file
+        return []
 
 def windows_command_line(argv: Sequence[str]) -> str:
     """One Windows command line: quoted by the Microsoft C runtime's rules ("Parsing C command-line
@@ -302,6 +311,7 @@ class RunKey:
     and RunOnce Registry Keys"). Per-user: no administrator needed."""
 
     kind = "Windows logon entry"
+    off_note = ""  # the value is the registration
     where = f"{RUN_KEY}\\{RUN_VALUE}"
 
     def __init__(self, host: Host, argv: list[str], run: Runner):
@@ -343,6 +353,9 @@ class RunKey:
 
     def unregister(self) -> list[str]:
         return []  # nothing is loaded: Windows reads the value at each logon
+
+    def forget(self) -> list[str]:
+        return ["a daemon running now keeps running until you log out"]
 
 
 def service_for(host: Host, argv: list[str], run: Runner) -> Service:
@@ -423,12 +436,11 @@ def install(host: Host, cfg: ServeConfig, run: Runner, say: Say, config_file: Pa
     """Write the service and register it; again with the same settings: nothing changes."""
     service = service_for(host, serve_argv(host, config_file), run)
     wanted, current = service.wanted(), service.current()
-    if current == wanted and service.registered():
+    registered = current is not None and service.registered()
+    if current == wanted and registered:
         say(f"already installed: {service.kind} {service.where}; nothing changed.")
         return 0
-    done = []
-    if current is not None and service.registered():  # an older definition is loaded: swap it
-        done += service.unregister()
+    done = service.unregister() if registered else []  # an older definition is loaded: stop it first
     busy = port_taken(cfg.osc_host, cfg.osc_port)
     try:
         service.write(wanted)
@@ -462,15 +474,10 @@ def uninstall(host: Host, run: Runner, say: Say) -> int:
         return 0
     done = service.unregister() if service.registered() else []
     service.erase()
-    if isinstance(service, Systemd):
-        _check(run, ["systemctl", "--user", "daemon-reload"])  # systemctl(1): forget the removed unit
+    done += service.forget()
     say(f"removed the {service.kind} {service.where}")
     for line in done:
         say(f"  {line}")
-    if isinstance(service, Launchd):
-        say(f"  its log stays in {service.log.parent}")
-    if isinstance(service, RunKey):
-        say("  a daemon running now keeps running until you log out")
     say("undo: stage-bridge service install")
     return 0
 
@@ -483,7 +490,6 @@ def status(host: Host, cfg: ServeConfig, run: Runner, say: Say, timeout: float =
         say(f"service: not installed ({service.kind} would be {service.where}; `stage-bridge service install` adds it)")
     else:
         loaded = service.registered()
-        say(f"service: installed, {service.kind} {service.where}" + ("" if loaded else " (not loaded: "
-            "it starts at your next login, or run `stage-bridge service install` again)"))
+        say(f"service: installed, {service.kind} {service.where}" + ("" if loaded else f" ({service.off_note})"))
     say(f"daemon: {daemon_state(cfg, timeout)}")
     return 0
