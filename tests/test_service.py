@@ -143,8 +143,8 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path, home):
     odd = tmp_path / "my 100%h mix $HOME"  # %h is a specifier (the home folder) unless escaped
     odd.mkdir()
     (odd / "python").symlink_to(sys.executable)
-    unit = S.Systemd(host_for("linux", home, str(odd / "python")), S.serve_argv(host_for("linux", home, str(odd / "python"))),
-                     FakeManager(home))
+    host = host_for("linux", home, str(odd / "python"))
+    unit = S.Systemd(host, S.serve_argv(host), FakeManager(home))
     unit.write(unit.wanted())
     runtime = tmp_path / "runtime"  # systemd-analyze --user needs a runtime folder, not a running manager
     runtime.mkdir(mode=0o700)
@@ -181,9 +181,11 @@ def test_launchd_plist_parses_with_the_documented_keys(home):
     assert job["Label"] == S.LABEL
     assert job["ProgramArguments"] == [MAC_PYTHON, "-m", "stage_bridge.cli", "serve"]
     assert job["RunAtLoad"] is True and job["KeepAlive"] == {"Crashed": True}
+    assert job["ProcessType"] == "Interactive"  # not throttled like a background job
     log = home / "Library" / "Logs" / "stage-bridge" / "serve.log"
     assert job["StandardOutPath"] == job["StandardErrorPath"] == str(log)
-    assert set(job) == {"Label", "ProgramArguments", "RunAtLoad", "KeepAlive", "StandardOutPath", "StandardErrorPath"}
+    assert set(job) == {"Label", "ProgramArguments", "RunAtLoad", "KeepAlive", "ProcessType", "StandardOutPath",
+                        "StandardErrorPath"}
     assert agent.path == home / "Library" / "LaunchAgents" / f"{S.LABEL}.plist"
 
 
@@ -348,6 +350,12 @@ def test_the_config_file_is_the_only_option_baked_in(home, tmp_path):
     assert S.serve_argv(host_for("linux", home)) == [sys.executable, "-m", "stage_bridge.cli", "serve"]
     config = tmp_path / "my settings.toml"
     assert S.serve_argv(host_for("linux", home), config)[-2:] == ["--config", str(config.resolve())]
+
+
+def test_the_real_runner_reports_output_and_a_missing_tool_in_one_line():
+    assert S.run_command([sys.executable, "-c", "import sys; print('out'); sys.exit(3)"]) == S.Result(3, "out")
+    with pytest.raises(S.ServiceError, match=r"^no-such-service-manager-xyz was not found on this computer"):
+        S.run_command(["no-such-service-manager-xyz", "--user"])
 
 
 # -- status ------------------------------------------------------------------------------------------

@@ -199,6 +199,10 @@ class Launchd(_ServiceFile):
             # launchd.plist(5) KeepAlive/Crashed: restarted only when it "exited due to a signal which
             # is typically associated with a crash"; a clean stop or a refusal (busy port: exit 2) is final.
             "KeepAlive": {"Crashed": True},
+            # launchd.plist(5) ProcessType: "If left unspecified, the system will apply light resource limits
+            # to the job, throttling its CPU usage and I/O bandwidth"; Interactive jobs get none, as apps do.
+            # A generation is work the musician asked for and waits on, in time with the song.
+            "ProcessType": "Interactive",
             "StandardOutPath": str(self.log),  # launchd.plist(5): stdout/stderr go to this file
             "StandardErrorPath": str(self.log),
         }
