@@ -112,7 +112,8 @@ def build_parser() -> ArgumentParser:
     v.add_argument("action", choices=["install", "uninstall", "status"],
                    help="install: start at every login (and now); uninstall: stop that; status: installed? running?")
     v.add_argument("--config", type=Path, default=None,
-                   help="install: a TOML config file for the service (default: the one `serve` reads)")
+                   help="TOML config file the service's daemon reads (install) and status takes the ports from "
+                        "(default: the one `serve` reads)")
     v.set_defaults(func=cmd_service)
 
     from .train.run import add_train_arguments
@@ -236,6 +237,9 @@ def cmd_service(args: argparse.Namespace) -> int:
     from .bridge.config import load_config
 
     host = service.Host.current()
+    if args.config is not None and not args.config.is_file():
+        from .errors import BadArgument
+        raise BadArgument(f"--config {args.config}: no such file; give the path of your TOML config file.")
     if args.action == "uninstall":
         return service.uninstall(host, service.run_command, print)
     cfg = load_config({}, config_file=args.config)  # the ports the daemon will use; a bad file is refused here

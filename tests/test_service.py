@@ -481,3 +481,15 @@ def test_status_of_a_file_the_manager_does_not_have(platform, note, home, cfg):
     fake.loaded = False  # e.g. `launchctl bootout` or `systemctl --user disable` by hand
     S.status(host_for(platform, home), cfg, fake, said.append)
     assert said[0].startswith("service: installed, ") and note in said[0]
+
+
+def test_cli_install_bakes_in_the_named_config_file_only(monkeypatch, cli_home, tmp_path, capsys):
+    fake = FakeManager(cli_home)
+    monkeypatch.setattr(S.Host, "current", classmethod(lambda cls: host_for("linux", cli_home)))
+    monkeypatch.setattr(S, "run_command", fake)
+    config = tmp_path / "my settings.toml"
+    assert main(["service", "install", "--config", str(config)]) == 2  # not there yet: refused, nothing written
+    assert "no such file" in capsys.readouterr().err and files_under(cli_home) == set()
+    config.write_text("osc_port = 9000\n")
+    assert main(["service", "install", "--config", str(config)]) == 0
+    assert f'"--config" "{config}"' in (cli_home / UNIT_FILE).read_text()
