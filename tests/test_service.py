@@ -27,6 +27,7 @@ from stage_bridge.cli import main
 
 WIN_PYTHON = r"C:\Users\Jo Smith\stage bridge\.venv\Scripts\pythonw.exe"
 MAC_PYTHON = "/Users/jo/Music/stage bridge/.venv/bin/python"
+UID = 501  # the first user account on a Mac
 
 
 def free_udp_port() -> int:
@@ -68,7 +69,7 @@ class FakeManager:
         raise AssertionError(f"unexpected command {argv}")
 
     def _launchctl(self, rest: list[str]) -> S.Result:
-        uid_domain = f"gui/{os.getuid()}"
+        uid_domain = f"gui/{UID}"
         if rest == ["print", f"{uid_domain}/{S.LABEL}"]:
             return S.Result(0 if self.loaded else 113, "" if self.loaded else "Could not find service")
         if rest[:2] == ["bootstrap", uid_domain]:
@@ -119,7 +120,7 @@ class FakeManager:
 
 def host_for(platform: str, home: Path, python: str | None = None) -> S.Host:
     default = {"darwin": MAC_PYTHON, "linux": sys.executable, "win32": WIN_PYTHON}[platform]
-    return S.Host(platform, home, python or default, os.getuid(), {})
+    return S.Host(platform, home, python or default, UID, {})
 
 
 @pytest.fixture
@@ -251,7 +252,7 @@ def test_windows_command_line_quotes_paths_with_spaces_exactly(home):
 
 # -- install and uninstall -------------------------------------------------------------------------
 
-UID = os.getuid()
+
 PLIST = f"Library/LaunchAgents/{S.LABEL}.plist"
 UNIT_FILE = f".config/systemd/user/{S.UNIT}"
 SYSTEMCTL = ["systemctl", "--user"]
