@@ -252,7 +252,6 @@ def test_windows_command_line_quotes_paths_with_spaces_exactly(home):
 
 # -- install and uninstall -------------------------------------------------------------------------
 
-
 PLIST = f"Library/LaunchAgents/{S.LABEL}.plist"
 UNIT_FILE = f".config/systemd/user/{S.UNIT}"
 SYSTEMCTL = ["systemctl", "--user"]
