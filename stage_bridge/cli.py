@@ -108,6 +108,14 @@ def build_parser() -> ArgumentParser:
     j.add_argument("--limit", type=whole_number(), default=30)
     j.set_defaults(func=cmd_jobs)
 
+    v = sub.add_parser("service", help="start the daemon automatically at login (install, uninstall, status)")
+    v.add_argument("action", choices=["install", "uninstall", "status"],
+                   help="install: start at every login (and now); uninstall: stop that; status: installed? running?")
+    v.add_argument("--config", type=Path, default=None,
+                   help="TOML config file the service's daemon reads (install) and status takes the ports from "
+                        "(default: the one `serve` reads)")
+    v.set_defaults(func=cmd_service)
+
     from .train.run import add_train_arguments
 
     t = sub.add_parser("train", help="fine-tune MusicGen into a STAGE model for any instrument")
@@ -222,6 +230,22 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(f"{when}  {job.id:<24} {job.state:<9} {what}  {detail}")
     journal.close()
     return 0
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    from .bridge import service
+    from .bridge.config import load_config
+
+    host = service.Host.current()
+    if args.config is not None and not args.config.is_file():
+        from .errors import BadArgument
+        raise BadArgument(f"--config {args.config}: no such file; give the path of your TOML config file.")
+    if args.action == "uninstall":
+        return service.uninstall(host, service.run_command, print)
+    cfg = load_config({}, config_file=args.config)  # the ports the daemon will use; a bad file is refused here
+    if args.action == "install":
+        return service.install(host, cfg, service.run_command, print, config_file=args.config)
+    return service.status(host, cfg, service.run_command, print)
 
 
 def cmd_weights(args: argparse.Namespace) -> int:
