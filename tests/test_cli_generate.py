@@ -174,7 +174,8 @@ def test_output_is_sample_aligned_with_the_context(monkeypatch):
     sr = 44100
     t = np.arange(int(8.5 * sr)) / sr
     mix = (0.5 * np.sin(2 * np.pi * 220 * t) * (t % 0.5 < 0.05)).astype(np.float32)  # bursts
-    res = render_stem(model, StemRequest(bpm=120, bars=4, context=Audio(mix[None], sr), seed=0))
+    res = render_stem(model, StemRequest(bpm=120, bars=4, context=Audio(mix[None], sr), seed=0,
+                                         loudness_offset_lu=None))  # the level as generated
     out = res.takes[0]
     assert len(out) == 4 * 2 * sr
     ref = mix[: len(out)]
