@@ -51,6 +51,12 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--takes", type=whole_number(), default=1, help=f"how many variations to generate (1-{MAX_TAKES})")
     g.add_argument("--context-mode", default="mix", choices=["mix", "click", "mix+click"])
     g.add_argument("--click-gain-db", type=real(), default=-6.0, help="click level in mix+click mode")
+    loud = g.add_mutually_exclusive_group()
+    loud.add_argument("--loudness-offset", type=real(), default=None, metavar="LU",
+                      help="how far under the context's loudness the takes arrive, in LU (default 6; "
+                           "never so loud that they clip)")
+    loud.add_argument("--no-loudness-match", dest="loudness_match", action="store_false",
+                      help="keep the takes at the level the model made them")
     g.add_argument("--seed", type=int, default=None, help="same seed, same result (default: random, saved in the sidecar)")
     g.add_argument("--guidance", type=real(), default=3.0, help="classifier-free guidance scale")
     g.add_argument("--top-k", type=int, default=250)
@@ -128,6 +134,7 @@ def build_parser() -> ArgumentParser:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .audio.loudness import DEFAULT_OFFSET_LU
     from .bridge.job import StemJob
     from .bridge.runner import RenderSettings, load_context, render_and_publish, stem_request
     from .bridge.writer import ensure_writable
@@ -146,8 +153,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
                   context_path=context_path, instrument=instrument, bars=args.bars, bpm=args.bpm,
                   beats_per_bar=args.beats_per_bar, beat_unit=args.beat_unit, offset=args.offset, prompt=args.prompt,
                   takes=args.takes, context_mode=args.context_mode, seed=args.seed)
+    offset = args.loudness_offset if args.loudness_offset is not None else DEFAULT_OFFSET_LU
     settings = RenderSettings(sample_rate=args.sample_rate, click_gain_db=args.click_gain_db,
-                              sampling=SamplingParams(args.guidance, args.top_k, args.top_p, args.temperature))
+                              sampling=SamplingParams(args.guidance, args.top_k, args.top_p, args.temperature),
+                              loudness_offset_lu=offset if args.loudness_match else None)
     request = stem_request(job, load_context(job), settings)
     request.validate()
     request.sampling.validate()

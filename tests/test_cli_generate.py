@@ -174,7 +174,8 @@ def test_output_is_sample_aligned_with_the_context(monkeypatch):
     sr = 44100
     t = np.arange(int(8.5 * sr)) / sr
     mix = (0.5 * np.sin(2 * np.pi * 220 * t) * (t % 0.5 < 0.05)).astype(np.float32)  # bursts
-    res = render_stem(model, StemRequest(bpm=120, bars=4, context=Audio(mix[None], sr), seed=0))
+    res = render_stem(model, StemRequest(bpm=120, bars=4, context=Audio(mix[None], sr), seed=0,
+                                         loudness_offset_lu=None))  # the level as generated
     out = res.takes[0]
     assert len(out) == 4 * 2 * sr
     ref = mix[: len(out)]
@@ -208,3 +209,25 @@ def test_cli_asks_for_huge_pages_before_torch_loads(preset, want):
         env["THP_MEM_ALLOC_ENABLE"] = preset
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == want
+
+
+def test_loudness_offset_and_no_loudness_match(tmp_path, capsys):
+    """--loudness-offset sets how far under the context the take lands; --no-loudness-match keeps
+    it as generated (the same seed, so the same raw take); both together is a mistake."""
+    from stage_bridge.audio.loudness import measure_lufs
+
+    ctx = _song(tmp_path / "song.wav")
+    assert _gen(tmp_path, "--bars", "1", "--loudness-offset", "3", context=ctx) == 0
+    assert _gen(tmp_path, "--bars", "1", "--no-loudness-match", context=ctx) == 0
+    matched, raw = capsys.readouterr().out.split()
+    m, r = (json.loads(Path(p).with_suffix(".json").read_text()) for p in (matched, raw))
+    (m_audio, rate), r_audio = sf.read(matched, dtype="float32"), sf.read(raw, dtype="float32")[0]
+    assert m["loudness_offset_lu"] == 3.0 and m["lufs"] == pytest.approx(m["context_lufs"] - 3.0, abs=0.5)
+    assert measure_lufs(m_audio, rate) == pytest.approx(m["lufs"], abs=0.01)
+    assert r["loudness_offset_lu"] is None and r["gain_db"] == 0.0 and r["context_lufs"] == m["context_lufs"]
+    np.testing.assert_allclose(m_audio, r_audio * 10 ** (m["gain_db"] / 20), rtol=1e-3)  # gain_db: 2 decimals
+
+    assert "not allowed with" in _bad(tmp_path / "x", capsys, "--loudness-offset", "3", "--no-loudness-match",
+                                      context=ctx)
+    assert "loudness offset must be from 0 to" in _bad(tmp_path / "x", capsys, "--loudness-offset", "99", context=ctx)
+    assert "loudness offset" in _bad(tmp_path / "x", capsys, "--loudness-offset", "-2", context=ctx)

@@ -215,3 +215,25 @@ def test_compile_is_a_boolean_setting(tmp_path):
     assert load_config({}, env={}, config_file=toml(tmp_path, "compile = true\n")).compile is True
     assert load_config({}, env={"STAGE_BRIDGE_COMPILE": "1"}, config_file=tmp_path / "a.toml").compile is True
     assert load_config({"compile": None}, env={}, config_file=tmp_path / "a.toml").compile is False
+
+
+def test_loudness_offset_a_number_or_off_from_each_source(tmp_path):
+    from stage_bridge.audio.loudness import DEFAULT_OFFSET_LU
+
+    absent = tmp_path / "absent.toml"
+    assert load_config({}, env={}, config_file=absent).loudness_offset == DEFAULT_OFFSET_LU
+    assert load_config({}, env={}, config_file=toml(tmp_path, "loudness_offset = 3\n")).loudness_offset == 3.0
+    assert load_config({}, env={}, config_file=toml(tmp_path, "loudness_offset = 4.5\n")).loudness_offset == 4.5
+    assert load_config({}, env={}, config_file=toml(tmp_path, 'loudness_offset = "off"\n')).loudness_offset is None
+    assert load_config({}, env={}, config_file=toml(tmp_path, "loudness_offset = false\n")).loudness_offset is None
+    assert load_config({}, env={"STAGE_BRIDGE_LOUDNESS_OFFSET": "Off"}, config_file=absent).loudness_offset is None
+    assert load_config({}, env={"STAGE_BRIDGE_LOUDNESS_OFFSET": "0"}, config_file=absent).loudness_offset == 0.0
+    assert load_config({"loudness_offset": 9}, env={"STAGE_BRIDGE_LOUDNESS_OFFSET": "off"},
+                       config_file=absent).loudness_offset == 9.0
+
+
+@pytest.mark.parametrize("value, match", [("loud", "loudness_offset: 'loud' is not a valid number"),
+                                          ("true", "not a valid number"), ("99", "loudness offset must be from 0"),
+                                          ("-3", "loudness offset must be from 0"), ("nan", "loudness offset")])
+def test_bad_loudness_offsets_are_refused(tmp_path, value, match):
+    refused(match, {}, env={"STAGE_BRIDGE_LOUDNESS_OFFSET": value}, config_file=tmp_path / "absent.toml")

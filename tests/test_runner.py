@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from stage_bridge.audio.loudness import DEFAULT_OFFSET_LU, REFERENCE_LUFS
 from stage_bridge.bridge.job import StemJob
 from stage_bridge.bridge.runner import RenderSettings, StemRunner, stem_request
 from stage_bridge.cli import main
@@ -25,13 +26,18 @@ def click_job(job_id: str = "j1", **fields) -> StemJob:
 def test_stem_request_carries_every_job_setting():
     job = click_job()
     sampling = SamplingParams(2.0, 50, 0.5, 0.9)
-    req = stem_request(job, None, RenderSettings(sample_rate=22050, click_gain_db=-3.0, sampling=sampling))
+    req = stem_request(job, None, RenderSettings(sample_rate=22050, click_gain_db=-3.0, sampling=sampling,
+                                                 loudness_offset_lu=2.5))
     for name in ("bpm", "bars", "beats_per_bar", "beat_unit", "offset", "context_mode", "prompt", "takes", "seed"):
         assert getattr(req, name) == getattr(job, name), name
-    assert (req.context, req.sample_rate, req.click_gain_db, req.sampling) == (None, 22050, -3.0, sampling)
+    assert (req.context, req.sample_rate, req.click_gain_db, req.sampling, req.loudness_offset_lu) == \
+        (None, 22050, -3.0, sampling, 2.5)
     default = stem_request(job, None, RenderSettings(sample_rate=22050))  # unset: the engine's own defaults
     engine = {f.name: f.default for f in dataclasses.fields(type(default))}
     assert (default.click_gain_db, default.sampling) == (engine["click_gain_db"], engine["sampling"])
+    assert default.loudness_offset_lu == engine["loudness_offset_lu"] == DEFAULT_OFFSET_LU
+    off = stem_request(job, None, RenderSettings(sample_rate=22050, loudness_offset_lu=None))
+    assert off.loudness_offset_lu is None  # None is "off" here, not "the engine's default"
 
 
 def test_a_model_that_failed_to_load_fails_its_jobs(tmp_path):
@@ -63,9 +69,13 @@ def test_daemon_and_cli_write_the_same_sidecar(tmp_path, capsys):
             "sample_rate", "num_samples", "duration_s", "device", "precision", "decode_mode", "compiled",
             "timings", "created",
             "stage_bridge", "guidance", "top_k", "top_p", "temperature", "click_gain_db", "take",
-            "file"} == set(cli_meta)
+            "file", "loudness_offset_lu", "lufs", "context_lufs", "gain_db"} == set(cli_meta)
     assert daemon_meta["job_id"] == "j1" and daemon_meta["source"] == "osc" and daemon_meta["tempo_source"] == "osc"
     assert cli_meta["source"] == "cli" and cli_meta["job_id"].startswith("cli-")
     assert cli_meta["tempo_source"] == "request" and cli_meta["context_path"] == ""
     # how the model was loaded comes from the model itself (not from what was asked for)
     assert (cli_meta["precision"], cli_meta["decode_mode"], cli_meta["compiled"]) == ("fp32", "eager", False)
+    # click mode: no context loudness, so both land the default offset under the reference level
+    for meta in (daemon_meta, cli_meta):
+        assert meta["context_lufs"] is None and meta["loudness_offset_lu"] == DEFAULT_OFFSET_LU
+        assert abs(meta["lufs"] - (REFERENCE_LUFS - DEFAULT_OFFSET_LU)) < 0.5 and meta["gain_db"] != 0.0

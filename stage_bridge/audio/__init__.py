@@ -1,6 +1,6 @@
-"""Audio plumbing: files, resampling, musical time, the STAGE click and the model context.
+"""Audio plumbing: files, resampling, musical time, the STAGE click, the model context and loudness.
 
-Pure numpy/soundfile/soxr code with no model or torch dependency, so it can be tested and used
+Pure numpy/soundfile/soxr/pyloudnorm code with no model or torch dependency, so it can be tested and used
 (for example by the DAW daemon) without loading anything heavy.
 """
 
@@ -15,6 +15,13 @@ from stage_bridge.audio.io import (
     write_audio_atomic,
 )
 from stage_bridge.audio.length import fit_length
+from stage_bridge.audio.loudness import (
+    DEFAULT_OFFSET_LU,
+    LoudnessMatch,
+    match_loudness,
+    measure_lufs,
+    validate_loudness_offset,
+)
 from stage_bridge.audio.resample import resample
 from stage_bridge.audio.timing import (
     bar_seconds,
@@ -29,6 +36,8 @@ from stage_bridge.audio.timing import (
 
 __all__ = [
     "CONTEXT_MODES",
+    "DEFAULT_OFFSET_LU",
+    "LoudnessMatch",
     "SUPPORTED_FORMATS",
     "Audio",
     "bar_seconds",
@@ -44,9 +53,12 @@ __all__ = [
     "fit_length",
     "is_silent",
     "load_audio",
+    "match_loudness",
+    "measure_lufs",
     "resample",
     "seconds_to_samples",
     "to_mono",
+    "validate_loudness_offset",
     "validate_tempo",
     "write_audio_atomic",
 ]

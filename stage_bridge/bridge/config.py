@@ -12,6 +12,7 @@ lives in the platform's config folder (`stage-bridge doctor` prints where), e.g.
     device = "auto"
     midi_in = "IAC Driver Bus 1"
     allow_root = ["~/Music/Ableton"]
+    loudness_offset = 6      # takes arrive 6 LU under the song; "off" keeps them as generated
     [model]
     drums = "stage-drums"
     bass = "~/models/my-bass-run"
@@ -36,6 +37,12 @@ else:  # pragma: no cover
 DEFAULT_MODELS = {"drums": "stage-drums", "bass": "stage-bass"}  # instrument -> model, unless told otherwise
 
 
+def _default_loudness_offset() -> float:
+    from ..audio.loudness import DEFAULT_OFFSET_LU  # here, not at the top: the CLI imports this module on every start
+
+    return DEFAULT_OFFSET_LU
+
+
 @dataclass
 class ServeConfig:
     """Everything `stage-bridge serve` is told (see KEYS for where each comes from)."""
@@ -58,6 +65,7 @@ class ServeConfig:
     weights_dir: Path | None = None
     watch: bool = True
     sample_rate: int = 48000  # output rate of click-only jobs (no context file to follow)
+    loudness_offset: float | None = field(default_factory=_default_loudness_offset)  # LU under the context; None: off
 
     @property
     def inbox(self) -> Path:
@@ -82,8 +90,9 @@ KEYS = {  # key: (type, ServeConfig field)
     "reply_host": (str, "reply_host"), "reply_port": (int, "reply_port"), "allow_remote": (bool, "allow_remote"),
     "midi": (bool, "midi"), "midi_in": (str, "midi_in"), "midi_api": (str, "midi_api"), "home": (Path, "home"),
     "allow_root": (list, "allow_roots"), "queue_size": (int, "queue_size"), "weights_dir": (Path, "weights_dir"),
-    "watch": (bool, "watch"), "sample_rate": (int, "sample_rate"),
+    "watch": (bool, "watch"), "sample_rate": (int, "sample_rate"), "loudness_offset": (float, "loudness_offset"),
 }
+OFF = ("off", "none", "false", "no")  # how a float setting (loudness_offset) is turned off
 
 
 def default_config_file() -> Path:
@@ -130,9 +139,16 @@ def _convert(key: str, value: Any) -> Any:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(value)
             return int(value)
+        if kind is float:  # a number, or off (also TOML's false)
+            if value is False or str(value).strip().lower() in OFF:
+                return None
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
         return value if key == "model" else str(value)
     except (TypeError, ValueError, OverflowError):
-        raise BadArgument(f"setting {key}: {value!r} is not a valid {kind.__name__}.") from None
+        what = "number (or off)" if kind is float else kind.__name__
+        raise BadArgument(f"setting {key}: {value!r} is not a valid {what}.") from None
 
 
 def load_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
@@ -161,6 +177,7 @@ def load_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
     for key, value in values.items():
         field_name = KEYS[key][1]
         setattr(cfg, field_name, parse_models(value) if key == "model" else value)
+    from ..audio.loudness import validate_loudness_offset  # (not at the top: see _default_loudness_offset)
     from .midiclock import MIDI_APIS  # here, not at the top: the CLI imports this module on every start
 
     if cfg.midi_api not in MIDI_APIS:
@@ -170,4 +187,5 @@ def load_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
             raise BadArgument(f"port {port} must be 0-65535.")
     if not 1 <= cfg.queue_size <= 1000:
         raise BadArgument(f"queue size {cfg.queue_size} must be 1-1000.")
+    validate_loudness_offset(cfg.loudness_offset)
     return cfg

@@ -2,7 +2,7 @@
 
 Why here and only here: a `StemJob` becomes the engine's `StemRequest` in exactly one place
 (`stem_request`), so a new setting cannot reach the engine by one front end and not another;
-and the takes are published with one sidecar (writer.take_sidecar).
+and the takes are published with one sidecar (writer.take_sidecar and writer.take_loudness).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Callable, Mapping
 from ..errors import Cancelled, StageError
 from .job import StemJob
 from .protocol import ProtocolError
-from .writer import publish_takes, take_sidecar
+from ..audio.loudness import DEFAULT_OFFSET_LU
+from .writer import publish_takes, take_loudness, take_sidecar
 
 if TYPE_CHECKING:
     from ..audio import Audio
@@ -30,13 +31,16 @@ class RenderSettings:
     """How to render, beyond what a job asks: the same for every job of a daemon or CLI run.
 
     `sample_rate`: the output rate of click-only jobs (a context file sets its own);
-    `click_gain_db`, `sampling` None: the engine's defaults. (How the model was loaded, its
-    precision and decode mode, the sidecar reads from the model itself.)
+    `click_gain_db`, `sampling` None: the engine's defaults; `loudness_offset_lu`: how many LU
+    under the context the takes arrive, None for as generated (so it has no "engine default"
+    None). (How the model was loaded, its precision and decode mode, the sidecar reads from the
+    model itself.)
     """
 
     sample_rate: int
     click_gain_db: float | None = None
     sampling: "SamplingParams | None" = None
+    loudness_offset_lu: float | None = DEFAULT_OFFSET_LU
 
 
 def load_context(job: StemJob) -> "Audio | None":
@@ -53,7 +57,8 @@ def stem_request(job: StemJob, context: "Audio | None", settings: RenderSettings
                                                     ("sampling", settings.sampling)) if v is not None}
     return StemRequest(bpm=job.bpm, bars=job.bars, context=context, beats_per_bar=job.beats_per_bar,
                        beat_unit=job.beat_unit, offset=job.offset, context_mode=job.context_mode, prompt=job.prompt,
-                       takes=job.takes, seed=job.seed, sample_rate=settings.sample_rate, **engine_defaults_unless_set)
+                       takes=job.takes, seed=job.seed, sample_rate=settings.sample_rate,
+                       loudness_offset_lu=settings.loudness_offset_lu, **engine_defaults_unless_set)
 
 
 def render_and_publish(model: "StageModel", job: StemJob, request: "StemRequest", outbox: Path,
@@ -67,7 +72,8 @@ def render_and_publish(model: "StageModel", job: StemJob, request: "StemRequest"
     if should_cancel is not None and should_cancel():
         raise Cancelled("cancelled before writing")
     sidecar = take_sidecar(job, model, request, result)
-    paths = publish_takes(outbox, job.name, job.instrument, job.bpm, result.takes, result.sample_rate, sidecar)
+    paths = publish_takes(outbox, job.name, job.instrument, job.bpm, result.takes, result.sample_rate, sidecar,
+                          take_loudness(result))
     return paths, result
 
 

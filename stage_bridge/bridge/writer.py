@@ -5,8 +5,9 @@ overwritten: each WAV is written to a hidden `.part` file in the destination fol
 hard-linked into place (which fails if the name was taken meanwhile; we then take the next
 free name). The sidecar is published first and the WAV second, so even a kill -9 between the
 two never leaves a take without its description; a sidecar left without its WAV is removed
-by `remove_orphan_sidecars` when the daemon starts again. `take_sidecar` is the one description
-of a take, whether the daemon or `stage-bridge generate` made it.
+by `remove_orphan_sidecars` when the daemon starts again. `take_sidecar` (what the takes of a job
+share) and `take_loudness` (each take's own) are the one description of a take, whether the
+daemon or `stage-bridge generate` made it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import itertools
 import json
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -71,11 +72,23 @@ def take_sidecar(job: StemJob, model: "StageModel", request: "StemRequest", resu
         "duration_s": result.num_samples / result.sample_rate,
         "guidance": sampling.guidance, "top_k": sampling.top_k, "top_p": sampling.top_p,
         "temperature": sampling.temperature, "click_gain_db": request.click_gain_db,
+        "loudness_offset_lu": request.loudness_offset_lu,
         "device": str(model.device), "precision": model.precision, "decode_mode": model.decoder.mode,
         "compiled": model.decoder.mode == COMPILED,
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "stage_bridge": __version__,
     }
+
+
+def take_loudness(result: "StemResult") -> list[dict[str, Any]]:
+    """Each take's own sidecar fields, in take order: its loudness after matching (`lufs`), the
+    context's (`context_lufs`) and the gain applied (`gain_db`). JSON has no infinity: what could
+    not be measured (silence; no context in click mode) is null."""
+    def db(x: float | None) -> float | None:
+        return None if x is None else round(x, 2)
+
+    return [{"lufs": db(m.lufs), "context_lufs": db(m.context_lufs), "gain_db": db(m.gain_db)}
+            for m in result.loudness]
 
 
 def remove_orphan_sidecars(folder: Path) -> list[Path]:
@@ -94,8 +107,9 @@ def remove_orphan_sidecars(folder: Path) -> list[Path]:
 
 
 def publish_takes(folder: Path, name: str, instrument: str, bpm: float, takes: Sequence[np.ndarray],
-                  sample_rate: int, sidecar: dict[str, Any]) -> list[Path]:
-    """Write every take (+ `.json` sidecar with `sidecar` and the take number); returns the WAV paths.
+                  sample_rate: int, sidecar: dict[str, Any], per_take: Sequence[Mapping[str, Any]] = ()) -> list[Path]:
+    """Write every take (+ `.json` sidecar: `sidecar`, the take's own `per_take` fields if given,
+    the take number and file name); returns the WAV paths.
 
     If any take fails, the takes already written by this call are removed again.
     """
@@ -109,7 +123,8 @@ def publish_takes(folder: Path, name: str, instrument: str, bpm: float, takes: S
                 if wav.exists() or meta.exists():
                     continue
                 try:  # the sidecar first: a take must never be seen (or survive a kill -9) without it
-                    write_json_atomic(meta, {**sidecar, "take": k, "file": wav.name})
+                    own = per_take[k - 1] if per_take else {}
+                    write_json_atomic(meta, {**sidecar, **own, "take": k, "file": wav.name})
                 except FileExistsError:  # taken between the check and the link
                     continue
                 try:

@@ -7,7 +7,8 @@ Two layers:
   as a fixed prefix of its target, and the time-aligned slice of the context, so the stem
   continues seamlessly for a whole song.
 - `render_stem`: the musician's request (bpm, bars, meter, context mode) -> takes at the
-  context file's sample rate, exactly N bars long and starting at the context's first sample.
+  context file's sample rate, exactly N bars long and starting at the context's first sample,
+  each brought `loudness_offset_lu` under the context mix's loudness (audio/loudness.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..audio import (Audio, CONTEXT_MODES, bars_to_samples, build_context, fit_length, is_silent, resample, to_mono,
+from ..audio import (Audio, CONTEXT_MODES, DEFAULT_OFFSET_LU, LoudnessMatch, bars_to_samples, build_context,
+                     fit_length, is_silent, match_loudness, measure_lufs, resample, to_mono, validate_loudness_offset,
                      validate_tempo)
 from ..errors import BadArgument, Cancelled, EmptyAudio
 from ..limits import MAX_BARS, MAX_TAKES
@@ -161,6 +163,7 @@ class StemRequest:
     sample_rate: int = 44100  # output rate when there is no context file
     click_gain_db: float = -6.0
     sampling: SamplingParams = SamplingParams()
+    loudness_offset_lu: float | None = DEFAULT_OFFSET_LU  # takes this far under the context mix; None: as generated
 
     def validate(self) -> None:
         validate_tempo(self.bpm, self.beats_per_bar, self.beat_unit)
@@ -179,6 +182,7 @@ class StemRequest:
                              "--context-mode click to generate from the tempo alone.")
         if not 8000 <= self.sample_rate <= 384000:
             raise BadArgument(f"sample rate must be between 8000 and 384000 Hz (got {self.sample_rate}).")
+        validate_loudness_offset(self.loudness_offset_lu)
 
 
 @dataclass
@@ -189,6 +193,7 @@ class StemResult:
     seed: int
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    loudness: list[LoudnessMatch] = field(default_factory=list)  # one per take, in the order of `takes`
 
 
 @torch.inference_mode()
@@ -226,11 +231,26 @@ def render_stem(model: StageModel, req: StemRequest, progress: Progress | None =
     t_generated = time.perf_counter()
     _check_cancel(should_cancel)
     audio = codec.decode(codes)[:, :n_model].float().cpu().numpy()
-    takes = [fit_length(resample(a, sr, sr_out), n_out) for a in audio]
+    takes, loudness = _match_takes([fit_length(resample(a, sr, sr_out), n_out) for a in audio], sr_out, req, warnings)
     t_done = time.perf_counter()
     timings = {"encode_s": t_encoded - t_start, "generate_s": t_generated - t_encoded,
                "decode_s": t_done - t_generated, "total_s": t_done - t_start}
-    return StemResult(takes, sr_out, n_out, seed, timings, warnings)
+    return StemResult(takes, sr_out, n_out, seed, timings, warnings, loudness)
+
+
+def _match_takes(takes: list[np.ndarray], sample_rate: int, req: StemRequest,
+                 warnings: list[str]) -> tuple[list[np.ndarray], list[LoudnessMatch]]:
+    """Each take `req.loudness_offset_lu` under the context MIX over the same bars (the click is
+    not part of the song). Click mode, or a silent mix, has no context loudness: the takes are then
+    matched to audio/loudness.REFERENCE_LUFS instead (`context_lufs` None)."""
+    context_lufs = None
+    if req.context is not None and req.context_mode != "click":
+        context_lufs = measure_lufs(req.context.samples[:, :len(takes[0])], sample_rate)
+    matched = [match_loudness(take, sample_rate, context_lufs, req.loudness_offset_lu) for take in takes]
+    for k, (_, m) in enumerate(matched, start=1):
+        if m.limited:
+            warnings.append(f"take {k} is quieter than asked ({m.gain_db:+.1f} dB applied): any louder would clip")
+    return [audio for audio, _ in matched], [m for _, m in matched]
 
 
 def _check_cancel(should_cancel: ShouldCancel | None) -> None:
