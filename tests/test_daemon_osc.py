@@ -45,14 +45,15 @@ def rigs(tmp_path_factory) -> tuple[Rig, Rig]:
     """Both daemons of this module, started in parallel (each start costs seconds of torch import):
     - main: tiny-random for drums and bass, default queue;
     - small: --queue-size 2, drums=stage-drums with an empty weights folder (weights_missing),
-      bass=tiny-random; it never receives /stage/tempo, so no_tempo stays provokable.
+      bass=tiny-random, loudness matching off (from the environment); it never receives /stage/tempo, so no_tempo stays provokable.
     """
     root = tmp_path_factory.mktemp("osc")
     weights = root / "empty-weights"
     weights.mkdir()
     main = dict(home=root / "home")
     small = dict(home=root / "small-home", models=["drums=stage-drums", "bass=tiny-random"],
-                 extra_args=["--queue-size", "2"], env={"STAGE_BRIDGE_WEIGHTS": str(weights)})
+                 extra_args=["--queue-size", "2"],
+                 env={"STAGE_BRIDGE_WEIGHTS": str(weights), "STAGE_BRIDGE_LOUDNESS_OFFSET": "off"})
     with running_daemons(main, small) as (main_rig, small_rig):
         home = main_rig.home
         _noise(home / "bounces" / "verse.wav", 3.0, 44100)
@@ -173,6 +174,31 @@ def test_generate_exact_length_wav_sidecar_and_events(rig):
     assert meta["tempo_source"] == "request" and meta["num_samples"] == frames and meta["sample_rate"] == 44100
     assert meta["context_path"] == str(Path(context).resolve()) and meta["file"] == wav.name
     no_part_files(rig)
+
+
+def test_takes_arrive_under_the_context_as_configured(rig, small):
+    """The daemon applies its loudness setting: 6 LU under the context by default (or as loud as
+    the peak ceiling allows), and untouched when the setting is off."""
+    context = str(rig.home / "bounces" / "verse.wav")
+    job = unique_id("loud")
+    generate(rig, job, context, "bass", bars=1, bpm=120.0, mode="mix", seed=3)
+    end = rig.dump.wait_job_end(job, 60)
+    assert end.address == P.DONE, (end, rig.daemon.log_text())
+    meta = json.loads(Path(end.args[1]).with_suffix(".json").read_text())
+    samples, _ = sf.read(end.args[1], dtype="float64")
+    peak_db = 20 * np.log10(np.max(np.abs(samples)))
+    assert meta["context_lufs"] is not None and meta["gain_db"] != 0.0
+    on_target = abs(meta["lufs"] - (meta["context_lufs"] - 6.0)) < 0.2
+    assert on_target or (meta["lufs"] < meta["context_lufs"] - 6.0 and peak_db > -1.1), (meta, peak_db)
+    assert peak_db <= -1.0 + 1e-3
+
+    small_context = small.home / "bounces" / "verse.wav"
+    _noise(small_context, 3.0, 44100)
+    job = unique_id("loud-off")
+    generate(small, job, str(small_context), "bass", bars=1, bpm=120.0, mode="mix", seed=3)
+    end = small.dump.wait_job_end(job, 60)
+    assert end.address == P.DONE, (end, small.daemon.log_text())
+    assert json.loads(Path(end.args[1]).with_suffix(".json").read_text())["gain_db"] == 0.0
 
 
 def test_context_path_with_spaces_and_non_ascii(rig):

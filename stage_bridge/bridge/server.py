@@ -51,7 +51,7 @@ class Server:
         prepare_home(cfg)
         self.transport = UdpTransport(host, cfg.osc_port, cfg.reply_host, cfg.reply_port)
         self.tempo = TempoSource(clock)
-        settings = RenderSettings(sample_rate=cfg.sample_rate)
+        settings = RenderSettings(sample_rate=cfg.sample_rate, loudness_offset_lu=cfg.loudness_offset)
         runner = StemRunner(models, cfg.outbox, settings)
         self.service = JobService(Journal(cfg.journal_path), runner, OscEvents(self.transport.send), self.tempo,
                                   cfg.home, cfg.allow_roots, cfg.queue_size)
