@@ -84,8 +84,8 @@ var StageLogic = (function () {
         starting: 'Starting the stage-bridge daemon... (loading its models can take a minute)',
         startFailed: 'Could not start stage-bridge: TEXT',
         exited: 'stage-bridge stopped (exit code CODE): TEXT Copy its last lines from the Max window.',
-        alreadyRunning: 'A stage-bridge daemon already runs on port PORT but its answers do not reach this device: ' +
-            'set "Receive port" to its --reply-port, or stop it.',
+        alreadyRunning: 'stage-bridge is already running on port PORT: waiting for its answer. If none comes, ' +
+            'set "Receive port" to its --reply-port.',
         nothingToHear: 'Nothing to audition yet: generate first.'
     };
 
@@ -711,6 +711,13 @@ var StageLogic = (function () {
         }
     }
 
+    // The message for the launcher: launch SENDPORT RECEIVEPORT PATH HINT. The two texts are URI-encoded
+    // (no spaces left for Max to split at) and '-' when empty (an empty symbol could vanish on the way).
+    function launchAtoms(a) {
+        return ['launch', a.sendPort, a.receivePort, a.path ? encodeURIComponent(a.path) : '-',
+                a.hint ? encodeURIComponent(a.hint) : '-'];
+    }
+
     // -- the state saved with the Live set ---------------------------------------------------------
     // Kept in a [pattr] whose parameter type is blob (saved with the set, never automated; see
     // build.py). The JSON is URI-encoded so the whole state is ONE Max symbol without spaces, quotes,
@@ -776,6 +783,8 @@ var StageLogic = (function () {
         this.os = normalizeOs(options.os);
         this.bootVolume = options.bootVolume || '';
         this.home = options.home || guessHome(options.devicePath, this.os, this.bootVolume);
+        // where the device file is: in a checkout, the launcher finds the command next to it
+        this.deviceFolder = options.devicePath ? dirname(maxToNative(options.devicePath, this.os, this.bootVolume)) : '';
         this.tag = options.tag || randomTag(options.random);
         this.counter = 0;
         this.pings = 0;
@@ -1096,7 +1105,8 @@ var StageLogic = (function () {
             // No answer for a while: ask the launcher to start `stage-bridge serve` on the device's ports.
             this.launch = { state: 'starting', pid: 0, code: null, text: '' };
             actions.push({ type: 'launch', sendPort: this.options.sendPort, receivePort: this.options.receivePort,
-                           path: this.ui.launcher ? maxToNative(this.ui.launcher, this.os, this.bootVolume) : '' });
+                           path: this.ui.launcher ? maxToNative(this.ui.launcher, this.os, this.bootVolume) : '',
+                           hint: this.deviceFolder });
         }
         return actions;
     };
@@ -1571,6 +1581,7 @@ var StageLogic = (function () {
         // replies
         parseReply: parseReply,
         parseLauncher: parseLauncher,
+        launchAtoms: launchAtoms,
         errorText: errorText,
         // the state saved with the Live set
         encodeState: encodeState,

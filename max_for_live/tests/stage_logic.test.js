@@ -586,7 +586,7 @@ test('no answer after loading: the launcher is asked once to start the daemon on
   c.dispatch({ type: 'set', key: 'receivePort', value: 9101 });
   assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 3000 })), [], 'not yet: the daemon may simply be slow to answer');
   assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 7000 })),
-    [{ type: 'launch', sendPort: 9100, receivePort: 9101, path: '' }]);
+    [{ type: 'launch', sendPort: 9100, receivePort: 9101, path: '', hint: '/Users/alice/Music/Ableton/User Library/Presets/Audio Effects/Max Audio Effect' }]);
   assert.equal(c.view().status, 'Starting the stage-bridge daemon... (loading its models can take a minute)');
   assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 9000 })), [], 'never a second request while one is under way');
   c.dispatch({ type: 'launcher', args: ['started', 4242] });
@@ -618,7 +618,8 @@ test('the launcher could not start it: plain words; a path typed in the settings
   c.dispatch({ type: 'set', key: 'launcher', value: '"Macintosh HD:/Users/alice/stage bridge/.venv/bin/stage-bridge"' });
   assert.equal(c.view().ui.launcher, 'Macintosh HD:/Users/alice/stage bridge/.venv/bin/stage-bridge');
   assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 11000 })),
-    [{ type: 'launch', sendPort: 9000, receivePort: 9001, path: '/Users/alice/stage bridge/.venv/bin/stage-bridge' }],
+    [{ type: 'launch', sendPort: 9000, receivePort: 9001, path: '/Users/alice/stage bridge/.venv/bin/stage-bridge',
+      hint: '/Users/alice/Music/Ableton/User Library/Presets/Audio Effects/Max Audio Effect' }],
     'the Max-style path of a dropped file becomes the native one');
 });
 
@@ -632,10 +633,15 @@ test('the daemon exited: its code and last words; already running elsewhere: say
   const d = device();
   d.dispatch({ type: 'tick', now: 7000 });
   d.dispatch({ type: 'launcher', args: ['already', 9000] });
-  assert.match(d.view().status, /already runs on port 9000 but its answers do not reach this device: set "Receive port"/);
+  assert.match(d.view().status, /already running on port 9000: waiting for its answer. If none comes, set "Receive port"/);
   assert.deepEqual(launches(d.dispatch({ type: 'tick', now: 9000 })), []);
   connect(d, 9500);
   assert.equal(d.view().status, 'Connected. Ready.');
+});
+
+test('the launch message: ports as numbers, texts as one encoded symbol each, "-" when empty', () => {
+  assert.deepEqual(L.launchAtoms({ sendPort: 9000, receivePort: 9001, path: 'C:\\Program Files\\sb.exe', hint: '' }),
+    ['launch', 9000, 9001, 'C%3A%5CProgram%20Files%5Csb.exe', '-']);
 });
 
 test('launcher replies parse whatever way Max split the text', () => {
