@@ -1392,7 +1392,7 @@ var StageLogic = (function () {
         this.ui.launcher = saved.launcher;
         actions.push({ type: 'showText', key: 'prompt', text: this.ui.prompt });
         actions.push({ type: 'showText', key: 'home', text: this.ui.home });
-        actions.push({ type: 'showText', key: 'launcher', text: this.ui.launcher });
+        actions.push({ type: 'showText', key: 'command', text: this.ui.launcher });
         if (!this.busy() && saved.done) {
             this.results = saved.results;
             this.selected = saved.selected;

@@ -751,7 +751,7 @@ test('reopening the set: the texts are shown again and the takes can be inserted
   assert.deepEqual(actions.filter((a) => a.type === 'showText'), [
     { type: 'showText', key: 'prompt', text: '' },
     { type: 'showText', key: 'home', text: '/Users/alice/stage home' },
-    { type: 'showText', key: 'launcher', text: '/opt/sb/bin/stage-bridge' }]);
+    { type: 'showText', key: 'command', text: '/opt/sb/bin/stage-bridge' }]);
   assert.deepEqual(states(actions), [], 'restoring does not write the same state back');
   const v = after.view();
   assert.deepEqual(v.results, ['a.take1.wav', 'a.take2.wav']);
