@@ -142,7 +142,8 @@ class Launcher {
       return;
     }
     const args = ['serve', '--osc-port', String(sendPort), '--reply-port', String(receivePort)];
-    const logFile = path.join(this.logDir, `stage-bridge-serve-${sendPort}.log`);
+    // one log per launcher process: two devices in a set each have their own (and never read the other's)
+    const logFile = path.join(this.logDir, `stage-bridge-serve-${sendPort}-${process.pid}.log`);
     let fd;
     let child;
     try {
