@@ -2060,7 +2060,7 @@
 							"parameter_longname": "Audition level",
 							"parameter_shortname": "Level",
 							"parameter_type": 0,
-							"parameter_invisible": 2,
+							"parameter_invisible": 1,
 							"parameter_mmin": -70.0,
 							"parameter_mmax": 6.0,
 							"parameter_unitstyle": 4,
