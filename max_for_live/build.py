@@ -402,13 +402,13 @@ def device_patcher() -> dict[str, Any]:
     p.connect("ui_level", 0, "dbtoa", 0)
 
     # settings: the daemon's folder and the ports
-    p.label("label_home", "Daemon folder (empty: automatic)", (ux, 670), [4, 130, 150, 16])
+    p.label("label_home", "Daemon folder (optional)", (ux, 670), [4, 130, 150, 16])
     p.ui("ui_home", "textedit", (ux, 690), [4, 146, 150, 18], 1, ["", "int", "", ""], parameter_enable=0,
          lines=1, wordwrap=0, outputmode=1, bangmode=0, fontsize=10.0,
          hint="Only if the device cannot find it: the stage-bridge folder that holds bounces/")
     p.text_setting("home", "ui_home", (ux + 320, 690), width=90)
     p.connect("generate_press", 1, "ui_home", 0)
-    p.label("label_command", "stage-bridge command (empty: find it)", (ux, 710), [160, 130, 156, 16])
+    p.label("label_command", "stage-bridge command", (ux, 710), [160, 130, 156, 16])
     p.ui("ui_command", "textedit", (ux, 730), [160, 146, 156, 18], 1, ["", "int", "", ""], parameter_enable=0,
          lines=1, wordwrap=0, outputmode=1, bangmode=0, fontsize=10.0,
          hint="Only if the device cannot start the daemon: the path of stage-bridge (or its folder), then Return")

@@ -2092,7 +2092,7 @@
 						150.0,
 						16.0
 					],
-					"text": "Daemon folder (empty: automatic)",
+					"text": "Daemon folder (optional)",
 					"textjustification": 0,
 					"id": "label_home"
 				}
@@ -2186,7 +2186,7 @@
 						156.0,
 						16.0
 					],
-					"text": "stage-bridge command (empty: find it)",
+					"text": "stage-bridge command",
 					"textjustification": 0,
 					"id": "label_command"
 				}
