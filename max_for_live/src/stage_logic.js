@@ -1156,6 +1156,13 @@ var StageLogic = (function () {
         this.note = '';
         this.progress = 0;
         if (this.connection === 'disconnected') {
+            if (this.options.autoLaunch && (this.launch.state === 'failed' || this.launch.state === 'exited')) {
+                // the daemon could not start or stopped: Generate tries to start it again (at the next tick)
+                this.launch.state = 'idle';
+                this.phase = this.done ? 'done' : 'idle';
+                this.note = '';
+                return actions;
+            }
             this.fail('not_connected', MESSAGES.notConnected.replace('PORT', String(this.options.sendPort)));
             return actions;
         }

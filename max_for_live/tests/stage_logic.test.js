@@ -633,6 +633,11 @@ test('the daemon exited: its code and last words; already running elsewhere: say
   c.dispatch({ type: 'launcher', args: ['exited', 1, 'error: the drums model weights are not installed'] });
   assert.equal(c.view().status, 'stage-bridge stopped (exit code 1): error: the drums model weights are not installed. ' +
     'Copy its last lines from the Max window.');
+  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 9000 })), [], 'it stopped: not restarted in a loop');
+  c.dispatch({ type: 'generate', transport: {}, now: 9500 });
+  assert.equal(c.view().state, 'disconnected', 'Generate does not fail: it starts the daemon again');
+  assert.equal(launches(c.dispatch({ type: 'tick', now: 11000 })).length, 1);
+  assert.match(c.view().status, /^Starting the stage-bridge daemon/);
   const d = device();
   d.dispatch({ type: 'tick', now: 7000 });
   d.dispatch({ type: 'launcher', args: ['already', 9000] });
