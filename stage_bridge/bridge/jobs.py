@@ -204,6 +204,7 @@ class JobQueue:
         self.progress_step = progress_step
         self._queue: deque[Job] = deque()
         self._running: Job | None = None
+        self._unrecorded: list[Job] = []  # ended jobs the journal could not be told about yet
         self._cancel_running = threading.Event()
         self._stopping = False
         self._cond = threading.Condition()
@@ -302,12 +303,16 @@ class JobQueue:
 
     def _record(self, job: Job, new: bool = False) -> None:
         """Write `job` to the journal; if the journal had to be started anew, the jobs still
-        queued or running go into it first (so a restart resumes them and no inbox file runs twice)."""
+        queued or running go into it first (so a restart resumes them and no inbox file runs twice),
+        and the ends a full disk kept out of it are written now (so a restart does not run them again)."""
         with self._cond:
             if self.journal.ensure():
                 for other in ([self._running] if self._running else []) + list(self._queue):
                     if other is not job:
                         self.journal.update(other)
+            while self._unrecorded:
+                self.journal.update(self._unrecorded[0])
+                self._unrecorded.pop(0)
             (self.journal.add if new else self.journal.update)(job)
 
     def _record_or_log(self, job: Job) -> bool:
@@ -316,6 +321,9 @@ class JobQueue:
             return True
         except Exception as e:  # a full disk must not stop the worker; the reply still goes out
             log.error("job %s (%s): could not record it in the journal %s: %s", job.id, job.state, self.journal.path, e)
+            with self._cond:
+                if job.state not in ACTIVE and all(j is not job for j in self._unrecorded):
+                    self._unrecorded.append(job)  # written with the journal's next successful write
             return False
 
     def _work(self) -> None:
