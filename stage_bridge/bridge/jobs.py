@@ -374,6 +374,11 @@ class JobQueue:
             log.exception("job %s: could not send its %s reply", job.id, job.state)
 
 
+def readable_roots(home: Path, extra: Sequence[Path] = ()) -> list[Path]:
+    """The folders (resolved) whose files the daemon may read: its home, then `extra`."""
+    return [Path(p).resolve() for p in [home, *extra]]
+
+
 def failure(e: Exception) -> tuple[str, str]:
     """The (code, message) a failed job reports for exception `e`."""
     if isinstance(e, StageError):
@@ -401,7 +406,7 @@ class JobService:
         self.journal = journal
         self.tempo = tempo
         self.home = Path(home)
-        self.roots = [p.resolve() for p in [self.home, *roots]]
+        self.roots = readable_roots(self.home, roots)
         self.folders = [self.home, *map(Path, folders)]
         self._runner = runner
         self.queue = JobQueue(journal, self._run, events, capacity)
