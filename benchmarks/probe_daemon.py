@@ -26,6 +26,7 @@ import random
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -238,12 +239,21 @@ def check_outbox(outbox: Path) -> dict[str, Any]:
     return {"problems": problems, "per_job": per_job}
 
 
+def journal_active(home: Path) -> int:
+    db = sqlite3.connect(str(home / "jobs.sqlite3"), timeout=10)
+    try:
+        return db.execute("SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running')").fetchone()[0]
+    finally:
+        db.close()
+
+
 def kills(base: Path, count: int, rng: random.Random) -> dict[str, Any]:
     home = base / "kill"
     jobs = {f"k{i}": 2 for i in range(4)}  # id -> takes
     bars = 16  # long enough that most kills land mid-job
     replies = Replies()
-    delays = []
+    delays: list[float] = []
+    active: list[int] = []  # jobs the journal held queued or running at each kill
     try:
         d = Daemon(home, replies)
         for job_id, takes in jobs.items():
@@ -253,6 +263,7 @@ def kills(base: Path, count: int, rng: random.Random) -> dict[str, Any]:
             delays.append(delay)
             time.sleep(delay)  # the probe's random instant; nothing is judged by time
             d.kill()
+            active.append(journal_active(home))
             d = Daemon(home, replies)
         deadline = time.monotonic() + JOB_TIMEOUT * len(jobs)
         while time.monotonic() < deadline and not set(jobs) <= set(replies.ends()):
@@ -262,7 +273,7 @@ def kills(base: Path, count: int, rng: random.Random) -> dict[str, Any]:
         replies.close()
     report = check_outbox(home / "outbox")
     extra = {j: len(report["per_job"].get(j, [])) - n for j, n in jobs.items()}
-    return {"kills": count, "delays_s": delays, "jobs": len(jobs), "takes_asked": sum(jobs.values()),
+    return {"kills": count, "delays_s": delays, "active_at_kill": active, "jobs": len(jobs), "takes_asked": sum(jobs.values()),
             "takes_found": sum(len(v) for v in report["per_job"].values()),
             "duplicates": sum(max(0, e) for e in extra.values()), "missing": sum(max(0, -e) for e in extra.values()),
             "broken": report["problems"], "exit_code": rc}
