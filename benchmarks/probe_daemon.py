@@ -196,6 +196,7 @@ def burst(base: Path, files: int) -> dict[str, Any]:
         sf.write(staging / f"b{i:03d}.drums.wav", audio, 32000, subtype="PCM_16")
     replies = Replies()
     d = Daemon(home, replies, watch=True)
+    ends: dict[str, tuple[str, list[Any]]] = {}
     try:
         d.client.send_message("/stage/tempo", [120.0])
         inbox = home / "inbox"
@@ -273,7 +274,8 @@ def kills(base: Path, count: int, rng: random.Random) -> dict[str, Any]:
         replies.close()
     report = check_outbox(home / "outbox")
     extra = {j: len(report["per_job"].get(j, [])) - n for j, n in jobs.items()}
-    return {"kills": count, "delays_s": delays, "active_at_kill": active, "jobs": len(jobs), "takes_asked": sum(jobs.values()),
+    return {"kills": count, "delays_s": delays, "active_at_kill": active, "jobs": len(jobs),
+            "takes_asked": sum(jobs.values()),
             "takes_found": sum(len(v) for v in report["per_job"].values()),
             "duplicates": sum(max(0, e) for e in extra.values()), "missing": sum(max(0, -e) for e in extra.values()),
             "broken": report["problems"], "exit_code": rc}
