@@ -13,18 +13,30 @@ Two ways to publish:
   free.
 - replace (training checkpoints, run state, token caches): an atomic rename over the old file;
   a reader sees the old file or the new one, never a mix, and a failed write leaves the old one.
+
+A full disk (or quota) is reported as `DiskFull`, so the musician is told to free space rather
+than to pick another folder (`is_disk_full` is the one test for it, SQLite's "disk is full" included).
+
+Reading files other programs control (a context, an inbox file, a sidecar) is the mirror image:
+`open_regular` opens without blocking and then checks what was opened, not the name. A name
+can be swapped between any check and the read (for a FIFO, whose open would wait forever for a
+writer; for a symlink to a file outside the allowed folders), so every such reader goes through it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
+import sqlite3
+import stat
+import sys
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Sequence
 
-from .errors import OutputNotWritable
+from .errors import DiskFull, OutputNotWritable
 
 FILE_MODE = 0o644  # readable by the DAW whatever user it runs as; mkstemp alone gives 0600
 
@@ -125,7 +137,95 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+DISK_FULL_ERRNOS = frozenset(filter(None, (errno.ENOSPC, getattr(errno, "EDQUOT", None))))
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """The write failed for want of space (or quota): ENOSPC, EDQUOT or SQLite's SQLITE_FULL."""
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def disk_full(folder: Path, exc: BaseException) -> DiskFull:
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return DiskFull(f"The disk holding {folder} is full ({reason}); nothing was written. Free some space, "
+                    "then try again.")
+
+
 def not_writable(folder: Path, exc: BaseException) -> OutputNotWritable:
+    if is_disk_full(exc):
+        return disk_full(folder, exc)
     reason = getattr(exc, "strerror", None) or str(exc)
     return OutputNotWritable(f"Could not write into {folder} ({reason}). Check that the folder is writable and the "
                              "disk is not full, or choose another output folder.")
+
+
+# -- reading files other programs control -------------------------------------------------------
+
+class NotRegularFile(OSError):
+    """What was opened is a folder, FIFO, socket or device, not a file to read."""
+
+
+class OutsideRoots(PermissionError):
+    """The file (after following every symlink) lies outside the folders we may read."""
+
+
+def open_regular(path: str | os.PathLike[str], inside: Sequence[Path] | None = None) -> BinaryIO:
+    """Open `path` for reading, refusing anything but a regular file, without ever blocking.
+
+    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer; then the
+    open descriptor (not the name, which may have been swapped meanwhile) must be a regular
+    file, and blocking mode is restored. With `inside` (resolved folders), the name is checked
+    before opening (an outside target is never opened, so a device or FIFO there cannot stall
+    us) and the file actually opened is checked again afterwards. Raises FileNotFoundError,
+    `NotRegularFile`, `OutsideRoots` or another OSError.
+    """
+    if inside is not None:
+        _check_inside(Path(os.path.realpath(path)), inside, path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a pipe, socket or device"
+            raise NotRegularFile(errno.EINVAL, f"{kind}, not a regular file", str(path))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        if inside is not None:
+            _check_inside(opened_path(fd, path, st), inside, path)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def opened_path(fd: int, name: str | os.PathLike[str], st: os.stat_result | None = None) -> Path:
+    """Where the open file `fd` really is: the kernel's answer (/proc/self/fd on Linux, F_GETPATH
+    on macOS); elsewhere `name` resolved now, accepted only if that is the very file open."""
+    if sys.platform.startswith("linux"):
+        try:
+            return Path(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    if sys.platform == "darwin":
+        import fcntl
+
+        raw = fcntl.fcntl(fd, getattr(fcntl, "F_GETPATH", 50), bytes(1024))
+        return Path(os.fsdecode(raw.split(b"\0", 1)[0]))
+    real = Path(os.path.realpath(name))
+    st = st or os.fstat(fd)
+    try:
+        same = os.path.samestat(st, os.stat(real))
+    except OSError:
+        same = False
+    if not same:
+        raise OutsideRoots(errno.EACCES, "the file was replaced while it was being opened", str(name))
+    return real
+
+
+def _check_inside(real: Path, roots: Sequence[Path], name: str | os.PathLike[str]) -> None:
+    if not any(real == r or r in real.parents for r in roots):
+        raise OutsideRoots(errno.EACCES, f"it is {real}, outside the folders that may be read", str(name))

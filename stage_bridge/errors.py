@@ -80,3 +80,18 @@ class Cancelled(StageError):
     """A generation was cancelled by the user; no file is written."""
 
     code = "cancelled"
+
+
+class DiskFull(OutputNotWritable):
+    """The disk (or the user's quota) is full: nothing was written; free some space and try again.
+
+    A subclass of OutputNotWritable, so code that handles "cannot write there" handles this too,
+    but with its own code: the musician's fix is to free space, not to pick another folder."""
+
+    code = "disk_full"
+
+
+class ForbiddenPath(StageError):
+    """The file actually opened lies outside the folders the daemon may read (a symlink swapped in)."""
+
+    code = "forbidden_path"

@@ -13,16 +13,17 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
 import numpy as np
 import soundfile as sf
 
-from stage_bridge.atomic import write_atomic
+from stage_bridge.atomic import NotRegularFile, OutsideRoots, open_regular, write_atomic
 from stage_bridge.errors import (
     AudioFileMissing,
     BadArgument,
     EmptyAudio,
+    ForbiddenPath,
     NonFiniteAudio,
     NotAudio,
 )
@@ -72,22 +73,35 @@ class Audio:
         return self.num_samples / self.sample_rate
 
 
-def load_audio(path: str | os.PathLike[str]) -> Audio:
+def load_audio(path: str | os.PathLike[str], inside: Sequence[Path] | None = None) -> Audio:
     """Decode any file soundfile can read into float32 ``(channels, n)``.
 
     Raises `AudioFileMissing`, `NotAudio`, `EmptyAudio` or `NonFiniteAudio` so the caller can
-    show the musician exactly what is wrong with the file they picked.
+    show the musician exactly what is wrong with the file they picked. The file is opened with
+    `open_regular` (a FIFO or device put in its place never blocks us); with `inside`, the file
+    actually opened must lie in one of those folders (`ForbiddenPath` otherwise), which holds
+    even if a symlink was swapped in after the path was checked.
     """
     path = Path(path)
     formats = ", ".join(SUPPORTED_FORMATS)
-    if not path.exists():
+    try:
+        handle = open_regular(path, inside)
+    except FileNotFoundError:
         raise AudioFileMissing(
             f"{path} does not exist. Check the path, or export the audio from your DAW first."
-        )
-    if path.is_dir():
-        raise NotAudio(f"{path} is a folder, not an audio file. Pick one audio file ({formats}).")
+        ) from None
+    except OutsideRoots as exc:
+        raise ForbiddenPath(
+            f"{path} is not read: {exc.strerror}. Put the audio inside the daemon's folders."
+        ) from None
+    except NotRegularFile as exc:
+        what = "a folder" if exc.strerror.startswith("a folder") else "not a regular file"
+        raise NotAudio(f"{path} is {what}, not an audio file. Pick one audio file ({formats}).") from None
+    except OSError as exc:
+        raise NotAudio(f"{path} cannot be opened ({exc.strerror or exc}).") from None
     try:
-        data, sample_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with handle:
+            data, sample_rate = sf.read(handle, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError, OSError) as exc:
         raise NotAudio(
             f"{path} could not be decoded as audio ({exc}). "
@@ -157,12 +171,48 @@ def write_audio_atomic(
     frames = _to_frames(samples, subtype)
 
     def write(handle: BinaryIO) -> None:
+        out = _KeepWriteError(handle)
         try:
-            sf.write(handle, frames, int(sample_rate), subtype=subtype, format=file_format)
-        except sf.LibsndfileError as exc:
-            raise OSError(str(exc)) from exc
+            sf.write(out, frames, int(sample_rate), subtype=subtype, format=file_format)
+        except (sf.LibsndfileError, AssertionError) as exc:  # soundfile asserts on a short write
+            raise out.error or OSError(str(exc) or "short write") from exc
+        if out.error is not None:  # failed while the header was rewritten at close
+            raise out.error
 
     return write_atomic(path, write)
+
+
+class _KeepWriteError:
+    """The file soundfile writes through, keeping the first OSError of a write.
+
+    soundfile calls `write` from C; an exception raised there is printed and lost, and soundfile
+    then sees a short write (an `AssertionError`). Kept here, the real cause (ENOSPC: the disk
+    is full) reaches the caller instead."""
+
+    def __init__(self, handle: BinaryIO):
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        return self._kept(lambda: self._handle.write(data), 0)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._kept(lambda: self._handle.read(size), b"")
+
+    def seek(self, offset: int, whence: int = 0) -> int:  # flushes the buffer: may hit ENOSPC too
+        return self._kept(lambda: self._handle.seek(offset, whence), 0)
+
+    def tell(self) -> int:
+        return self._handle.tell()
+
+    def _kept(self, call, failed):  # type: ignore[no-untyped-def]
+        if self.error is not None:
+            return failed
+        try:
+            return call()
+        except OSError as exc:
+            self.error = exc
+            return failed
 
 
 def _format_for(path: Path, subtype: str) -> str:

@@ -8,12 +8,23 @@ moment (laptop lid, kill -9, power); on restart, queued and interrupted jobs run
 an interrupted job never leaves a partial file to clean up (only hidden `.part` temp files,
 which the server removes at start). Why a service: the front ends need only "submit this
 request", "cancel", "is there a tempo / room"; they never reach into the queue or journal.
+
+Why the worker never dies: it is the only thread that runs jobs, so an exception escaping it
+would leave `/stage/status` busy forever and every later job accepted and never run. Every
+failure (a full disk while the journal is written included) ends that job with an error reply.
+Why the journal checks its file: a musician may delete the home folder while the daemon runs;
+SQLite would go on writing into the deleted file and the history (and the inbox's memory of
+what it already ran) would be lost at the next start. So before each write the journal checks
+that its file is still the one it opened and otherwise starts a new one there, with the jobs
+still queued or running; the folders are made again too.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -22,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
-from ..errors import Cancelled, StageError
+from ..atomic import disk_full, is_disk_full
+from ..errors import Cancelled, DiskFull, StageError
 from .job import StemJob, job_from_request, resolve_context_path
 from .protocol import ERROR_CODES, GenerateRequest, ProtocolError, Tempo
 from .tempo import TempoSource
@@ -51,33 +63,106 @@ class Job:
 
 
 class Journal:
-    """The job history in an SQLite file (WAL mode: a crash mid-write loses at most that write)."""
+    """The job history in an SQLite file (WAL mode: a crash mid-write loses at most that write).
+
+    A file that is not a readable journal (corrupt, or not SQLite at all) is moved aside to
+    `jobs.sqlite3.corrupt-DATE` and a new one started, with a warning: the daemon must start.
+    Writes raise `DiskFull` when the disk is full."""
+
+    _CORRUPT = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("""CREATE TABLE IF NOT EXISTS jobs (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, state TEXT NOT NULL, params TEXT NOT NULL,
-            created REAL NOT NULL, updated REAL NOT NULL, outputs TEXT NOT NULL DEFAULT '[]',
-            error_code TEXT, error_message TEXT)""")
-        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
+        self._db, self._identity = self._open()
+
+    def _open(self) -> tuple[sqlite3.Connection, tuple[int, int]]:
+        try:
+            db = self._connect()
+        except sqlite3.DatabaseError as e:
+            if getattr(e, "sqlite_errorcode", None) not in self._CORRUPT:
+                if is_disk_full(e):
+                    raise disk_full(self.path.parent, e) from e
+                raise
+            aside = self._move_aside()
+            log.warning("the job journal %s could not be read (%s); moved it aside to %s and started a new one "
+                        "(the job history before now is in that file)", self.path, e, aside.name)
+            db = self._connect()
+        st = os.stat(self.path)
+        return db, (st.st_dev, st.st_ino)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("""CREATE TABLE IF NOT EXISTS jobs (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, state TEXT NOT NULL, params TEXT NOT NULL,
+                created REAL NOT NULL, updated REAL NOT NULL, outputs TEXT NOT NULL DEFAULT '[]',
+                error_code TEXT, error_message TEXT)""")
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
+            check = db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                error = sqlite3.DatabaseError(f"quick_check: {check[0] if check else 'no answer'}")
+                error.sqlite_errorcode = 11  # type: ignore[attr-defined]
+                raise error
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self) -> Path:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):  # SQLite's companions belong to the old file
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                os.replace(src, Path(f"{aside}{suffix}"))
+        return aside
+
+    def ensure(self) -> bool:
+        """Start a new journal file if ours was deleted or replaced; True when it did (it is then empty)."""
+        with self._lock:
+            try:
+                st = os.stat(self.path)
+                if (st.st_dev, st.st_ino) == self._identity:
+                    return False
+            except OSError:
+                pass
+            log.warning("the job journal %s was deleted or replaced while the daemon ran; starting a new one "
+                        "(the jobs before now are no longer listed)", self.path)
+            self._db.close()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db, self._identity = self._open()
+            return True
 
     def add(self, job: Job) -> None:
-        with self._lock:
-            self._db.execute("INSERT INTO jobs (id, state, params, created, updated, outputs) VALUES (?,?,?,?,?,?)",
-                             (job.id, job.state, json.dumps(job.spec.params()), job.created, job.updated,
-                              json.dumps(job.outputs)))
+        self._write("INSERT INTO jobs (id, state, params, created, updated, outputs) VALUES (?,?,?,?,?,?)",
+                    (job.id, job.state, json.dumps(job.spec.params()), job.created, job.updated,
+                     json.dumps(job.outputs)))
 
     def update(self, job: Job) -> None:
+        """Record the job's state (its latest row: ids may be reused after a job ended; a job the
+        journal lacks, because it was started anew, is added)."""
         job.updated = time.time()
-        with self._lock:  # the latest row of that id (ids may be reused after a job ended)
-            self._db.execute("""UPDATE jobs SET state=?, updated=?, outputs=?, error_code=?, error_message=?
-                                WHERE seq=(SELECT MAX(seq) FROM jobs WHERE id=?)""",
-                             (job.state, job.updated, json.dumps(job.outputs), job.error_code, job.error_message,
-                              job.id))
+        changed = self._write("""UPDATE jobs SET state=?, updated=?, outputs=?, error_code=?, error_message=?
+                                 WHERE seq=(SELECT MAX(seq) FROM jobs WHERE id=?)""",
+                              (job.state, job.updated, json.dumps(job.outputs), job.error_code, job.error_message,
+                               job.id))
+        if not changed:
+            self._write("""INSERT INTO jobs (id, state, params, created, updated, outputs, error_code, error_message)
+                           VALUES (?,?,?,?,?,?,?,?)""",
+                        (job.id, job.state, json.dumps(job.spec.params()), job.created, job.updated,
+                         json.dumps(job.outputs), job.error_code, job.error_message))
+
+    def _write(self, sql: str, args: tuple) -> int:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).rowcount
+            except sqlite3.Error as e:
+                if is_disk_full(e):
+                    raise disk_full(self.path.parent, e) from e
+                raise
 
     def _rows(self, where: str, args: tuple = (), order: str = "seq") -> list[Job]:
         with self._lock:
@@ -119,6 +204,7 @@ class JobQueue:
         self.progress_step = progress_step
         self._queue: deque[Job] = deque()
         self._running: Job | None = None
+        self._unrecorded: list[Job] = []  # ended jobs the journal could not be told about yet
         self._cancel_running = threading.Event()
         self._stopping = False
         self._cond = threading.Condition()
@@ -157,7 +243,14 @@ class JobQueue:
             if len(self._queue) >= self.capacity:
                 raise ProtocolError("queue_full", f"{len(self._queue)} jobs are waiting (the limit); try again when "
                                                   "one has finished, or cancel one.")
-            self.journal.add(job)
+            try:
+                self._record(job, new=True)
+            except DiskFull as e:
+                raise ProtocolError("disk_full", str(e)) from None
+            except (sqlite3.Error, OSError) as e:
+                log.error("job %s not accepted: the journal %s cannot be written (%s)", job.id, self.journal.path, e)
+                raise ProtocolError("engine_error", f"the job journal cannot be written ({e}); see the daemon's "
+                                                    "log.") from None
             self._queue.append(job)
             position = len(self._queue) - 1 + (1 if self._running else 0)
             self.events.accepted(job, position)
@@ -173,7 +266,7 @@ class JobQueue:
                 if job.id == job_id:
                     self._queue.remove(job)
                     job.state = CANCELLED
-                    self.journal.update(job)
+                    self._record_or_log(job)
                     self.events.cancelled(job)
                     return
         raise ProtocolError("unknown_job", f"no queued or running job is called {job_id}.")
@@ -208,10 +301,44 @@ class JobQueue:
             self._cancel_running.clear()
             return job
 
+    def _record(self, job: Job, new: bool = False) -> None:
+        """Write `job` to the journal; if the journal had to be started anew, the jobs still
+        queued or running go into it first (so a restart resumes them and no inbox file runs twice),
+        and the ends a full disk kept out of it are written now (so a restart does not run them again)."""
+        with self._cond:
+            if self.journal.ensure():
+                for other in ([self._running] if self._running else []) + list(self._queue):
+                    if other is not job:
+                        self.journal.update(other)
+            while self._unrecorded:
+                self.journal.update(self._unrecorded[0])
+                self._unrecorded.pop(0)
+            (self.journal.add if new else self.journal.update)(job)
+
+    def _record_or_log(self, job: Job) -> bool:
+        try:
+            self._record(job)
+            return True
+        except Exception as e:  # a full disk must not stop the worker; the reply still goes out
+            log.error("job %s (%s): could not record it in the journal %s: %s", job.id, job.state, self.journal.path, e)
+            with self._cond:
+                if job.state not in ACTIVE and all(j is not job for j in self._unrecorded):
+                    self._unrecorded.append(job)  # written with the journal's next successful write
+            return False
+
     def _work(self) -> None:
         while (job := self._next()) is not None:
-            job.state = RUNNING
-            self.journal.update(job)
+            try:
+                self._run(job)
+            except Exception:  # never reached by design; if it is, the worker still lives on
+                log.exception("job %s: unexpected failure in the worker", job.id)
+            finally:
+                with self._cond:
+                    self._running = None
+
+    def _run(self, job: Job) -> None:
+        job.state = RUNNING
+        if self._record_or_log(job):
             last = [-self.progress_step]
 
             def progress(percent: float, job: Job = job) -> None:
@@ -224,26 +351,45 @@ class JobQueue:
                 job.state = DONE
             except Cancelled:
                 job.state = CANCELLED  # by the user, or by a clean shutdown
-            except StageError as e:
-                job.state, job.error_code, job.error_message = FAILED, _code(e), str(e)
-            except MemoryError as e:
-                job.state, job.error_code, job.error_message = FAILED, "out_of_memory", f"out of memory: {e}"
-            except Exception as e:  # an engine bug must fail only this job, never the daemon
-                oom = type(e).__name__ == "OutOfMemoryError"
-                log.exception("job %s failed", job.id)
+            except Exception as e:  # any failure must fail only this job, never the daemon
                 job.state = FAILED
-                job.error_code = "out_of_memory" if oom else "engine_error"
-                job.error_message = ("the GPU ran out of memory; try fewer takes or bars" if oom
-                                     else f"{type(e).__name__}: {e}")
-            self.journal.update(job)
-            with self._cond:
-                self._running = None
+                job.error_code, job.error_message = failure(e)
+                if job.error_code == "engine_error":
+                    log.exception("job %s failed", job.id)
+        else:  # not even its start could be recorded (disk full): run nothing the journal would run again
+            job.state, job.error_code = FAILED, "disk_full"
+            job.error_message = ("the disk is full: the job could not be recorded, so it was not run. "
+                                 "Free some space, then send it again.")
+        self._record_or_log(job)
+        with self._cond:
+            self._running = None
+        try:
             if job.state == DONE:
                 self.events.done(job)
             elif job.state == FAILED:
                 self.events.failed(job)
             elif job.state == CANCELLED:
                 self.events.cancelled(job)
+        except Exception:
+            log.exception("job %s: could not send its %s reply", job.id, job.state)
+
+
+def readable_roots(home: Path, extra: Sequence[Path] = ()) -> list[Path]:
+    """The folders (resolved) whose files the daemon may read: its home, then `extra`."""
+    return [Path(p).resolve() for p in [home, *extra]]
+
+
+def failure(e: Exception) -> tuple[str, str]:
+    """The (code, message) a failed job reports for exception `e`."""
+    if isinstance(e, StageError):
+        return _code(e), str(e)
+    if is_disk_full(e):
+        return "disk_full", f"the disk is full ({getattr(e, 'strerror', None) or e}); free some space, then try again"
+    if isinstance(e, MemoryError):
+        return "out_of_memory", f"out of memory: {e}"
+    if type(e).__name__ == "OutOfMemoryError":
+        return "out_of_memory", "the GPU ran out of memory; try fewer takes or bars"
+    return "engine_error", f"{type(e).__name__}: {e}"
 
 
 class JobService:
@@ -254,13 +400,31 @@ class JobService:
     """
 
     def __init__(self, journal: Journal, runner: Runner, events: Events, tempo: TempoSource, home: Path,
-                 roots: Sequence[Path] = (), capacity: int = 16):
-        """`roots`: folders (besides `home`) context files may be read from."""
+                 roots: Sequence[Path] = (), capacity: int = 16, folders: Sequence[Path] = ()):
+        """`roots`: folders (besides `home`) context files may be read from; `folders`: those of
+        `home` the daemon needs (made again if deleted while it runs, see `ensure_home`)."""
         self.journal = journal
         self.tempo = tempo
         self.home = Path(home)
-        self.roots = [p.resolve() for p in [self.home, *roots]]
-        self.queue = JobQueue(journal, runner, events, capacity)
+        self.roots = readable_roots(self.home, roots)
+        self.folders = [self.home, *map(Path, folders)]
+        self._runner = runner
+        self.queue = JobQueue(journal, self._run, events, capacity)
+
+    def ensure_home(self) -> None:
+        """Make the home's folders again if they were deleted (logged); the journal file is
+        checked at its next write (`Journal.ensure`)."""
+        for folder in self.folders:
+            if not folder.is_dir():
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    log.warning("%s was missing (deleted while the daemon ran?); made it again", folder)
+                except OSError as e:
+                    log.error("cannot make %s again: %s", folder, e)
+
+    def _run(self, spec: StemJob, progress: Callable[[float], None], should_cancel: Callable[[], bool]) -> list[str]:
+        self.ensure_home()
+        return self._runner(spec, progress, should_cancel)
 
     def start(self) -> list[Job]:
         """Start the worker, first re-queueing what the journal left unfinished."""
@@ -276,6 +440,7 @@ class JobService:
 
     def submit(self, req: GenerateRequest, source: str, name: str | None = None) -> Job:
         """Queue the job `req` asks for; ProtocolError when it cannot be (no tempo, path, full, ...)."""
+        self.ensure_home()
         path = resolve_context_path(req.context_path, self.home, self.roots)
         job = Job(job_from_request(req, source, path, self.tempo.current(), name))
         self.queue.submit(job)

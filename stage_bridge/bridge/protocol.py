@@ -71,6 +71,7 @@ ERROR_CODES = {
     "weights_missing": "model weights are missing on the daemon's machine",
     "out_of_memory": "the GPU or computer ran out of memory for this job",
     "output_not_writable": "the daemon cannot write into its outbox folder",
+    "disk_full": "the disk of the daemon's home folder is full; free some space and try again",
     "engine_error": "the generation failed for another reason (see the daemon's log)",
 }
 

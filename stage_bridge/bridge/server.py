@@ -54,7 +54,8 @@ class Server:
         settings = RenderSettings(sample_rate=cfg.sample_rate, loudness_offset_lu=cfg.loudness_offset)
         runner = StemRunner(models, cfg.outbox, settings)
         self.service = JobService(Journal(cfg.journal_path), runner, OscEvents(self.transport.send), self.tempo,
-                                  cfg.home, cfg.allow_roots, cfg.queue_size)
+                                  cfg.home, cfg.allow_roots, cfg.queue_size,
+                                  folders=(cfg.inbox, cfg.outbox, cfg.bounces))
         summary = ",".join(f"{i}={getattr(m, 'name', 'missing')}" for i, m in models.items())
         self.dispatcher = build_dispatcher(OscContext(self.service, self.tempo, self.transport.send, tuple(models),
                                                       summary, device_name, cfg.home, cfg.bounces))

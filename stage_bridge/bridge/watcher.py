@@ -18,7 +18,11 @@ file starts a job when its size and mtime (and those of its sidecar) are unchang
 consecutive polls, the newest of those mtimes is at least `settle` seconds old, and the size is
 not 0. (There is no portable "is another program still writing it" test; this is the usual
 stable-size rule. If an mtime lies in the future the file must instead be seen unchanged for
-`settle` seconds.)
+`settle` seconds.) A tool that can say when it has finished writes an empty `NAME.ready` marker
+last: files of NAME whose marker is at least as new as they (and their sidecar) start at the next
+poll, without waiting for the window. A tool that pauses longer than `settle` mid-write should
+write under a temporary name (`*.part`, `*.tmp` or a hidden name) and rename the file when done,
+or the half-written file may start a job of its own.
 
 Once only: a job's id is `inbox-NAME-HASH`, HASH from the file name, size and mtime_ns, and the
 journal keeps every job; at start the watcher reads the ids of the journal's inbox jobs, so a
@@ -27,12 +31,19 @@ cancelled). A re-exported file (new size or mtime) gets a new id and is processe
 only the sidecar does not re-run a file that already ran.
 
 Refusals (bad sidecar, unreadable audio, forbidden path, no tempo, full queue, ...) are logged
-once, naming the file, and the file is left alone until it or its sidecar changes. Two refusals
+once, naming the file, and the file is left alone until it or its sidecar changes. Three refusals
 clear by themselves: `no_tempo` is retried once the daemon knows a tempo, `queue_full` once the
-queue has room. Refusals are remembered in memory only: after a restart they get one more try.
+queue has room, `disk_full` every DISK_FULL_RETRY_S seconds. Refusals are remembered in memory
+only: after a restart they get one more try.
 
-The watcher never deletes, moves or writes anything in `inbox/`. Hidden files, `*.part` and
-`*.tmp` files and `*.json` sidecars are not jobs; every other non-matching entry is ignored with
+Reading: every file is opened with `open_regular` (never blocks on a FIFO, refuses what is not
+a regular file, and a symlink whose target lies outside the daemon's folders is refused before it
+is opened). File names are logged with control characters escaped (`show_name`), so a newline
+in a name cannot forge a log line.
+
+The watcher never deletes, moves or writes anything in `inbox/` (if the folder itself is deleted,
+the job service makes it again). Hidden files, `*.part` and `*.tmp` files, `*.json` sidecars and
+`*.ready` markers are not jobs; every other non-matching entry is ignored with
 one log line (repeated only if it disappears and comes back).
 """
 
@@ -50,6 +61,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..atomic import NotRegularFile, OutsideRoots, open_regular
 from ..audio.timing import whole_bars
 from ..limits import MAX_BARS
 from . import protocol as P
@@ -69,6 +81,8 @@ def _audio_extensions() -> tuple[str, ...]:
 
 AUDIO_EXTENSIONS = _audio_extensions()
 TEMP_SUFFIXES = (".part", ".tmp")
+READY_SUFFIX = ".ready"
+DISK_FULL_RETRY_S = 5.0
 SIDECAR_KEYS = ("bars", *P.OPTION_TYPES)
 BAR_TOLERANCE_S = Fraction(1, 100)
 HISTORY_LIMIT = 100_000
@@ -76,12 +90,25 @@ SOURCE = "inbox"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _Sig = tuple  # (size, mtime_ns, sidecar (size, mtime_ns) or None)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def show_name(name: str) -> str:
+    """`name` fit for one log line: control characters (newline, ...) escaped as in Python."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], name)
 
 
 class _Refused(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
+
+
+@dataclass
+class _Refusal:
+    sig: _Sig
+    code: str
+    at: float  # `now` of the poll that refused it
 
 
 @dataclass
@@ -115,7 +142,7 @@ class InboxWatcher:
         self.settle = settle
         self._instruments = tuple(i.lower() for i in instruments)
         self._seen: dict[str, _Seen] = {}
-        self._refused: dict[str, tuple[_Sig, str]] = {}
+        self._refused: dict[str, _Refusal] = {}
         self._ignored: set[str] = set()
         self._inbox_missing_logged = False
         self._processed: set[str] = self._load_processed()
@@ -143,11 +170,14 @@ class InboxWatcher:
             if not self._inbox_missing_logged:
                 log.warning("inbox: cannot read %s (%s); waiting for it", self.inbox, e.strerror or e)
                 self._inbox_missing_logged = True
+            if isinstance(e, FileNotFoundError):
+                self.service.ensure_home()  # deleted while we run: the service makes the folders again
             return []
         self._inbox_missing_logged = False
 
         candidates: list[tuple[str, str, str, int, int]] = []  # file name, NAME, instrument, size, mtime_ns
         sidecars: dict[str, tuple[int, int]] = {}
+        markers: dict[str, int] = {}  # NAME -> mtime_ns of NAME.ready
         for entry in entries:
             kind, detail = self._classify(entry.name)
             try:
@@ -162,6 +192,10 @@ class InboxWatcher:
                         st = entry.stat()
                         sidecars[detail[0]] = (st.st_size, st.st_mtime_ns)
                     self._ignore(entry.name, logging.DEBUG, "a sidecar, not a job")
+                elif kind == "marker":
+                    if entry.is_file():
+                        markers[detail[0]] = entry.stat().st_mtime_ns
+                    self._ignore(entry.name, logging.DEBUG, "a ready marker, not a job")
                 else:
                     self._ignore(entry.name, *detail)
             except OSError:  # vanished or unreadable between scandir and stat: look again next poll
@@ -175,7 +209,8 @@ class InboxWatcher:
 
         jobs = []
         for file_name, name, instrument, size, mtime_ns in candidates:
-            job = self._consider(now, file_name, name, instrument, size, mtime_ns, sidecars.get(name))
+            job = self._consider(now, file_name, name, instrument, size, mtime_ns, sidecars.get(name),
+                                 markers.get(name))
             if job is not None:
                 jobs.append(job)
         return jobs
@@ -189,6 +224,8 @@ class InboxWatcher:
             return "ignore", (logging.DEBUG, "temporary file")
         if lower.endswith(".json"):
             return "sidecar", (file_name[:-5],)
+        if lower.endswith(READY_SUFFIX):
+            return "marker", (file_name[:-len(READY_SUFFIX)],)
         stem, ext = os.path.splitext(file_name)
         name, _, instrument = stem.rpartition(".")
         hint = f"name it NAME.{'|'.join(self._instruments)}.EXT, EXT one of {' '.join(AUDIO_EXTENSIONS)}"
@@ -201,105 +238,133 @@ class InboxWatcher:
     def _ignore(self, file_name: str, level: int, why: str) -> None:
         if file_name not in self._ignored:
             self._ignored.add(file_name)
-            log.log(level, "inbox: ignored %s: %s", file_name, why)
+            log.log(level, "inbox: ignored %s: %s", show_name(file_name), why)
 
     # -- one candidate ----------------------------------------------------------------------
     def _consider(self, now: float, file_name: str, name: str, instrument: str, size: int, mtime_ns: int,
-                  sidecar: tuple[int, int] | None) -> Job | None:
+                  sidecar: tuple[int, int] | None, marker: int | None = None) -> Job | None:
         job_id = inbox_job_id(file_name, name, size, mtime_ns)
         if job_id in self._processed:
             self._seen.pop(file_name, None)
             return None
         sig: _Sig = (size, mtime_ns, sidecar)
         refused = self._refused.get(file_name)
-        if refused is not None and refused[0] == sig and not self._refusal_cleared(refused[1]):
+        if refused is not None and refused.sig == sig and not self._refusal_cleared(refused, now):
             return None
-        seen = self._seen.get(file_name)
-        if seen is None or seen.sig != sig:
-            self._seen[file_name] = _Seen(sig, now)
-            return None  # new or still changing
-        if size == 0:
-            return None
-        newest = max(mtime_ns, sidecar[1] if sidecar else 0) / 1e9
-        age = now - newest if newest <= now else now - seen.since
-        if age < self.settle:
-            return None
+        newest_ns = max(mtime_ns, sidecar[1] if sidecar else 0)
+        if marker is not None and marker >= newest_ns and size > 0:
+            pass  # NAME.ready, written after the file (and its sidecar): complete now
+        else:
+            seen = self._seen.get(file_name)
+            if seen is None or seen.sig != sig:
+                self._seen[file_name] = _Seen(sig, now)
+                return None  # new or still changing
+            if size == 0:
+                return None
+            newest = newest_ns / 1e9
+            age = now - newest if newest <= now else now - seen.since
+            if age < self.settle:
+                return None
         try:
-            job = self._submit(file_name, name, instrument, job_id)
+            job = self._submit(file_name, name, instrument, job_id, refused.code if refused else None)
         except _Refused as e:
-            self._refused[file_name] = (sig, e.code)
+            self._refused[file_name] = _Refusal(sig, e.code, now)
             return None
         except Exception:
-            log.exception("inbox: %s: unexpected error; left alone until the file changes", file_name)
-            self._refused[file_name] = (sig, "error")
+            log.exception("inbox: %s: unexpected error; left alone until the file changes", show_name(file_name))
+            self._refused[file_name] = _Refusal(sig, "error", now)
             return None
         self._processed.add(job_id)
         self._refused.pop(file_name, None)
         self._seen.pop(file_name, None)
         return job
 
-    def _refusal_cleared(self, code: str) -> bool:
-        if code == "no_tempo":
+    def _refusal_cleared(self, refusal: _Refusal, now: float) -> bool:
+        if refusal.code == "no_tempo":
             return self.service.current_tempo() is not None
-        if code == "queue_full":
+        if refusal.code == "queue_full":
             return self.service.has_room()
+        if refusal.code == "disk_full":
+            return now - refusal.at >= DISK_FULL_RETRY_S
         return False
 
-    def _submit(self, file_name: str, name: str, instrument: str, job_id: str) -> Job:
+    def _submit(self, file_name: str, name: str, instrument: str, job_id: str, refused_before: str | None = None
+                ) -> Job:
         path = self.inbox / file_name
-        options = self._read_sidecar(file_name, name)
+        shown = show_name(file_name)
+        options = self._read_sidecar(shown, name)
         bars = options.pop("bars", None)
         try:
             if bars is not None:
                 bars = P.check_bars(bars)
             opts = P.parse_options(options)
         except P.ProtocolError as e:
-            log.warning("inbox: %s: sidecar %s.json has a bad value: %s Fix it to retry.", file_name, name, e)
+            log.warning("inbox: %s: sidecar %s.json has a bad value: %s Fix it to retry.", shown, show_name(name), e)
             raise _Refused("bad_sidecar", str(e)) from None
         from_length = bars is None
         if bars is None:
-            bars = self._bars_from_length(file_name, name, path, opts)
+            bars = self._bars_from_length(shown, show_name(name), path, opts)
         req = P.make_request(job_id, str(path), instrument, bars, opts)
         try:
             job = self.service.submit(req, source=SOURCE, name=name)
         except P.ProtocolError as e:
             level = logging.INFO if e.code in ("no_tempo", "queue_full") else logging.WARNING
-            log.log(level, "inbox: %s: not started (%s): %s", file_name, e.code, e)
+            if e.code == refused_before:  # a refusal retried by itself (disk_full): said once already
+                level = logging.DEBUG
+            log.log(level, "inbox: %s: not started (%s): %s", shown, e.code, show_name(str(e)))
             raise _Refused(e.code, str(e)) from None
         spec = job.spec
-        log.info("inbox: %s -> job %s (%s, %d bars at %s bpm from %s%s)", file_name, job.id, instrument, spec.bars,
+        log.info("inbox: %s -> job %s (%s, %d bars at %s bpm from %s%s)", shown, job.id, instrument, spec.bars,
                  spec.bpm, spec.tempo_source, "; bars from the file's length" if from_length else "")
         return job
 
     def _read_sidecar(self, file_name: str, name: str) -> dict[str, Any]:
+        """`file_name`: as shown in the log."""
         sidecar = self.inbox / f"{name}.json"
         try:
-            text = sidecar.read_text(encoding="utf-8")
+            with open_regular(sidecar, self.service.roots) as f:
+                text = f.read().decode("utf-8")
         except FileNotFoundError:
             return {}
+        except OutsideRoots as e:
+            log.warning("inbox: %s: not started (forbidden_path): its sidecar %s is not read: %s", file_name,
+                        show_name(sidecar.name), show_name(e.strerror))
+            raise _Refused("forbidden_path", str(e)) from None
         except (OSError, UnicodeDecodeError) as e:
-            log.warning("inbox: %s: cannot read its sidecar %s (%s). Fix it to retry.", file_name, sidecar.name, e)
+            log.warning("inbox: %s: cannot read its sidecar %s (%s). Fix it to retry.", file_name,
+                        show_name(sidecar.name), getattr(e, "strerror", None) or e)
             raise _Refused("bad_sidecar", str(e)) from None
         try:
             data = json.loads(text)
         except ValueError as e:
-            log.warning("inbox: %s: sidecar %s is not valid JSON (%s). Fix it to retry.", file_name, sidecar.name, e)
+            log.warning("inbox: %s: sidecar %s is not valid JSON (%s). Fix it to retry.", file_name,
+                        show_name(sidecar.name), e)
             raise _Refused("bad_sidecar", str(e)) from None
         if not isinstance(data, dict):
             log.warning("inbox: %s: sidecar %s must be a JSON object like {\"bpm\": 120, \"bars\": 8}. "
-                        "Fix it to retry.", file_name, sidecar.name)
+                        "Fix it to retry.", file_name, show_name(sidecar.name))
             raise _Refused("bad_sidecar", "not an object")
         unknown = sorted(k for k in data if k not in SIDECAR_KEYS)
         if unknown:
-            log.warning("inbox: %s: sidecar %s: ignored unknown key(s) %s (known: %s)", file_name, sidecar.name,
+            log.warning("inbox: %s: sidecar %s: ignored unknown key(s) %s (known: %s)", file_name,
+                        show_name(sidecar.name),
                         ", ".join(map(repr, unknown)), ", ".join(SIDECAR_KEYS))
         return {k: data[k] for k in SIDECAR_KEYS if k in data and data[k] is not None}
 
     def _bars_from_length(self, file_name: str, name: str, path: Path, opts: dict[str, Any]) -> int:
+        """`file_name`, `name`: as shown in the log."""
         import soundfile as sf
 
         try:
-            info = sf.info(str(path))
+            with open_regular(path, self.service.roots) as f:
+                info = sf.info(f)
+        except OutsideRoots as e:
+            log.warning("inbox: %s: not started (forbidden_path): %s; a symlink may not lead out of the daemon's "
+                        "folders", file_name, show_name(e.strerror))
+            raise _Refused("forbidden_path", str(e)) from None
+        except NotRegularFile as e:
+            log.warning("inbox: %s: not read: %s", file_name, e.strerror)
+            raise _Refused("not_audio", str(e)) from None
         except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/OSError
             log.warning("inbox: %s: cannot read it as audio (%s)", file_name, e)
             raise _Refused("not_audio", str(e)) from None

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from .. import __version__
-from ..atomic import write_atomic
+from ..atomic import open_regular, write_atomic
 from ..audio import write_audio_atomic
 from ..errors import OutputNotWritable
 from .job import StemJob
@@ -92,11 +92,15 @@ def take_loudness(result: "StemResult") -> list[dict[str, Any]]:
 
 
 def remove_orphan_sidecars(folder: Path) -> list[Path]:
-    """Delete our sidecars whose WAV never appeared (a crash between the two publications)."""
+    """Delete our sidecars whose WAV never appeared (a crash between the two publications).
+
+    Anything else named `*.json` (a FIFO, a folder, a file that is not ours) is left alone and
+    never blocks the start (`open_regular`)."""
     removed = []
     for meta in Path(folder).glob("*.json"):
         try:
-            data = json.loads(meta.read_text())
+            with open_regular(meta) as f:
+                data = json.loads(f.read())
         except (OSError, ValueError):
             continue
         if isinstance(data, dict) and data.get("file") == meta.with_suffix(".wav").name and "take" in data \
