@@ -142,6 +142,9 @@ class JsBox {
         this.running = true;
         try {
           this.function.apply(this.object, this.arguments);
+        } catch (e) {
+          if (e && e.simulation) throw e;
+          box.posts.push(`js: ${box.filename}: Javascript ${e && e.name}: ${e && e.message} (in a Task)`);
         } finally {
           this.running = false;
         }
