@@ -46,11 +46,11 @@ SRC = HERE / "src"
 DEVICE_NAME = "STAGE Bridge"
 AMXD_NAME = f"{DEVICE_NAME}.amxd"
 MAXPAT_NAME = f"{DEVICE_NAME}.maxpat"
-JS_FILES = ("stage_device.js", "stage_logic.js")
+JS_FILES = ("stage_device.js", "stage_logic.js", "stage_launcher.js")
 HOST = "127.0.0.1"
 SEND_PORT = 9000      # the daemon's --osc-port default
 RECEIVE_PORT = 9001   # the daemon's --reply-port default
-DEVICE_WIDTH = 620
+DEVICE_WIDTH = 700
 DEVICE_HEIGHT = 169   # Live's device height
 AUDIO_EFFECT = b"aaaa"
 FROZEN_META = 7
@@ -59,8 +59,14 @@ DEVICE_FLAG = 0x11
 # build does not depend on the clock: 2025-01-01 00:00:00 UTC.
 HFS_EPOCH_OFFSET = 2082844800
 MDAT = 1735689600 + HFS_EPOCH_OFFSET
-APPVERSION = {"major": 8, "minor": 6, "revision": 4, "architecture": "x64", "modernui": 1}  # Live 12.0's Max
-ROUTE_KEYS = ("osc", "rec", "arm", "gate", "delaytime", "delay", "status", "progress", "results", "tracks", "led")
+# The Max that Live 12 ships: Max 9 (Ableton's own test devices in maxdevtools were saved by 9.0.10).
+APPVERSION = {"major": 9, "minor": 0, "revision": 10, "architecture": "x64", "modernui": 1}
+# Where Max found each dependency when the device was saved (Max 9 writes it into every dependency_cache
+# entry). A build has no Max session: the folder a checkout at ~/stage-bridge keeps the scripts in. Max uses
+# it only to show the project; a frozen device loads its frozen copies.
+BOOTPATH = "~/stage-bridge/max_for_live/src"
+ROUTE_KEYS = ("osc", "rec", "arm", "gate", "delaytime", "delay", "status", "progress", "results", "tracks", "led",
+              "node", "player", "auditionarm", "auditiongate", "state", "showprompt", "showhome", "showcommand")
 
 
 # -- a small patcher description language ----------------------------------------------------------
@@ -117,6 +123,15 @@ class Patcher:
         return self.ui(name, maxclass, at, rect, 1, outlets, parameter_enable=1, varname=longname,
                        saved_attribute_attributes={"valueof": values})
 
+    def pattr(self, name: str, varname: str, at: tuple[float, float], longname: str, shortname: str) -> str:
+        """A [pattr] saved with the Live set as a blob parameter (type 3), as public devices save one:
+        `pattr @parameter_enable 1` with parameter_invisible 1 and parameter_type 3."""
+        self.parameters[name] = [longname, shortname, 0]
+        return self.obj(name, f"pattr {varname} @parameter_enable 1", at, 1, ["", "", ""], width=200,
+                        varname=varname, saved_object_attributes={"parameter_enable": 1, "parameter_mappable": 0},
+                        saved_attribute_attributes={"valueof": {"parameter_invisible": 1, "parameter_longname": longname,
+                                                                "parameter_shortname": shortname, "parameter_type": 3}})
+
     def label(self, name: str, text: str, at: tuple[float, float], rect: list[float]) -> str:
         return self.ui(name, "live.comment", at, rect, 1, [], text=text, textjustification=0)
 
@@ -158,12 +173,75 @@ def device_patcher() -> dict[str, Any]:
         p.connect("plugin", ch, "plugout", ch)
         p.connect("plugin", ch, "recorder", ch)
 
+    # -- audition: the chosen take, mixed into the output in time with Live --------------------------
+    # [sfplay~ 2] plays a file from disk: `open <file>`, then 1 to start, 0 to stop, `seek <ms>` to start
+    # at an offset; its last outlet bangs when the file ends or is halted
+    # (https://docs.cycling74.com/max8/refpages/sfplay~). A second [timepoint] + [gate], like the
+    # recorder's, starts it when the transport reaches the take's start. [plugout~] sums what reaches an
+    # inlet, so the take is heard on top of the track. The level: a live.dial in dB -> [dbtoa]
+    # (https://docs.cycling74.com/max8/refpages/dbtoa) -> the right inlet of each [*~].
+    p.obj("player", "sfplay~ 2", (40, 780), 2, ["signal", "signal", "bang"], width=70)
+    for ch in (0, 1):
+        p.obj(f"level_{ch}", "*~ 1.", (40 + 80 * ch, 820), 2, ["signal"], width=40)
+        p.connect("player", ch, f"level_{ch}", 0)
+        p.connect(f"level_{ch}", 0, "plugout", ch)
+    p.obj("dbtoa", "dbtoa", (160, 760), 1, [""], width=50)
+    p.connect("dbtoa", 0, "level_0", 1)
+    p.connect("dbtoa", 0, "level_1", 1)
+
     # -- the script and its router ---------------------------------------------------------------------
     p.obj("script", "js stage_device.js", (420, 300), 1, 1, width=130,
           saved_object_attributes={"filename": "stage_device.js", "parameter_enable": 0})
-    p.obj("router", "route " + " ".join(ROUTE_KEYS), (420, 360), 2, len(ROUTE_KEYS) + 1, width=520)
+    p.obj("router", "route " + " ".join(ROUTE_KEYS), (420, 360), 2, len(ROUTE_KEYS) + 1, width=900)
     p.connect("script", 0, "router", 0)
     out = {key: i for i, key in enumerate(ROUTE_KEYS)}
+    # stage_device.js include()s stage_logic.js; Max finds an included file along its search path, which for
+    # a frozen device holds the files frozen into it. A box of its own makes the logic a dependency that
+    # Max's freezing and Ableton's maxdiff (get_dependency_filenames: a box's saved filename) both see;
+    # loading it alone only defines StageLogic in that box's own JavaScript context, nothing else.
+    p.obj("logic", "js stage_logic.js", (600, 300), 1, 1, width=110,
+          saved_object_attributes={"filename": "stage_logic.js", "parameter_enable": 0})
+
+    # -- starting the daemon: a Node for Max script (https://docs.cycling74.com/nodeformax/api/) ------
+    # @autostart 1 runs the script when the device loads; its messages come out of the left outlet.
+    # Box as Max 9 saves a node.script (Ableton's maxdevtools maxdiff/tests/test_files/Test.amxd).
+    p.obj("launcher", "node.script stage_launcher.js @autostart 1", (600, 400), 1, ["", ""], width=250,
+          saved_object_attributes={"autostart": 1, "defer": 0, "watch": 0},
+          textfile={"filename": "stage_launcher.js", "flags": 0, "embed": 0, "autowatch": 1})
+    p.obj("prepend_launcher", "prepend launcher", (600, 440), 1, 1, width=110)
+    p.connect("router", out["node"], "launcher", 0)
+    p.connect("launcher", 0, "prepend_launcher", 0)
+    p.connect("prepend_launcher", 0, "script", 0)
+
+    # -- remembered with the Live set: a [pattr] with parameter mode on and the blob type, which Live
+    # stores with the set and never automates ("blob: any type of data you can store with a pattr
+    # object", https://docs.cycling74.com/max8/vignettes/live_parameters). The script sends `set <state>`
+    # (stores without output, https://docs.cycling74.com/max8/refpages/pattr); when the set is opened,
+    # the pattr outputs the stored state, and the script shows it again.
+    p.pattr("state", "stage_state", (860, 400), "STAGE state", "State")
+    p.obj("prepend_saved", "prepend saved", (860, 440), 1, 1, width=90)
+    p.connect("router", out["state"], "state", 0)
+    p.connect("state", 0, "prepend_saved", 0)
+    p.connect("prepend_saved", 0, "script", 0)
+
+    # -- audition control: the script opens/seeks/stops the player; the timepoint starts it -------------
+    p.obj("audition_timepoint", "timepoint", (200, 860), 1, ["bang"], width=70)
+    p.obj("audition_gate", "gate", (200, 900), 2, 1, width=40)
+    p.obj("audition_start", "t b b", (200, 940), 1, ["bang", "bang"], width=50)
+    p.msg("msg_play", "1", (300, 980))
+    p.msg("msg_auditionstarted", "auditionstarted", (120, 980))
+    p.msg("msg_auditionended", "auditionended", (120, 1020))
+    p.connect("router", out["player"], "player", 0)
+    p.connect("router", out["auditionarm"], "audition_timepoint", 0)
+    p.connect("router", out["auditiongate"], "audition_gate", 0)
+    p.connect("audition_timepoint", 0, "audition_gate", 1)
+    p.connect("audition_gate", 0, "audition_start", 0)
+    p.connect("audition_start", 1, "msg_play", 0)
+    p.connect("audition_start", 0, "msg_auditionstarted", 0)
+    p.connect("msg_play", 0, "player", 0)
+    p.connect("msg_auditionstarted", 0, "script", 0)
+    p.connect("player", 2, "msg_auditionended", 0)
+    p.connect("msg_auditionended", 0, "script", 0)
 
     # -- Live: device ready -> live_set -> observers ---------------------------------------------------
     p.obj("thisdevice", "live.thisdevice", (40, 20), 1, ["bang", "int", "int"], width=100)
@@ -309,13 +387,36 @@ def device_patcher() -> dict[str, Any]:
     p.connect("router", out["results"], "ui_results", 0)
     p.connect("router", out["tracks"], "ui_tracks", 0)
 
+    # audition: a button and the level (a Live parameter in dB, saved with the set)
+    ax = DEVICE_WIDTH - 76
+    p.param("ui_audition", "live.text", (ux, 1000), [ax, 4, 72, 20], ["", ""], "Audition", "Audition", 2,
+            stored_only=False, parameter_enum=["Audition", "Audition"], parameter_mmax=1)
+    p.boxes["ui_audition"].update(mode=0, text="Audition", texton="Audition")
+    p.obj("prepend_audition", "prepend audition", (ux + 160, 1000), 1, 1, width=110)
+    p.connect("ui_audition", 0, "prepend_audition", 0)
+    p.connect("prepend_audition", 0, "script", 0)
+    p.param("ui_level", "live.dial", (ux, 1040), [ax + 12, 30, 48, 48], ["", "float"], "Audition level", "Level", 0,
+            stored_only=False, parameter_mmin=-70.0, parameter_mmax=6.0, parameter_unitstyle=4,
+            parameter_initial_enable=1, parameter_initial=[0.0], parameter_modmode=0)
+    p.connect("ui_level", 0, "dbtoa", 0)
+
     # settings: the daemon's folder and the ports
-    p.label("label_home", "Daemon folder (empty: automatic)", (ux, 670), [4, 130, 180, 16])
-    p.ui("ui_home", "textedit", (ux, 690), [4, 146, 300, 18], 1, ["", "int", "", ""], parameter_enable=0,
+    p.label("label_home", "Daemon folder (empty: automatic)", (ux, 670), [4, 130, 150, 16])
+    p.ui("ui_home", "textedit", (ux, 690), [4, 146, 150, 18], 1, ["", "int", "", ""], parameter_enable=0,
          lines=1, wordwrap=0, outputmode=1, bangmode=0, fontsize=10.0,
          hint="Only if the device cannot find it: the stage-bridge folder that holds bounces/")
     p.text_setting("home", "ui_home", (ux + 320, 690), width=90)
     p.connect("generate_press", 1, "ui_home", 0)
+    p.label("label_command", "stage-bridge command (empty: find it)", (ux, 710), [160, 130, 156, 16])
+    p.ui("ui_command", "textedit", (ux, 730), [160, 146, 156, 18], 1, ["", "int", "", ""], parameter_enable=0,
+         lines=1, wordwrap=0, outputmode=1, bangmode=0, fontsize=10.0,
+         hint="Only if the device cannot start the daemon: the path of stage-bridge (or its folder), then Return")
+    p.text_setting("command", "ui_command", (ux + 440, 730), width=110)
+
+    # the saved texts, shown again when the set is opened: `set <text>` shows a text without output and
+    # `clear` empties the field (https://docs.cycling74.com/max8/refpages/textedit)
+    for key, box in (("prompt", "ui_prompt"), ("home", "ui_home"), ("command", "ui_command")):
+        p.connect("router", out[f"show{key}"], box, 0)
 
     p.label("label_ports", "Ports: send / receive", (ux, 750), [320, 130, 110, 16])
     for i, (key, longname, port, dest) in enumerate((("sendport", "Send port", SEND_PORT, "udpsend"),
@@ -331,7 +432,7 @@ def device_patcher() -> dict[str, Any]:
         p.connect(box, 0, f"prepend_{key}", 0)
         p.connect(f"prepend_{key}", 0, "script", 0)
 
-    p.ui("title", "comment", (ux, 880), [440, 146, 176, 18], 1, [], text="STAGE Bridge", fontsize=10.0,
+    p.ui("title", "comment", (ux, 880), [440, 146, DEVICE_WIDTH - 444, 18], 1, [], text="STAGE Bridge", fontsize=10.0,
          textjustification=2)
 
     boxes = [{"box": p.boxes[name]} for name in p.boxes]
@@ -366,16 +467,22 @@ def device_patcher() -> dict[str, Any]:
             "boxes": boxes,
             "lines": p.lines,
             "parameters": dict(p.parameters, inherited_shortname=1),
-            "dependency_cache": [{"name": name, "type": "TEXT", "implicit": 1} for name in JS_FILES],
+            # as Max 9 writes it: one entry per file a box uses, sorted by name, each with where it was found
+            "dependency_cache": [{"name": name, "bootpath": BOOTPATH, "type": "TEXT", "implicit": 1}
+                                 for name in sorted(JS_FILES)],
             "latency": 0,
             "is_mpe": 0,
+            "external_mpe_tuning_enabled": 0,
             "minimum_live_version": "",
             "minimum_max_version": "",
             "platform_compatibility": 0,
             "project": {
                 "version": 1, "creationdate": 3590052493, "modificationdate": 3590052493,
                 "viewrect": [0.0, 0.0, 300.0, 500.0], "autoorganize": 1, "hideprojectwindow": 1,
-                "showdependencies": 1, "autolocalize": 0, "contents": {"patchers": {}}, "layout": {},
+                "showdependencies": 1, "autolocalize": 0,
+                # Max 9 lists the five kinds even when empty; files that boxes use are implicit dependencies
+                # (dependency_cache), not project contents
+                "contents": {"patchers": {}, "media": {}, "code": {}, "data": {}, "other": {}}, "layout": {},
                 "searchpath": {}, "detailsvisible": 0, "amxdtype": int.from_bytes(AUDIO_EFFECT, "big"),
                 "readonly": 0, "devpathtype": 0, "devpath": ".", "sortmode": 0, "viewmode": 0, "includepackages": 0,
             },

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import struct
+import subprocess
+import sys
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 M4L = REPO / "max_for_live"
 AMXD = M4L / "STAGE Bridge.amxd"
 MAXPAT = M4L / "src" / "STAGE Bridge.maxpat"
-SCRIPTS = ("stage_device.js", "stage_logic.js")
+SCRIPTS = ("stage_device.js", "stage_logic.js", "stage_launcher.js")
 
 
 def load_build():
@@ -205,8 +208,9 @@ def test_the_script_and_its_router(graph, built):
     assert graph.boxes[js]["saved_object_attributes"]["filename"] == "stage_device.js"
     router = graph.one(maxclass="newobj", text="route " + " ".join(build.ROUTE_KEYS))
     assert graph.cord(js, 0, router, 0)
-    names = [d["name"] for d in built["patcher"]["dependency_cache"]]
-    assert names == list(SCRIPTS)
+    logic = graph.one("js stage_logic.js")
+    assert graph.boxes[logic]["saved_object_attributes"]["filename"] == "stage_logic.js", \
+        "the include()d logic is a dependency a box names (Max's freezing and maxdiff see it)"
 
 
 def test_udpsend_to_the_daemon_port_and_udpreceive_back_to_the_script(graph):
@@ -262,15 +266,20 @@ def test_audio_passes_through_and_feeds_the_recorder(graph):
     for ch in (0, 1):
         assert graph.cord(plugin, ch, plugout, ch), "audio passes through unchanged"
         assert graph.cord(plugin, ch, recorder, ch)
-    # nothing else feeds plugout~: the device never alters the sound
-    assert {(s, o) for s, o, d, i in graph.edges if d == plugout} == {(plugin, 0), (plugin, 1)}
+    # the only other sound is the audition, through its level: the input reaches the output unchanged
+    player = graph.one("sfplay~ 2")
+    levels = [graph.one(maxclass="newobj", id=f"level_{ch}") for ch in (0, 1)]
+    assert {(s, o, i) for s, o, d, i in graph.edges if d == plugout} == \
+        {(plugin, 0, 0), (plugin, 1, 1), (levels[0], 0, 0), (levels[1], 0, 1)}
+    for ch in (0, 1):
+        assert graph.boxes[levels[ch]]["text"] == "*~ 1." and graph.cord(player, ch, levels[ch], 0)
 
 
 def test_recorder_control(graph):
     js = graph.one("js stage_device.js")
     router = graph.one(maxclass="newobj", text="route " + " ".join(build.ROUTE_KEYS))
     recorder = graph.one(maxclass="newobj", text="sfrecord~ 2 @bitdepth 24")
-    timepoint, gate, delay = graph.one("timepoint"), graph.one("gate"), graph.one("delay")
+    timepoint, gate, delay = graph.one("timepoint", id="timepoint"), graph.one("gate", id="armgate"), graph.one("delay")
     rec_on, rec_off = graph.one("1", maxclass="message", id="msg_rec_on"), graph.one("0", maxclass="message")
     out = lambda key: route_outlet(graph, router, key)  # noqa: E731
     assert graph.cord(router, out("rec"), recorder, 0), "open <path> wave / 0"
@@ -337,7 +346,8 @@ def test_device_layout_and_parameters(built, graph):
             x, y, w, h = box["presentation_rect"]
             assert 0 <= x and 0 <= y and x + w <= width and y + h <= height, (bid, box["presentation_rect"])
     params = {k: v for k, v in p["parameters"].items() if k != "inherited_shortname"}
-    enabled = {bid for bid, box in graph.boxes.items() if box.get("parameter_enable") == 1}
+    enabled = {bid for bid, box in graph.boxes.items()
+               if box.get("parameter_enable") == 1 or box.get("saved_object_attributes", {}).get("parameter_enable") == 1}
     assert set(params) == enabled
     longnames = [v[0] for v in params.values()]
     assert len(longnames) == len(set(longnames)), "Live recalls parameters by long name"
@@ -352,3 +362,131 @@ def test_the_built_file_is_readable_by_the_test_reader_only_when_complete(built)
         read_chunks(data[:-1])
     with pytest.raises(AssertionError):
         read_chunks(data + b"\0")
+
+
+def test_daemon_launcher(graph, built):
+    """[node.script stage_launcher.js @autostart 1] as Max 9 saves a node.script box (Ableton's Test.amxd),
+    fed by the script's `node` messages; its left outlet comes back to the script as `launcher ...`."""
+    js = graph.one("js stage_device.js")
+    router = graph.one(maxclass="newobj", text="route " + " ".join(build.ROUTE_KEYS))
+    node = graph.one("node.script stage_launcher.js @autostart 1")
+    box = graph.boxes[node]
+    assert box["saved_object_attributes"] == {"autostart": 1, "defer": 0, "watch": 0}
+    assert box["textfile"]["filename"] == "stage_launcher.js" and box["numoutlets"] == 2
+    assert graph.cord(router, route_outlet(graph, router, "node"), node, 0)
+    prepend = graph.one("prepend launcher")
+    assert graph.cord(node, 0, prepend, 0) and graph.cord(prepend, 0, js, 0)
+    assert graph.reaches(graph.one(maxclass="textedit", id="ui_command"), js), "the command path setting"
+
+
+def test_audition_chain(graph):
+    """The take plays when the transport reaches its start: [timepoint] -> [gate] -> 1 -> [sfplay~ 2];
+    the script opens/seeks/stops it; the level is a dB live.dial -> [dbtoa] -> both [*~]."""
+    js = graph.one("js stage_device.js")
+    router = graph.one(maxclass="newobj", text="route " + " ".join(build.ROUTE_KEYS))
+    out = lambda key: route_outlet(graph, router, key)  # noqa: E731
+    player = graph.one("sfplay~ 2")
+    timepoint, gate = graph.one("timepoint", id="audition_timepoint"), graph.one("gate", id="audition_gate")
+    play = graph.one("1", maxclass="message", id="msg_play")
+    assert graph.cord(router, out("player"), player, 0)
+    assert graph.cord(router, out("auditionarm"), timepoint, 0) and graph.cord(router, out("auditiongate"), gate, 0)
+    assert graph.cord(timepoint, 0, gate, 1) and graph.reaches(gate, play) and graph.cord(play, 0, player, 0)
+    start = [d for s, o, d, i in graph.edges if s == gate][0]
+    assert graph.cord(start, 1, play, 0), "the player starts before the script hears of it"
+    for word, source in (("auditionstarted", start), ("auditionended", player)):
+        msg = graph.one(word, maxclass="message")
+        assert graph.reaches(source, msg) and graph.cord(msg, 0, js, 0)
+    assert graph.cord(player, 2, graph.one("auditionended", maxclass="message"), 0), "the end-of-file bang"
+    dial = graph.one(maxclass="live.dial", varname="Audition level")
+    v = graph.valueof(dial)
+    assert (v["parameter_mmin"], v["parameter_mmax"], v["parameter_unitstyle"], v["parameter_initial"]) == (-70, 6, 4, [0.0])
+    dbtoa = graph.one("dbtoa")
+    assert graph.cord(dial, 0, dbtoa, 0)
+    assert all(graph.cord(dbtoa, 0, graph.one(maxclass="newobj", id=f"level_{ch}"), 1) for ch in (0, 1))
+    button = graph.one(maxclass="live.text", varname="Audition")
+    assert graph.reaches(button, js)
+
+
+def test_state_saved_with_the_set(graph, built):
+    """A [pattr] in parameter mode with the blob type (3) holds the state; the script stores it with
+    `set` and gets it back as `saved ...`; the text fields are refilled from the script."""
+    js = graph.one("js stage_device.js")
+    router = graph.one(maxclass="newobj", text="route " + " ".join(build.ROUTE_KEYS))
+    pattr = graph.one("pattr stage_state @parameter_enable 1")
+    box = graph.boxes[pattr]
+    assert box["saved_object_attributes"]["parameter_enable"] == 1
+    assert graph.valueof(pattr)["parameter_type"] == 3 and box["varname"] == "stage_state"
+    assert built["patcher"]["parameters"][pattr][0] == "STAGE state"
+    assert graph.cord(router, route_outlet(graph, router, "state"), pattr, 0)
+    prepend = graph.one("prepend saved")
+    assert graph.cord(pattr, 0, prepend, 0) and graph.cord(prepend, 0, js, 0)
+    for key in ("prompt", "home", "command"):
+        assert graph.cord(router, route_outlet(graph, router, f"show{key}"), graph.one(maxclass="textedit", id=f"ui_{key}"), 0)
+
+
+def test_metadata_like_max_9(built):
+    """appversion, dependency_cache and project as in devices Max 9.0.10 saved (maxdevtools' test files)."""
+    p = built["patcher"]
+    assert p["appversion"]["major"] == 9
+    assert p["dependency_cache"] == [{"name": n, "bootpath": build.BOOTPATH, "type": "TEXT", "implicit": 1}
+                                     for n in sorted(SCRIPTS)]
+    assert list(p["dependency_cache"][0]) == ["name", "bootpath", "type", "implicit"]
+    assert p["project"]["contents"] == {"patchers": {}, "media": {}, "code": {}, "data": {}, "other": {}}
+
+
+MAXDIFF = [Path(p) for p in (os.environ.get("MAXDIFF_DIR", ""),) if p]
+
+
+def maxdiff_dir() -> Path | None:
+    """Ableton's maxdiff (github.com/Ableton/maxdevtools, MIT): its folder from MAXDIFF_DIR, else None."""
+    for d in MAXDIFF:
+        if (d / "amxd_textconv.py").is_file() and (d / "frozen_device_printer.py").is_file():
+            return d
+    return None
+
+
+def test_ableton_maxdiff_reads_the_device_and_finds_every_frozen_file(built):
+    """Ableton's own reader prints the frozen device; every frozen file is used by a box (no
+    "NOT FOUND IN PATCH"). Needs a checkout of maxdiff (set MAXDIFF_DIR); the same check, re-implemented
+    after its get_dependency_filenames, runs below without it."""
+    d = maxdiff_dir()
+    if d is None:
+        pytest.skip("no maxdiff checkout (set MAXDIFF_DIR to github.com/Ableton/maxdevtools' maxdiff folder)")
+    run = subprocess.run([sys.executable, str(d / "amxd_textconv.py"), str(built["out"] / "STAGE Bridge.amxd")],
+                         cwd=d, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    text = run.stdout
+    assert text.startswith("Audio Effect Device\n") and "Device is frozen" in text
+    assert "NOT FOUND IN PATCH" not in text, text
+    for name in SCRIPTS:
+        assert f"{name}: " in text and f"{name}: {len(built['files'][name]['data'])} bytes" in text
+
+
+def test_every_frozen_file_is_used_by_a_box(built):
+    """What maxdiff's get_dependency_filenames counts as a used file (maxdevtools, get_frozen_stats.py):
+    a js box's saved filename, a node.script's first argument."""
+    used = set()
+    for entry in built["patcher"]["boxes"]:
+        box = entry["box"]
+        text = box.get("text", "")
+        if text.startswith("node.script "):
+            used.add(text.split()[1])
+        elif box.get("saved_object_attributes", {}).get("filename"):
+            used.add(box["saved_object_attributes"]["filename"])
+    assert set(built["files"]) - {"STAGE Bridge.amxd"} == used == set(SCRIPTS)
+
+
+def test_byte_reproducible_across_processes(tmp_path):
+    """Two builds in separate processes, with different working folders, time zones and umasks, write
+    the same bytes as the committed files."""
+    outs = []
+    for i, (tz, umask) in enumerate((("UTC", "022"), ("Pacific/Kiritimati", "077"))):
+        out, cwd = tmp_path / f"out{i}", tmp_path / f"cwd{i}"
+        cwd.mkdir()
+        env = {**os.environ, "TZ": tz, "SOURCE_DATE_EPOCH": str(1000 * i), "PYTHONHASHSEED": str(i)}
+        run = subprocess.run(["sh", "-c", f'umask {umask} && exec "$0" "$1" --out "$2"', sys.executable,
+                              str(M4L / "build.py"), str(out)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        outs.append({name: (out / name).read_bytes() for name in ("STAGE Bridge.amxd", "STAGE Bridge.maxpat")})
+    assert outs[0] == outs[1]
+    assert outs[0]["STAGE Bridge.amxd"] == AMXD.read_bytes() and outs[0]["STAGE Bridge.maxpat"] == MAXPAT.read_bytes()

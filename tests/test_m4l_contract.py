@@ -11,9 +11,13 @@ state, the progress, the takes (which must exist on disk) and the plain-words er
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -470,3 +474,107 @@ def test_weights_missing(logic, rig):
     assert dev.view["state"] == "error"
     assert dev.view["status"] == logic.call("errorText", "weights_missing")
     assert "stage-bridge weights" in dev.view["status"]
+
+
+# -- the launcher (stage_launcher.js) starts the real daemon --------------------------------------------
+
+LAUNCHER = REPO / "max_for_live" / "src" / "stage_launcher.js"
+STUB_MAX_API = REPO / "max_for_live" / "tests" / "stub_max_api"
+
+
+class Launcher:
+    """stage_launcher.js in Node as node.script runs it, with the stand-in max-api module
+    (max_for_live/tests/stub_max_api): messages in as JSON lines, outlet/post lines out."""
+
+    def __init__(self, node: str, env: dict[str, str]):
+        self.proc = subprocess.Popen([node, str(LAUNCHER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1, env={**env, "NODE_PATH": str(STUB_MAX_API)})
+        self.lines: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(json.loads(line))
+                self._cond.notify_all()
+
+    def send(self, *message: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(list(message)) + "\n")
+        self.proc.stdin.flush()
+
+    def outlet(self, n: int, timeout: float) -> list[Any]:
+        """The n-th (1-based) outlet message, waiting for it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                outs = [line["outlet"] for line in self.lines if "outlet" in line]
+                if len(outs) >= n:
+                    return outs[n - 1]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no outlet #{n} within {timeout} s: {self.lines}")
+                self._cond.wait(left)
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_launcher_starts_the_real_daemon_once_and_reports_a_second_as_already_running(node, tmp_path):
+    """The device's launcher finds `stage-bridge` in the checkout the device file sits in, starts
+    `serve` on the device's ports, and the daemon answers /stage/ping there. Asked again, it starts
+    nothing; a second launcher (another device) gets "already PORT" from the second daemon's
+    port-in-use refusal. The daemon exits 0 on SIGTERM and the launcher reports it."""
+    from urllib.parse import quote
+
+    from daemon_util import free_udp_port
+
+    checkout = tmp_path / "stage bridge"
+    command = checkout / ".venv" / "bin" / "stage-bridge"
+    command.parent.mkdir(parents=True)
+    command.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m stage_bridge.cli "$@"\n')
+    command.chmod(0o755)
+    (checkout / "max_for_live").mkdir()
+    env = {
+        "HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+        "STAGE_BRIDGE_CONFIG": str(tmp_path / "no-config.toml"), "STAGE_BRIDGE_HOME": str(tmp_path / "home"),
+        "STAGE_BRIDGE_MODEL": "tiny-random", "STAGE_BRIDGE_DEVICE": "cpu", "STAGE_BRIDGE_MIDI": "0",
+        "STAGE_BRIDGE_WATCH": "0", "XDG_CONFIG_HOME": str(tmp_path / "cfg"), "XDG_DATA_HOME": str(tmp_path / "data"),
+    }
+    replies = Replies()
+    osc_port = free_udp_port()
+    first, second = Launcher(node, env), Launcher(node, env)
+    pid = None
+    try:
+        first.send("launch", osc_port, replies.port, "-", quote(str(checkout / "max_for_live"), safe=""))
+        word, pid = first.outlet(1, 60)
+        assert word == "started" and pid > 0
+        ping = OscMessageBuilder(P.PING)
+        ping.add_arg("launched", "s")
+        datagram = ping.build().dgram
+        deadline = time.monotonic() + 240
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            while not any(a == P.PONG for a, _ in replies.messages):
+                assert time.monotonic() < deadline, \
+                    f"no pong; log: {[p.read_text() for p in tmp_path.glob('stage-bridge-serve-*.log')]}"
+                s.sendto(datagram, ("127.0.0.1", osc_port))
+                time.sleep(0.5)
+        first.send("launch", osc_port, replies.port, "-", "-")
+        assert first.outlet(2, 30) == ["started", pid], "one child at a time: no second daemon"
+        second.send("launch", osc_port, replies.port, quote(str(command), safe=""), "-")
+        assert second.outlet(1, 60)[0] == "started"
+        assert second.outlet(2, 240) == ["already", osc_port], "the second daemon refused the taken port"
+        os.kill(pid, signal.SIGTERM)
+        assert first.outlet(3, 60)[:2] == ["exited", 0]
+        pid = None
+    finally:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        first.close()
+        second.close()
+        replies.close()

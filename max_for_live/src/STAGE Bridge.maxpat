@@ -2,9 +2,9 @@
 	"patcher": {
 		"fileversion": 1,
 		"appversion": {
-			"major": 8,
-			"minor": 6,
-			"revision": 4,
+			"major": 9,
+			"minor": 0,
+			"revision": 10,
 			"architecture": "x64",
 			"modernui": 1
 		},
@@ -18,7 +18,7 @@
 		"openrect": [
 			0.0,
 			0.0,
-			620.0,
+			700.0,
 			169.0
 		],
 		"bglocked": 0,
@@ -38,7 +38,7 @@
 		"boxanimatetime": 500,
 		"enablehscroll": 1,
 		"enablevscroll": 1,
-		"devicewidth": 620.0,
+		"devicewidth": 700.0,
 		"description": "Records the song at a bar line and asks the stage-bridge daemon for a drum or bass stem.",
 		"digest": "STAGE stem generation via the stage-bridge daemon",
 		"tags": "",
@@ -105,6 +105,80 @@
 			{
 				"box": {
 					"maxclass": "newobj",
+					"text": "sfplay~ 2",
+					"numinlets": 2,
+					"numoutlets": 3,
+					"patching_rect": [
+						40.0,
+						780.0,
+						70.0,
+						22.0
+					],
+					"outlettype": [
+						"signal",
+						"signal",
+						"bang"
+					],
+					"id": "player"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "*~ 1.",
+					"numinlets": 2,
+					"numoutlets": 1,
+					"patching_rect": [
+						40.0,
+						820.0,
+						40.0,
+						22.0
+					],
+					"outlettype": [
+						"signal"
+					],
+					"id": "level_0"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "*~ 1.",
+					"numinlets": 2,
+					"numoutlets": 1,
+					"patching_rect": [
+						120.0,
+						820.0,
+						40.0,
+						22.0
+					],
+					"outlettype": [
+						"signal"
+					],
+					"id": "level_1"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "dbtoa",
+					"numinlets": 1,
+					"numoutlets": 1,
+					"patching_rect": [
+						160.0,
+						760.0,
+						50.0,
+						22.0
+					],
+					"outlettype": [
+						""
+					],
+					"id": "dbtoa"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
 					"text": "js stage_device.js",
 					"numinlets": 1,
 					"numoutlets": 1,
@@ -127,13 +201,13 @@
 			{
 				"box": {
 					"maxclass": "newobj",
-					"text": "route osc rec arm gate delaytime delay status progress results tracks led",
+					"text": "route osc rec arm gate delaytime delay status progress results tracks led node player auditionarm auditiongate state showprompt showhome showcommand",
 					"numinlets": 2,
-					"numoutlets": 12,
+					"numoutlets": 20,
 					"patching_rect": [
 						420.0,
 						360.0,
-						520.0,
+						900.0,
 						22.0
 					],
 					"outlettype": [
@@ -148,9 +222,247 @@
 						"",
 						"",
 						"",
+						"",
+						"",
+						"",
+						"",
+						"",
+						"",
+						"",
+						"",
 						""
 					],
 					"id": "router"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "js stage_logic.js",
+					"numinlets": 1,
+					"numoutlets": 1,
+					"patching_rect": [
+						600.0,
+						300.0,
+						110.0,
+						22.0
+					],
+					"outlettype": [
+						""
+					],
+					"saved_object_attributes": {
+						"filename": "stage_logic.js",
+						"parameter_enable": 0
+					},
+					"id": "logic"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "node.script stage_launcher.js @autostart 1",
+					"numinlets": 1,
+					"numoutlets": 2,
+					"patching_rect": [
+						600.0,
+						400.0,
+						250.0,
+						22.0
+					],
+					"outlettype": [
+						"",
+						""
+					],
+					"saved_object_attributes": {
+						"autostart": 1,
+						"defer": 0,
+						"watch": 0
+					},
+					"textfile": {
+						"filename": "stage_launcher.js",
+						"flags": 0,
+						"embed": 0,
+						"autowatch": 1
+					},
+					"id": "launcher"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "prepend launcher",
+					"numinlets": 1,
+					"numoutlets": 1,
+					"patching_rect": [
+						600.0,
+						440.0,
+						110.0,
+						22.0
+					],
+					"outlettype": [
+						""
+					],
+					"id": "prepend_launcher"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "pattr stage_state @parameter_enable 1",
+					"numinlets": 1,
+					"numoutlets": 3,
+					"patching_rect": [
+						860.0,
+						400.0,
+						200.0,
+						22.0
+					],
+					"outlettype": [
+						"",
+						"",
+						""
+					],
+					"varname": "stage_state",
+					"saved_object_attributes": {
+						"parameter_enable": 1,
+						"parameter_mappable": 0
+					},
+					"saved_attribute_attributes": {
+						"valueof": {
+							"parameter_invisible": 1,
+							"parameter_longname": "STAGE state",
+							"parameter_shortname": "State",
+							"parameter_type": 3
+						}
+					},
+					"id": "state"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "prepend saved",
+					"numinlets": 1,
+					"numoutlets": 1,
+					"patching_rect": [
+						860.0,
+						440.0,
+						90.0,
+						22.0
+					],
+					"outlettype": [
+						""
+					],
+					"id": "prepend_saved"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "timepoint",
+					"numinlets": 1,
+					"numoutlets": 1,
+					"patching_rect": [
+						200.0,
+						860.0,
+						70.0,
+						22.0
+					],
+					"outlettype": [
+						"bang"
+					],
+					"id": "audition_timepoint"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "gate",
+					"numinlets": 2,
+					"numoutlets": 1,
+					"patching_rect": [
+						200.0,
+						900.0,
+						40.0,
+						22.0
+					],
+					"outlettype": [
+						""
+					],
+					"id": "audition_gate"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "t b b",
+					"numinlets": 1,
+					"numoutlets": 2,
+					"patching_rect": [
+						200.0,
+						940.0,
+						50.0,
+						22.0
+					],
+					"outlettype": [
+						"bang",
+						"bang"
+					],
+					"id": "audition_start"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "message",
+					"text": "1",
+					"numinlets": 2,
+					"numoutlets": 1,
+					"outlettype": [
+						""
+					],
+					"patching_rect": [
+						300.0,
+						980.0,
+						30.0,
+						22.0
+					],
+					"id": "msg_play"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "message",
+					"text": "auditionstarted",
+					"numinlets": 2,
+					"numoutlets": 1,
+					"outlettype": [
+						""
+					],
+					"patching_rect": [
+						120.0,
+						980.0,
+						117.0,
+						22.0
+					],
+					"id": "msg_auditionstarted"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "message",
+					"text": "auditionended",
+					"numinlets": 2,
+					"numoutlets": 1,
+					"outlettype": [
+						""
+					],
+					"patching_rect": [
+						120.0,
+						1020.0,
+						103.0,
+						22.0
+					],
+					"id": "msg_auditionended"
 				}
 			},
 			{
@@ -1660,20 +1972,124 @@
 			},
 			{
 				"box": {
+					"maxclass": "live.text",
+					"numinlets": 1,
+					"numoutlets": 2,
+					"patching_rect": [
+						760.0,
+						1000.0,
+						72.0,
+						20.0
+					],
+					"presentation": 1,
+					"presentation_rect": [
+						624.0,
+						4.0,
+						72.0,
+						20.0
+					],
+					"outlettype": [
+						"",
+						""
+					],
+					"parameter_enable": 1,
+					"varname": "Audition",
+					"saved_attribute_attributes": {
+						"valueof": {
+							"parameter_longname": "Audition",
+							"parameter_shortname": "Audition",
+							"parameter_type": 2,
+							"parameter_invisible": 2,
+							"parameter_enum": [
+								"Audition",
+								"Audition"
+							],
+							"parameter_mmax": 1
+						}
+					},
+					"id": "ui_audition",
+					"mode": 0,
+					"text": "Audition",
+					"texton": "Audition"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "prepend audition",
+					"numinlets": 1,
+					"numoutlets": 1,
+					"patching_rect": [
+						920.0,
+						1000.0,
+						110.0,
+						22.0
+					],
+					"outlettype": [
+						""
+					],
+					"id": "prepend_audition"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "live.dial",
+					"numinlets": 1,
+					"numoutlets": 2,
+					"patching_rect": [
+						760.0,
+						1040.0,
+						48.0,
+						48.0
+					],
+					"presentation": 1,
+					"presentation_rect": [
+						636.0,
+						30.0,
+						48.0,
+						48.0
+					],
+					"outlettype": [
+						"",
+						"float"
+					],
+					"parameter_enable": 1,
+					"varname": "Audition level",
+					"saved_attribute_attributes": {
+						"valueof": {
+							"parameter_longname": "Audition level",
+							"parameter_shortname": "Level",
+							"parameter_type": 0,
+							"parameter_invisible": 2,
+							"parameter_mmin": -70.0,
+							"parameter_mmax": 6.0,
+							"parameter_unitstyle": 4,
+							"parameter_initial_enable": 1,
+							"parameter_initial": [
+								0.0
+							],
+							"parameter_modmode": 0
+						}
+					},
+					"id": "ui_level"
+				}
+			},
+			{
+				"box": {
 					"maxclass": "live.comment",
 					"numinlets": 1,
 					"numoutlets": 0,
 					"patching_rect": [
 						760.0,
 						670.0,
-						180.0,
+						150.0,
 						16.0
 					],
 					"presentation": 1,
 					"presentation_rect": [
 						4.0,
 						130.0,
-						180.0,
+						150.0,
 						16.0
 					],
 					"text": "Daemon folder (empty: automatic)",
@@ -1689,14 +2105,14 @@
 					"patching_rect": [
 						760.0,
 						690.0,
-						300.0,
+						150.0,
 						18.0
 					],
 					"presentation": 1,
 					"presentation_rect": [
 						4.0,
 						146.0,
-						300.0,
+						150.0,
 						18.0
 					],
 					"outlettype": [
@@ -1750,6 +2166,100 @@
 						""
 					],
 					"id": "prepend_home"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "live.comment",
+					"numinlets": 1,
+					"numoutlets": 0,
+					"patching_rect": [
+						760.0,
+						710.0,
+						156.0,
+						16.0
+					],
+					"presentation": 1,
+					"presentation_rect": [
+						160.0,
+						130.0,
+						156.0,
+						16.0
+					],
+					"text": "stage-bridge command (empty: find it)",
+					"textjustification": 0,
+					"id": "label_command"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "textedit",
+					"numinlets": 1,
+					"numoutlets": 4,
+					"patching_rect": [
+						760.0,
+						730.0,
+						156.0,
+						18.0
+					],
+					"presentation": 1,
+					"presentation_rect": [
+						160.0,
+						146.0,
+						156.0,
+						18.0
+					],
+					"outlettype": [
+						"",
+						"int",
+						"",
+						""
+					],
+					"parameter_enable": 0,
+					"lines": 1,
+					"wordwrap": 0,
+					"outputmode": 1,
+					"bangmode": 0,
+					"fontsize": 10.0,
+					"hint": "Only if the device cannot start the daemon: the path of stage-bridge (or its folder), then Return",
+					"id": "ui_command"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "route text",
+					"numinlets": 2,
+					"numoutlets": 2,
+					"patching_rect": [
+						1200.0,
+						730.0,
+						70.0,
+						22.0
+					],
+					"outlettype": [
+						"",
+						""
+					],
+					"id": "command_text"
+				}
+			},
+			{
+				"box": {
+					"maxclass": "newobj",
+					"text": "prepend command",
+					"numinlets": 1,
+					"numoutlets": 1,
+					"patching_rect": [
+						1200.0,
+						760.0,
+						110.0,
+						22.0
+					],
+					"outlettype": [
+						""
+					],
+					"id": "prepend_command"
 				}
 			},
 			{
@@ -1939,14 +2449,14 @@
 					"patching_rect": [
 						760.0,
 						880.0,
-						176.0,
+						256.0,
 						18.0
 					],
 					"presentation": 1,
 					"presentation_rect": [
 						440.0,
 						146.0,
-						176.0,
+						256.0,
 						18.0
 					],
 					"text": "STAGE Bridge",
@@ -2008,11 +2518,287 @@
 			{
 				"patchline": {
 					"destination": [
+						"level_0",
+						0
+					],
+					"source": [
+						"player",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"plugout",
+						0
+					],
+					"source": [
+						"level_0",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"level_1",
+						0
+					],
+					"source": [
+						"player",
+						1
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"plugout",
+						1
+					],
+					"source": [
+						"level_1",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"level_0",
+						1
+					],
+					"source": [
+						"dbtoa",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"level_1",
+						1
+					],
+					"source": [
+						"dbtoa",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
 						"router",
 						0
 					],
 					"source": [
 						"script",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"launcher",
+						0
+					],
+					"source": [
+						"router",
+						11
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"prepend_launcher",
+						0
+					],
+					"source": [
+						"launcher",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"script",
+						0
+					],
+					"source": [
+						"prepend_launcher",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"state",
+						0
+					],
+					"source": [
+						"router",
+						15
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"prepend_saved",
+						0
+					],
+					"source": [
+						"state",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"script",
+						0
+					],
+					"source": [
+						"prepend_saved",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"player",
+						0
+					],
+					"source": [
+						"router",
+						12
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"audition_timepoint",
+						0
+					],
+					"source": [
+						"router",
+						13
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"audition_gate",
+						0
+					],
+					"source": [
+						"router",
+						14
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"audition_gate",
+						1
+					],
+					"source": [
+						"audition_timepoint",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"audition_start",
+						0
+					],
+					"source": [
+						"audition_gate",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"msg_play",
+						0
+					],
+					"source": [
+						"audition_start",
+						1
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"msg_auditionstarted",
+						0
+					],
+					"source": [
+						"audition_start",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"player",
+						0
+					],
+					"source": [
+						"msg_play",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"script",
+						0
+					],
+					"source": [
+						"msg_auditionstarted",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"msg_auditionended",
+						0
+					],
+					"source": [
+						"player",
+						2
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"script",
+						0
+					],
+					"source": [
+						"msg_auditionended",
 						0
 					]
 				}
@@ -2908,6 +3694,42 @@
 			{
 				"patchline": {
 					"destination": [
+						"prepend_audition",
+						0
+					],
+					"source": [
+						"ui_audition",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"script",
+						0
+					],
+					"source": [
+						"prepend_audition",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"dbtoa",
+						0
+					],
+					"source": [
+						"ui_level",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
 						"home_text",
 						0
 					],
@@ -2962,6 +3784,90 @@
 					"source": [
 						"generate_press",
 						1
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"command_text",
+						0
+					],
+					"source": [
+						"ui_command",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"prepend_command",
+						0
+					],
+					"source": [
+						"command_text",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"prepend_command",
+						0
+					],
+					"source": [
+						"command_text",
+						1
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"script",
+						0
+					],
+					"source": [
+						"prepend_command",
+						0
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"ui_prompt",
+						0
+					],
+					"source": [
+						"router",
+						16
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"ui_home",
+						0
+					],
+					"source": [
+						"router",
+						17
+					]
+				}
+			},
+			{
+				"patchline": {
+					"destination": [
+						"ui_command",
+						0
+					],
+					"source": [
+						"router",
+						18
 					]
 				}
 			},
@@ -3063,6 +3969,11 @@
 			}
 		],
 		"parameters": {
+			"state": [
+				"STAGE state",
+				"State",
+				0
+			],
 			"ui_instrument": [
 				"Instrument",
 				"Instrument",
@@ -3108,6 +4019,16 @@
 				"Insert",
 				0
 			],
+			"ui_audition": [
+				"Audition",
+				"Audition",
+				0
+			],
+			"ui_level": [
+				"Audition level",
+				"Level",
+				0
+			],
 			"ui_sendport": [
 				"Send port",
 				"Send port",
@@ -3123,17 +4044,26 @@
 		"dependency_cache": [
 			{
 				"name": "stage_device.js",
+				"bootpath": "~/stage-bridge/max_for_live/src",
+				"type": "TEXT",
+				"implicit": 1
+			},
+			{
+				"name": "stage_launcher.js",
+				"bootpath": "~/stage-bridge/max_for_live/src",
 				"type": "TEXT",
 				"implicit": 1
 			},
 			{
 				"name": "stage_logic.js",
+				"bootpath": "~/stage-bridge/max_for_live/src",
 				"type": "TEXT",
 				"implicit": 1
 			}
 		],
 		"latency": 0,
 		"is_mpe": 0,
+		"external_mpe_tuning_enabled": 0,
 		"minimum_live_version": "",
 		"minimum_max_version": "",
 		"platform_compatibility": 0,
@@ -3152,7 +4082,11 @@
 			"showdependencies": 1,
 			"autolocalize": 0,
 			"contents": {
-				"patchers": {}
+				"patchers": {},
+				"media": {},
+				"code": {},
+				"data": {},
+				"other": {}
 			},
 			"layout": {},
 			"searchpath": {},

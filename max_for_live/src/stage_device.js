@@ -6,19 +6,23 @@
  * Inlet 0 receives (see the patcher, max_for_live/build.py):
  *   init                          from [live.thisdevice] once the Live API is usable
  *   tempo f / num i / den i / playing i       from the [live.observer]s
- *   instrument i / bars i / takes f / mode i / target i / prompt ... / home ...   from the UI
+ *   instrument i / bars i / takes f / mode i / target i / prompt ... / home ... / command ...   from the UI
  *   sendport i / recvport i       the port boxes (the patcher also sends them to udpsend/udpreceive)
- *   generate x / cancel x / insert x / reveal x / take i / track i            buttons and menus
+ *   generate x / cancel x / insert x / reveal x / audition x / take i / track i   buttons and menus
  *   tick                          from [metro 2000]: ping the daemon
  *   recstarted / recstopped       from the recorder chain ([timepoint] -> [gate] ... [delay])
+ *   auditionstarted / auditionended   from the audition chain ([timepoint] -> [gate] ... [sfplay~])
+ *   launcher ...                  the launcher's replies, from [node.script stage_launcher.js]
+ *   saved <state>                 the state saved with the Live set, from [pattr stage_state]
  *   /stage/...                    the daemon's replies, from [udpreceive]
- * Outlet 0 goes to [route osc rec arm gate delaytime delay status progress results tracks led].
+ * Outlet 0 goes to [route osc rec arm gate delaytime delay status progress results tracks led node player
+ * auditionarm auditiongate state showprompt showhome showcommand].
  */
 autowatch = 0;
 inlets = 1;
 outlets = 1;
 setinletassist(0, 'UI values, Live values, daemon replies');
-setoutletassist(0, 'to [route osc rec arm gate delaytime delay status progress results tracks led]');
+setoutletassist(0, 'to [route osc rec arm gate ... state showprompt showhome showcommand]');
 
 include('stage_logic.js');
 
@@ -91,6 +95,7 @@ function sendport(v) { setting('sendPort', v); }
 function recvport(v) { setting('receivePort', v); }
 function prompt() { setting('prompt', arrayfromargs(arguments).join(' ')); }
 function home() { setting('home', arrayfromargs(arguments).join(' ')); }
+function command() { setting('launcher', arrayfromargs(arguments).join(' ')); }
 
 function live(key, value) {
     dispatch({ type: 'live', key: key, value: value, transport: key === 'playing' ? transport() : undefined });
@@ -130,7 +135,18 @@ function reveal() {
     }
 }
 
-function take(i) { dispatch({ type: 'selectTake', index: i }); }
+function take(i) { dispatch({ type: 'selectTake', index: i, transport: transport() }); }
+
+function audition() {
+    if (pressed(arrayfromargs(arguments))) {
+        dispatch({ type: 'audition', transport: transport() });
+    }
+}
+
+function auditionstarted() { dispatch({ type: 'auditionStarted' }); }
+function auditionended() { dispatch({ type: 'auditionEnded' }); }
+function launcher() { dispatch({ type: 'launcher', args: arrayfromargs(arguments) }); }
+function saved(value) { dispatch({ type: 'restore', value: value }); }
 
 function track(i) {
     chosenTrack = i >= 0 && i < audioTracks.length ? audioTracks[i].index : -1;
@@ -313,6 +329,35 @@ function perform(a) {
         break;
     case 'reveal':
         messnamed('max', 'launchbrowser', a.url);   // Finder / Explorer opens the folder
+        break;
+    case 'launch':
+        outlet(0, ['node'].concat(L.launchAtoms(a)));   // -> [node.script stage_launcher.js]: launch ...
+        break;
+    case 'player':
+        if (a.command === 'open') {
+            outlet(0, 'player', 'open', a.path);
+        } else if (a.command === 'seek') {
+            outlet(0, 'player', 'seek', a.ms);
+        } else {
+            outlet(0, 'player', 0);
+        }
+        break;
+    case 'auditionArm':
+        outlet(0, 'auditionarm', a.ticks);
+        break;
+    case 'auditionGate':
+        outlet(0, 'auditiongate', a.open ? 1 : 0);
+        break;
+    case 'state':
+        outlet(0, 'state', 'set', a.value);   // [pattr] keeps it without output
+        break;
+    case 'showText':
+        // an empty field is cleared: an empty symbol after `set` could vanish on the way
+        if (a.text === '') {
+            outlet(0, 'show' + a.key, 'clear');
+        } else {
+            outlet(0, 'show' + a.key, 'set', a.text);
+        }
         break;
     default:
         break;

@@ -29,7 +29,8 @@ var StageLogic = (function () {
         tailMs: 250,             // record a little past the last bar (the daemon ignores the excess)
         bounceSettleMs: 300,     // let [sfrecord~] close the file before the daemon reads it
         ticksPerBeat: 480,       // Max transport ticks per quarter note
-        askDaemonInfo: true      // send /stage/info on connect: learn the daemon's bounces folder
+        askDaemonInfo: true,     // send /stage/info on connect: learn the daemon's bounces folder
+        autoLaunch: true         // no answer: ask the launcher (stage_launcher.js) to start the daemon
     };
 
     var INSTRUMENTS = ['drums', 'bass'];
@@ -79,8 +80,18 @@ var StageLogic = (function () {
         notConnected: 'Not connected: start the stage-bridge daemon (no answer on port PORT).',
         noHome: 'Set "Daemon folder" to the stage-bridge folder (the device could not find it).',
         noTempo: 'Live\'s tempo is not known yet.',
-        transportStopped: 'Recording stopped with Live\'s transport before all bars were recorded. Press Generate again.'
+        transportStopped: 'Recording stopped with Live\'s transport before all bars were recorded. Press Generate again.',
+        starting: 'Starting the stage-bridge daemon... (loading its models can take a minute)',
+        startFailed: 'Could not start stage-bridge: TEXT',
+        exited: 'stage-bridge stopped (exit code CODE): TEXT Copy its last lines from the Max window.',
+        alreadyRunning: 'stage-bridge is already running on port PORT: waiting for its answer. If none comes, ' +
+            'set "Receive port" to its --reply-port.',
+        nothingToHear: 'Nothing to audition yet: generate first.'
     };
+
+    // The state saved with the Live set (see Controller.snapshot): its version, and how many takes it keeps.
+    var STATE_VERSION = 1;
+    var MAX_SAVED_TAKES = 8;
 
     // -- small helpers (ES5) -------------------------------------------------------------------
 
@@ -399,6 +410,18 @@ var StageLogic = (function () {
         };
     }
 
+    // Where in the take the playhead is, in ms, when it is inside the take's span
+    // [startBeats, startBeats + lengthBeats); null outside it (or without a tempo).
+    function auditionOffsetMs(songBeats, startBeats, lengthBeats, bpm) {
+        if (!isNumber(songBeats) || !isNumber(bpm) || bpm <= 0 || songBeats < startBeats - 1e-9) {
+            return null;
+        }
+        if (lengthBeats > 0 && songBeats >= startBeats + lengthBeats) {
+            return null;
+        }
+        return Math.max(0, Math.round((songBeats - startBeats) * 60000 / bpm));
+    }
+
     // -- paths ----------------------------------------------------------------------------------
     // Max writes file paths as "Volume:/folder/file" on macOS ("Macintosh HD:/Users/me/a.wav")
     // and "C:/folder/file" on Windows; the operating system (and the daemon) uses "/Users/me/a.wav"
@@ -661,6 +684,90 @@ var StageLogic = (function () {
         return 'The daemon reported a problem (' + (code || 'unknown') + '). Its window shows the details.';
     }
 
+    // -- the launcher's replies (stage_launcher.js, a Node for Max script) ------------------------
+    // started PID | failed TEXT... | exited CODE TEXT... | already PORT  (one Max message each; Max may split
+    // a text with spaces into several atoms, so the text is the rest of the message joined again).
+
+    function parseLauncher(args) {
+        args = args || [];
+        var word = str(args[0]);
+        var rest = [];
+        for (var i = (word === 'exited' ? 2 : 1); i < args.length; i++) {
+            rest.push(str(args[i]));
+        }
+        var text = trim(rest.join(' '));
+        switch (word) {
+        case 'started':
+            return { kind: 'started', pid: Math.round(toNumber(args[1]) || 0) };
+        case 'failed':
+            return { kind: 'failed', text: text };
+        case 'exited':
+            var code = toNumber(args[1]);
+            return { kind: 'exited', code: isNumber(code) ? code : null, text: text };
+        case 'already':
+            return { kind: 'already', port: Math.round(toNumber(args[1]) || 0) };
+        default:
+            return { kind: 'unknown', word: word };
+        }
+    }
+
+    // The message for the launcher: launch SENDPORT RECEIVEPORT PATH HINT. The two texts are URI-encoded
+    // (no spaces left for Max to split at) and '-' when empty (an empty symbol could vanish on the way).
+    function launchAtoms(a) {
+        return ['launch', a.sendPort, a.receivePort, a.path ? encodeURIComponent(a.path) : '-',
+                a.hint ? encodeURIComponent(a.hint) : '-'];
+    }
+
+    // -- the state saved with the Live set ---------------------------------------------------------
+    // Kept in a [pattr] whose parameter type is blob (saved with the set, never automated; see
+    // build.py). The JSON is URI-encoded so the whole state is ONE Max symbol without spaces, quotes,
+    // commas, semicolons, backslashes or dollar signs, which Max would otherwise read as separators,
+    // message ends or arguments when the set is saved and read back.
+
+    function encodeState(obj) {
+        return encodeURIComponent(JSON.stringify(obj));
+    }
+
+    // The saved state, checked field by field; null when the value is not a state this device wrote.
+    function decodeState(value) {
+        var obj;
+        try {
+            obj = JSON.parse(decodeURIComponent(String(value)));
+        } catch (e) {
+            return null;
+        }
+        if (!obj || typeof obj !== 'object' || obj.v !== STATE_VERSION) {
+            return null;
+        }
+        var out = { prompt: '', home: '', launcher: '', results: [], selected: 0, done: null };
+        var k;
+        var keys = ['prompt', 'home', 'launcher'];
+        for (k = 0; k < keys.length; k++) {
+            if (typeof obj[keys[k]] === 'string') {
+                out[keys[k]] = obj[keys[k]];
+            }
+        }
+        if (obj.results instanceof Array) {
+            for (k = 0; k < obj.results.length && out.results.length < MAX_SAVED_TAKES; k++) {
+                if (typeof obj.results[k] === 'string' && obj.results[k] !== '') {
+                    out.results.push(obj.results[k]);
+                }
+            }
+        }
+        if (isWhole(obj.selected) && obj.selected >= 0 && obj.selected < out.results.length) {
+            out.selected = obj.selected;
+        }
+        var d = obj.done;
+        if (out.results.length && d && typeof d === 'object' && isNumber(d.anchorBeats) && d.anchorBeats >= 0) {
+            out.done = { jobId: str(d.jobId), anchorBeats: d.anchorBeats,
+                         lengthBeats: isNumber(d.lengthBeats) && d.lengthBeats > 0 ? d.lengthBeats : 0, paths: out.results };
+        } else {
+            out.results = [];
+            out.selected = 0;
+        }
+        return out;
+    }
+
     // -- the device's state machine -------------------------------------------------------------
     // phase: idle -> waiting (armed, until the bar line) -> recording -> generating -> done | error;
     // click mode goes idle -> generating directly. connection: unknown | connected | disconnected.
@@ -676,6 +783,8 @@ var StageLogic = (function () {
         this.os = normalizeOs(options.os);
         this.bootVolume = options.bootVolume || '';
         this.home = options.home || guessHome(options.devicePath, this.os, this.bootVolume);
+        // where the device file is: in a checkout, the launcher finds the command next to it
+        this.deviceFolder = options.devicePath ? dirname(maxToNative(options.devicePath, this.os, this.bootVolume)) : '';
         this.tag = options.tag || randomTag(options.random);
         this.counter = 0;
         this.pings = 0;
@@ -684,7 +793,8 @@ var StageLogic = (function () {
         this.lastHeardAt = null;
         this.phase = 'idle';
         this.connection = 'unknown';
-        this.ui = { instrument: 'drums', bars: 4, prompt: '', takes: 1, mode: 'mix+click', home: '', target: 'arrangement' };
+        this.ui = { instrument: 'drums', bars: 4, prompt: '', takes: 1, mode: 'mix+click', home: '', target: 'arrangement',
+                    launcher: '' };
         this.live = { bpm: null, num: 4, den: 4, playing: false };
         this.sentTempo = '';
         this.job = null;
@@ -695,6 +805,11 @@ var StageLogic = (function () {
         this.error = null;       // {code, text, detail}
         this.done = null;        // the last finished job: {jobId, anchorBeats, paths}
         this.daemon = { home: '', bounces: '', status: null };
+        // launch.state: idle (not asked) | starting (asked) | started (a process runs) | failed | exited | already
+        this.launch = { state: 'idle', pid: 0, code: null, text: '' };
+        // audition.state: off | armed (waits for the playhead to reach the take's start) | playing
+        this.audition = { state: 'off', path: '' };
+        this.savedState = encodeState(this.snapshot());
     }
 
     Controller.prototype.sendPort = function () {
@@ -749,6 +864,9 @@ var StageLogic = (function () {
         this.connection = 'connected';
         this.lastHeardAt = this.now;
         if (was !== 'connected') {
+            if (this.launch.state === 'starting' || this.launch.state === 'already') {
+                this.launch.state = 'idle';   // it answers now (started by us or by someone else)
+            }
             if (this.error && this.error.code === 'not_connected') {
                 this.error = null;
                 this.phase = this.done ? 'done' : 'idle';
@@ -806,9 +924,38 @@ var StageLogic = (function () {
             this.onReply(parseReply(event.address, event.args), actions);
             break;
         case 'selectTake':
-            if (isWhole(event.index) && event.index >= 0 && event.index < this.results.length) {
+            if (isWhole(event.index) && event.index >= 0 && event.index < this.results.length &&
+                    event.index !== this.selected) {
                 this.selected = event.index;
+                if (this.audition.state !== 'off') {
+                    this.stopAudition(actions);          // the new take is heard from its own start
+                    this.startAudition(event.transport || {}, actions);
+                }
             }
+            break;
+        case 'launcher':
+            this.onLauncher(parseLauncher(event.args), actions);
+            break;
+        case 'audition':
+            if (this.audition.state === 'off') {
+                this.startAudition(event.transport || {}, actions);
+            } else {
+                this.stopAudition(actions);
+                this.note = 'Audition stopped.';
+            }
+            break;
+        case 'auditionStarted':
+            if (this.audition.state !== 'off') {
+                this.audition.state = 'playing';
+            }
+            break;
+        case 'auditionEnded':
+            if (this.audition.state === 'playing') {
+                this.audition.state = 'armed';   // the take ended; it plays again when Live loops back to its start
+            }
+            break;
+        case 'restore':
+            this.restore(event.value, actions);
             break;
         case 'insert':
             this.onInsert(event, actions);
@@ -828,6 +975,11 @@ var StageLogic = (function () {
             break;
         default:
             break;
+        }
+        var state = encodeState(this.snapshot());
+        if (state !== this.savedState) {
+            this.savedState = state;
+            actions.push({ type: 'state', value: state });
         }
         return actions;
     };
@@ -877,6 +1029,15 @@ var StageLogic = (function () {
         case 'home':
             ui.home = fieldText(value);
             break;
+        case 'launcher':
+            var launcher = fieldText(value).replace(/^["']+|["']+$/g, '');
+            if (launcher !== ui.launcher) {
+                ui.launcher = launcher;
+                if (this.launch.state === 'failed' || this.launch.state === 'exited') {
+                    this.launch.state = 'idle';   // a new path: try again at the next tick without an answer
+                }
+            }
+            break;
         case 'targetIndex':
             if (isWhole(n) && n >= 0 && n < TARGETS.length) {
                 ui.target = TARGETS[n];
@@ -913,6 +1074,11 @@ var StageLogic = (function () {
             var playing = !!n;
             var was = this.live.playing;
             this.live.playing = playing;
+            if (!playing && was && this.audition.state !== 'off') {
+                this.stopAudition(actions);
+            } else if (playing && !was && this.audition.state === 'armed') {
+                this.seekAudition(transport || {}, actions);
+            }
             if (playing && !was && this.phase === 'waiting' && this.job && !this.job.plan) {
                 this.arm(transport || {}, actions);
             } else if (!playing && was && this.phase === 'waiting' && this.job) {
@@ -934,6 +1100,38 @@ var StageLogic = (function () {
         var since = this.lastHeardAt === null ? this.startedAt : this.lastHeardAt;
         if (this.now - since > this.options.pingTimeoutMs) {
             this.connection = 'disconnected';
+        }
+        if (this.connection === 'disconnected' && this.launch.state === 'idle' && this.options.autoLaunch) {
+            // No answer for a while: ask the launcher to start `stage-bridge serve` on the device's ports.
+            this.launch = { state: 'starting', pid: 0, code: null, text: '' };
+            actions.push({ type: 'launch', sendPort: this.options.sendPort, receivePort: this.options.receivePort,
+                           path: this.ui.launcher ? maxToNative(this.ui.launcher, this.os, this.bootVolume) : '',
+                           hint: this.deviceFolder });
+        }
+        return actions;
+    };
+
+    Controller.prototype.onLauncher = function (reply, actions) {
+        var l = this.launch;
+        switch (reply.kind) {
+        case 'started':
+            l.state = this.connection === 'connected' ? 'idle' : 'started';
+            l.pid = reply.pid;
+            break;
+        case 'failed':
+            l.state = 'failed';
+            l.text = reply.text;
+            break;
+        case 'exited':
+            l.state = 'exited';
+            l.code = reply.code;
+            l.text = reply.text;
+            break;
+        case 'already':
+            l.state = this.connection === 'connected' ? 'idle' : 'already';
+            break;
+        default:
+            break;
         }
         return actions;
     };
@@ -1086,7 +1284,11 @@ var StageLogic = (function () {
                 this.phase = 'done';
                 this.progress = 100;
                 this.error = null;
-                this.done = { jobId: j.id, anchorBeats: j.anchorBeats || 0, paths: reply.paths };
+                this.done = { jobId: j.id, anchorBeats: j.anchorBeats || 0, paths: reply.paths,
+                              lengthBeats: j.bars * barBeats(j.num, j.den) };
+                if (this.audition.state !== 'off') {
+                    this.stopAudition(actions);   // the previous takes are gone from the menu
+                }
             }
             break;
         case 'error':
@@ -1130,6 +1332,110 @@ var StageLogic = (function () {
         return actions;
     };
 
+    // -- audition: the chosen take, in time with Live --------------------------------------------
+    // The take starts where Insert puts it (done.anchorBeats: the bar where its recording started, or
+    // the bar line after Generate in click mode). A second [timepoint] fires at that tick while the
+    // transport moves forward and [sfplay~] plays the take from its start; when the playhead is
+    // already inside the take, [sfplay~] starts at the matching offset at once (`seek` ms).
+
+    Controller.prototype.startAudition = function (transport, actions) {
+        if (!this.results.length || !this.done) {
+            this.error = { code: 'audition', text: MESSAGES.nothingToHear, detail: '' };
+            return;
+        }
+        this.error = null;
+        this.note = '';
+        var path = this.results[this.selected];
+        this.audition = { state: 'armed', path: path };
+        actions.push({ type: 'player', command: 'open', path: nativeToMax(path, this.os, this.bootVolume) });
+        actions.push({ type: 'auditionArm', ticks: Math.round(this.done.anchorBeats * this.options.ticksPerBeat) });
+        actions.push({ type: 'auditionGate', open: true });
+        if (transport.playing || this.live.playing) {
+            this.seekAudition(transport, actions);
+        }
+    };
+
+    // The playhead (re)started: inside the take's span, play from the matching offset now.
+    Controller.prototype.seekAudition = function (transport, actions) {
+        var ms = auditionOffsetMs(transport.songBeats, this.done.anchorBeats, this.done.lengthBeats, this.live.bpm);
+        if (ms !== null) {
+            this.audition.state = 'playing';
+            actions.push({ type: 'player', command: 'seek', ms: ms });
+        }
+    };
+
+    Controller.prototype.stopAudition = function (actions) {
+        this.audition = { state: 'off', path: '' };
+        actions.push({ type: 'auditionGate', open: false });
+        actions.push({ type: 'player', command: 'stop' });
+    };
+
+    // -- what is saved with the Live set ------------------------------------------------------------
+
+    Controller.prototype.snapshot = function () {
+        var d = this.done;
+        return {
+            v: STATE_VERSION, prompt: this.ui.prompt, home: this.ui.home, launcher: this.ui.launcher,
+            results: this.results.slice(0, MAX_SAVED_TAKES), selected: this.selected,
+            done: d ? { jobId: d.jobId, anchorBeats: d.anchorBeats, lengthBeats: d.lengthBeats || 0 } : null
+        };
+    };
+
+    // The set was opened: show the saved texts and takes again. A job running now is left alone.
+    Controller.prototype.restore = function (value, actions) {
+        var saved = decodeState(value);
+        if (!saved) {
+            return;
+        }
+        this.ui.prompt = cleanPrompt(saved.prompt);
+        this.ui.home = saved.home;
+        this.ui.launcher = saved.launcher;
+        actions.push({ type: 'showText', key: 'prompt', text: this.ui.prompt });
+        actions.push({ type: 'showText', key: 'home', text: this.ui.home });
+        actions.push({ type: 'showText', key: 'command', text: this.ui.launcher });
+        if (!this.busy() && saved.done) {
+            this.results = saved.results;
+            this.selected = saved.selected;
+            this.done = saved.done;
+            if (this.phase === 'idle') {
+                this.phase = 'done';
+                this.progress = 100;
+            }
+        }
+        this.savedState = encodeState(this.snapshot());
+    };
+
+    Controller.prototype.launchLine = function () {
+        var l = this.launch;
+        switch (l.state) {
+        case 'starting':
+        case 'started':
+            return MESSAGES.starting;
+        case 'failed':
+            return MESSAGES.startFailed.replace('TEXT', l.text || 'no reason given.');
+        case 'exited':
+            return MESSAGES.exited.replace('CODE', String(l.code)).replace('TEXT', l.text ? l.text + '.' : '');
+        case 'already':
+            return MESSAGES.alreadyRunning.replace('PORT', String(this.options.sendPort));
+        default:
+            return '';
+        }
+    };
+
+    Controller.prototype.auditionLine = function () {
+        var a = this.audition;
+        if (a.state === 'off' || !this.done) {
+            return '';
+        }
+        var bar = isNumber(this.live.bpm) ? barNumber(this.done.anchorBeats, this.live.num, this.live.den) : null;
+        var name = basename(a.path);
+        if (a.state === 'playing') {
+            return 'Auditioning ' + name + '. Press Audition again to stop.';
+        }
+        return 'Audition armed: ' + name + ' plays when Live reaches ' + (bar ? 'bar ' + bar : 'its start') +
+            ' (press Play).';
+    };
+
     Controller.prototype.statusLine = function () {
         if (this.error) {
             return this.error.text;
@@ -1161,6 +1467,12 @@ var StageLogic = (function () {
             }
             return 'Generating ' + j.instrument + '... ' + this.progress + '%';
         case 'done':
+            if (this.connection === 'disconnected' && this.launchLine()) {
+                return this.launchLine();
+            }
+            if (this.auditionLine()) {
+                return this.auditionLine();
+            }
             var n = this.results.length;
             return (this.note ? this.note + ' ' : '') + 'Done: ' + n + (n === 1 ? ' take' : ' takes') +
                 '. Pick one, then Insert, or drag it from Live\'s browser.';
@@ -1168,7 +1480,7 @@ var StageLogic = (function () {
             break;
         }
         if (this.connection === 'disconnected') {
-            return MESSAGES.notConnected.replace('PORT', String(this.options.sendPort));
+            return this.launchLine() || MESSAGES.notConnected.replace('PORT', String(this.options.sendPort));
         }
         if (this.note) {
             return this.note;
@@ -1213,6 +1525,8 @@ var StageLogic = (function () {
             canGenerate: !this.busy() && this.connection !== 'disconnected',
             canCancel: this.busy(),
             canInsert: this.results.length > 0,
+            launch: copy(this.launch),
+            audition: copy(this.audition),
             ui: copy(this.ui)
         };
     };
@@ -1247,6 +1561,7 @@ var StageLogic = (function () {
         nextBarLine: nextBarLine,
         barNumber: barNumber,
         planRecording: planRecording,
+        auditionOffsetMs: auditionOffsetMs,
         // paths and names
         normalizeOs: normalizeOs,
         maxToNative: maxToNative,
@@ -1265,7 +1580,12 @@ var StageLogic = (function () {
         bounceFileName: bounceFileName,
         // replies
         parseReply: parseReply,
+        parseLauncher: parseLauncher,
+        launchAtoms: launchAtoms,
         errorText: errorText,
+        // the state saved with the Live set
+        encodeState: encodeState,
+        decodeState: decodeState,
         // state machine
         Controller: Controller
     };

@@ -63,7 +63,7 @@ test('the logic runs with only ES5 built-ins (a whole generation, in a stripped 
     var c = new L.Controller({ os: 'macintosh', bootVolume: 'Macintosh HD', tag: 'es5x', now: 1000,
       devicePath: 'Macintosh HD:/Users/alice/Music/Ableton/User Library/STAGE Bridge.amxd' });
     var log = [];
-    function run(event) { var a = c.dispatch(event); for (var i = 0; i < a.length; i++) { log.push(a[i].type); } return a; }
+    function run(event) { var a = c.dispatch(event); for (var i = 0; i < a.length; i++) { if (a[i].type !== 'state') { log.push(a[i].type); } } return a; }
     run({ type: 'tick', now: 1500 });
     run({ type: 'osc', address: '/stage/pong', args: ['m4l-es5x-1'] });
     run({ type: 'live', key: 'tempo', value: 123.5 });

@@ -303,8 +303,8 @@ test('a new device looks for the daemon; pings every tick', () => {
   assert.equal(c.view().bouncesFolder, BOUNCES);
 });
 
-test('no answer -> disconnected, in plain words, and Generate says so', () => {
-  const c = device();
+test('no answer -> disconnected, in plain words, and Generate says so (a device without its launcher)', () => {
+  const c = device({ autoLaunch: false });
   c.dispatch({ type: 'tick', now: 7000 });
   const v = c.view();
   assert.equal(v.state, 'disconnected');
@@ -348,7 +348,7 @@ test('UI settings map menu indexes to values', () => {
   c.dispatch({ type: 'set', key: 'modeIndex', value: 1.0 });
   c.dispatch({ type: 'set', key: 'targetIndex', value: 1 });
   c.dispatch({ type: 'set', key: 'prompt', value: '  Genres: Rock.\n' });
-  assert.deepEqual(c.view().ui, { instrument: 'bass', bars: 16, prompt: 'Genres: Rock.', takes: 4, mode: 'click', home: '', target: 'session' });
+  assert.deepEqual(c.view().ui, { instrument: 'bass', bars: 16, prompt: 'Genres: Rock.', takes: 4, mode: 'click', home: '', target: 'session', launcher: '' });
   c.dispatch({ type: 'set', key: 'barsIndex', value: 9 });
   c.dispatch({ type: 'set', key: 'takes', value: 0 });
   assert.equal(c.view().ui.bars, 16, 'an index out of range changes nothing');
@@ -574,4 +574,204 @@ test('Windows: bounces under %LOCALAPPDATA%, Max path with forward slashes for t
   const open = actions[0];
   assert.match(open.nativePath, /^C:\\Users\\Bob\\AppData\\Local\\stage-bridge\\bounces\\live-\d{8}-\d{6}-win1-1\.wav$/);
   assert.equal(open.path, open.nativePath.replace(/\\/g, '/'));
+});
+
+// -- starting the daemon (stage_launcher.js) ----------------------------------------------------------
+
+const launches = (actions) => actions.filter((a) => a.type === 'launch');
+
+test('no answer after loading: the launcher is asked once to start the daemon on the device\'s ports', () => {
+  const c = device();
+  c.dispatch({ type: 'set', key: 'sendPort', value: 9100 });
+  c.dispatch({ type: 'set', key: 'receivePort', value: 9101 });
+  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 3000 })), [], 'not yet: the daemon may simply be slow to answer');
+  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 7000 })),
+    [{ type: 'launch', sendPort: 9100, receivePort: 9101, path: '', hint: '/Users/alice/Music/Ableton/User Library/Presets/Audio Effects/Max Audio Effect' }]);
+  assert.equal(c.view().status, 'Starting the stage-bridge daemon... (loading its models can take a minute)');
+  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 9000 })), [], 'never a second request while one is under way');
+  c.dispatch({ type: 'launcher', args: ['started', 4242] });
+  assert.equal(c.view().launch.pid, 4242);
+  assert.match(c.view().status, /^Starting the stage-bridge daemon/);
+  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 11000 })), []);
+  connect(c, 12000);
+  assert.equal(c.view().status, 'Connected. Ready.');
+  c.dispatch({ type: 'tick', now: 30000 });
+  assert.equal(c.view().connection, 'disconnected');
+  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 32000 })), [], 'the process it started still runs: no second one');
+});
+
+test('a pong before the wait is over: the launcher is never asked', () => {
+  const c = device();
+  connect(c, 1500);
+  for (let now = 3500; now < 20000; now += 2000) {
+    assert.deepEqual(launches(c.dispatch({ type: 'tick', now })), []);
+    c.dispatch({ type: 'osc', address: '/stage/pong', args: [], now: now + 1 });
+  }
+});
+
+test('the launcher could not start it: plain words; a path typed in the settings field tries again', () => {
+  const c = device();
+  c.dispatch({ type: 'tick', now: 7000 });
+  c.dispatch({ type: 'launcher', args: ['failed', 'the', 'stage-bridge command was not found.', 'Set its path below.'] });
+  assert.equal(c.view().status, 'Could not start stage-bridge: the stage-bridge command was not found. Set its path below.');
+  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 9000 })), [], 'no retry loop');
+  c.dispatch({ type: 'set', key: 'launcher', value: '"Macintosh HD:/Users/alice/stage bridge/.venv/bin/stage-bridge"' });
+  assert.equal(c.view().ui.launcher, 'Macintosh HD:/Users/alice/stage bridge/.venv/bin/stage-bridge');
+  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 11000 })),
+    [{ type: 'launch', sendPort: 9000, receivePort: 9001, path: '/Users/alice/stage bridge/.venv/bin/stage-bridge',
+      hint: '/Users/alice/Music/Ableton/User Library/Presets/Audio Effects/Max Audio Effect' }],
+    'the Max-style path of a dropped file becomes the native one');
+});
+
+test('the daemon exited: its code and last words; already running elsewhere: says which port to check', () => {
+  const c = device();
+  c.dispatch({ type: 'tick', now: 7000 });
+  c.dispatch({ type: 'launcher', args: ['started', 17] });
+  c.dispatch({ type: 'launcher', args: ['exited', 1, 'error: the drums model weights are not installed'] });
+  assert.equal(c.view().status, 'stage-bridge stopped (exit code 1): error: the drums model weights are not installed. ' +
+    'Copy its last lines from the Max window.');
+  const d = device();
+  d.dispatch({ type: 'tick', now: 7000 });
+  d.dispatch({ type: 'launcher', args: ['already', 9000] });
+  assert.match(d.view().status, /already running on port 9000: waiting for its answer. If none comes, set "Receive port"/);
+  assert.deepEqual(launches(d.dispatch({ type: 'tick', now: 9000 })), []);
+  connect(d, 9500);
+  assert.equal(d.view().status, 'Connected. Ready.');
+});
+
+test('the launch message: ports as numbers, texts as one encoded symbol each, "-" when empty', () => {
+  assert.deepEqual(L.launchAtoms({ sendPort: 9000, receivePort: 9001, path: 'C:\\Program Files\\sb.exe', hint: '' }),
+    ['launch', 9000, 9001, 'C%3A%5CProgram%20Files%5Csb.exe', '-']);
+});
+
+test('launcher replies parse whatever way Max split the text', () => {
+  assert.deepEqual(L.parseLauncher(['started', 12]), { kind: 'started', pid: 12 });
+  assert.deepEqual(L.parseLauncher(['failed', 'not found']), { kind: 'failed', text: 'not found' });
+  assert.deepEqual(L.parseLauncher(['failed', 'not', 'found']), { kind: 'failed', text: 'not found' });
+  assert.deepEqual(L.parseLauncher(['exited', 2, 'usage', 'error']), { kind: 'exited', code: 2, text: 'usage error' });
+  assert.deepEqual(L.parseLauncher(['already', '9000']), { kind: 'already', port: 9000 });
+  assert.equal(L.parseLauncher(['hello']).kind, 'unknown');
+});
+
+// -- audition ---------------------------------------------------------------------------------------------
+
+// A finished 2-bar click job whose take starts at the bar line after beat 13 (beat 16, bar 5 in 4/4).
+function withTakes(options = {}) {
+  const c = device(options);
+  connect(c);
+  liveTempo(c, 120);
+  c.dispatch({ type: 'set', key: 'modeIndex', value: 1 });
+  c.dispatch({ type: 'set', key: 'barsIndex', value: 1 });
+  c.dispatch({ type: 'generate', transport: { songBeats: 13 } });
+  c.dispatch({ type: 'osc', address: '/stage/job/done', args: [c.view().jobId, '/Users/alice/o/a.take1.wav', '/Users/alice/o/a.take2.wav'] });
+  return c;
+}
+const player = (actions) => actions.filter((a) => /^(player|audition)/.test(a.type));
+
+test('audition while stopped: arms a timepoint at the take\'s start bar; Play then starts it there', () => {
+  const c = withTakes();
+  const actions = c.dispatch({ type: 'audition', transport: { playing: false, songBeats: 0 } });
+  assert.deepEqual(player(actions), [
+    { type: 'player', command: 'open', path: 'Macintosh HD:/Users/alice/o/a.take1.wav' },
+    { type: 'auditionArm', ticks: 16 * 480 },
+    { type: 'auditionGate', open: true }]);
+  assert.equal(c.view().audition.state, 'armed');
+  assert.match(c.view().status, /a\.take1\.wav plays when Live reaches bar 5/);
+  assert.deepEqual(player(c.dispatch({ type: 'live', key: 'playing', value: 1, transport: { playing: true, songBeats: 0 } })), [],
+    'before the take: the timepoint starts it');
+  c.dispatch({ type: 'auditionStarted' });
+  assert.equal(c.view().audition.state, 'playing');
+  assert.match(c.view().status, /^Auditioning a\.take1\.wav/);
+  c.dispatch({ type: 'auditionEnded' });
+  assert.equal(c.view().audition.state, 'armed', 'stays armed: a loop back to the start plays it again');
+  assert.deepEqual(player(c.dispatch({ type: 'live', key: 'playing', value: 0 })),
+    [{ type: 'auditionGate', open: false }, { type: 'player', command: 'stop' }], 'the transport stops: audition stops');
+  assert.equal(c.view().audition.state, 'off');
+});
+
+test('audition with the playhead inside the take: starts at once at the matching offset (sfplay~ seek, ms)', () => {
+  const c = withTakes();
+  c.dispatch({ type: 'live', key: 'playing', value: 1, transport: { playing: true, songBeats: 2 } });
+  const actions = c.dispatch({ type: 'audition', transport: { playing: true, songBeats: 19 } });
+  assert.deepEqual(player(actions).slice(-1), [{ type: 'player', command: 'seek', ms: 1500 }], '3 beats at 120 bpm');
+  assert.equal(c.view().audition.state, 'playing');
+  assert.deepEqual(player(c.dispatch({ type: 'audition' })),
+    [{ type: 'auditionGate', open: false }, { type: 'player', command: 'stop' }], 'pressed again: stops');
+  assert.equal(c.view().status, 'Audition stopped. Done: 2 takes. Pick one, then Insert, or drag it from Live\'s browser.');
+  // past the take's end (beat 24): wait for the timepoint, do not seek
+  const late = player(c.dispatch({ type: 'audition', transport: { playing: true, songBeats: 24.5 } }));
+  assert.equal(late.filter((a) => a.command === 'seek').length, 0);
+  assert.equal(c.view().audition.state, 'armed');
+});
+
+test('audition follows the chosen take; nothing to hear before a generation', () => {
+  const c = withTakes();
+  c.dispatch({ type: 'audition', transport: { playing: true, songBeats: 17 } });
+  const actions = player(c.dispatch({ type: 'selectTake', index: 1, transport: { playing: true, songBeats: 18 } }));
+  assert.deepEqual(actions.filter((a) => a.type === 'player').map((a) => a.command), ['stop', 'open', 'seek']);
+  assert.equal(actions[2].path, 'Macintosh HD:/Users/alice/o/a.take2.wav');
+  assert.equal(actions[actions.length - 1].ms, 1000);
+  const fresh = device();
+  assert.deepEqual(fresh.dispatch({ type: 'audition', transport: {} }).filter((a) => a.type !== 'state'), []);
+  assert.equal(fresh.view().status, 'Nothing to audition yet: generate first.');
+});
+
+test('audition offsets: inside [start, start + length) only', () => {
+  assert.equal(L.auditionOffsetMs(16, 16, 8, 120), 0);
+  assert.equal(L.auditionOffsetMs(17.5, 16, 8, 90), 1000);
+  assert.equal(L.auditionOffsetMs(15.9, 16, 8, 120), null);
+  assert.equal(L.auditionOffsetMs(24, 16, 8, 120), null);
+  assert.equal(L.auditionOffsetMs(17, 16, 8, null), null);
+});
+
+// -- remembered with the Live set -----------------------------------------------------------------------
+
+const states = (actions) => actions.filter((a) => a.type === 'state').map((a) => a.value);
+
+test('settings and takes are saved as one symbol whenever they change, and only then', () => {
+  const c = withTakes();
+  assert.deepEqual(states(c.dispatch({ type: 'tick', now: 2000 })), [], 'nothing changed');
+  const saved = states(c.dispatch({ type: 'set', key: 'prompt', value: 'Genres: "Rock", 70s; $1 \\ x' }));
+  assert.equal(saved.length, 1);
+  assert.match(saved[0], /^[A-Za-z0-9%._!~*'()-]+$/, 'no space, quote, comma, semicolon, backslash or $ for Max to split on');
+  const back = L.decodeState(saved[0]);
+  assert.equal(back.prompt, 'Genres: "Rock", 70s; $1 \\ x');
+  assert.deepEqual(back.results, ['/Users/alice/o/a.take1.wav', '/Users/alice/o/a.take2.wav']);
+  assert.deepEqual(back.done, { jobId: c.view().jobId, anchorBeats: 16, lengthBeats: 8, paths: back.results });
+  assert.equal(states(c.dispatch({ type: 'selectTake', index: 1 })).length, 1);
+});
+
+test('reopening the set: the texts are shown again and the takes can be inserted and auditioned', () => {
+  const before = withTakes();
+  before.dispatch({ type: 'set', key: 'home', value: '/Users/alice/stage home' });
+  before.dispatch({ type: 'set', key: 'launcher', value: '/opt/sb/bin/stage-bridge' });
+  const saved = states(before.dispatch({ type: 'selectTake', index: 1 }))[0];
+  const after = device();
+  const actions = after.dispatch({ type: 'restore', value: saved });
+  assert.deepEqual(actions.filter((a) => a.type === 'showText'), [
+    { type: 'showText', key: 'prompt', text: '' },
+    { type: 'showText', key: 'home', text: '/Users/alice/stage home' },
+    { type: 'showText', key: 'command', text: '/opt/sb/bin/stage-bridge' }]);
+  assert.deepEqual(states(actions), [], 'restoring does not write the same state back');
+  const v = after.view();
+  assert.deepEqual(v.results, ['a.take1.wav', 'a.take2.wav']);
+  assert.equal(v.selected, 1);
+  assert.equal(v.state, 'done');
+  assert.equal(after.bouncesFolder(), '/Users/alice/stage home/bounces');
+  const insert = after.dispatch({ type: 'insert', trackIndex: 0 });
+  assert.equal(insert[0].startBeats, 16);
+  assert.equal(insert[0].nativePath, '/Users/alice/o/a.take2.wav');
+});
+
+test('a state this device did not write is ignored, field by field', () => {
+  const c = device();
+  for (const bad of ['', 'bang', '%7B', encodeURIComponent('{"v":99}'), encodeURIComponent('[1,2]')]) {
+    assert.deepEqual(c.dispatch({ type: 'restore', value: bad }), [], bad);
+  }
+  const odd = L.decodeState(encodeURIComponent(JSON.stringify({ v: 1, prompt: 7, results: ['a.wav', 3, ''], selected: 5,
+    done: { anchorBeats: 4 } })));
+  assert.deepEqual(odd, { prompt: '', home: '', launcher: '', results: ['a.wav'], selected: 0,
+    done: { jobId: '', anchorBeats: 4, lengthBeats: 0, paths: ['a.wav'] } });
+  assert.deepEqual(L.decodeState(encodeURIComponent(JSON.stringify({ v: 1, results: ['a.wav'] }))).results, [],
+    'takes without their start beat are not restored');
 });
