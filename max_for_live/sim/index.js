@@ -61,7 +61,9 @@ class Sim {
     this.received = [];       // OSC messages [udpreceive] got
     this.recorded = [];       // files [sfrecord~] closed
     this.sockets = [];
+    this.children = [];      // stop functions of node.script processes
     this.clock = new Clock();
+    this.epoch = o.epoch === undefined ? Date.now() : o.epoch;   // the wall-clock time at clock 0 (js Date)
     this.hostfs = new HostFs({ os: o.os, bootVolume: o.bootVolume, drives: o.drives });
     this.live = new Live({ set: o.liveSet || defaultLiveSet(), clock: this.clock, hostfs: this.hostfs,
       splitsSpaces: o.splitsSpaces, audioClipApi: o.audioClipApi, post: (t) => this.posts.push(t.replace(/\n$/, '')) });
@@ -112,6 +114,8 @@ class Sim {
   close() {
     for (const s of this.sockets) { try { s.close(); } catch (e) { /* already closed */ } }
     this.sockets = [];
+    for (const stop of this.children) stop();
+    this.children = [];
   }
 }
 
@@ -165,7 +169,10 @@ class Patch {
   loadParameters(stored) {
     for (const box of this.boxes.values()) {
       if (!box.obj.load) continue;
-      if (box.varname in stored) box.obj.receive(0, A.msg(stored[box.varname]));
+      const v = box.saved_attribute_attributes && box.saved_attribute_attributes.valueof;
+      const longname = v && v.parameter_longname;
+      const saved = longname in stored ? stored[longname] : stored[box.varname];
+      if (saved !== undefined) box.obj.receive(0, A.msg(...[].concat(saved)));
       else box.obj.load();
     }
   }

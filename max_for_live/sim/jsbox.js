@@ -59,6 +59,7 @@ class JsBox {
       patcher: { filepath: sim.devicePath, name: 'STAGE Bridge' },
       LiveAPI: sim.live.liveApiClass(),
       Task: this.taskClass(),
+      Date: this.dateClass(),
     };
     this.ctx = vm.createContext(ctx);
     this.run(patch.file(filename), filename);
@@ -121,6 +122,19 @@ class JsBox {
       if (e && e.simulation) throw e;
       this.posts.push(`js: ${this.filename}: Javascript ${e && e.name}: ${e && e.message}`);
     }
+  }
+
+  // Date follows the simulated clock: in Max the scheduler's milliseconds and the wall clock pass together,
+  // and the simulation moves time only when the test advances it.
+  dateClass() {
+    const sim = this.patch.sim;
+    class SimDate extends Date {
+      constructor(...args) {
+        if (args.length) super(...args); else super(sim.epoch + sim.clock.now);
+      }
+      static now() { return sim.epoch + sim.clock.now; }
+    }
+    return SimDate;
   }
 
   taskClass() {

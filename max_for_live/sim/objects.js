@@ -415,6 +415,130 @@ const OBJECTS = {
     };
   },
 
+  // sfplay~ (https://docs.cycling74.com/max8/refpages/sfplay~; Max 5 page msp-ref/sfplay~.html): "To play a
+  // file, you send sfplay~ the open message, then send it a 1 to start and a 0 to stop"; "seek <ms>" plays the
+  // current file from that time; the rightmost outlet is "bang on finish or halt". The argument is the number
+  // of channels. The bang comes from the audio thread, so it reaches the patch on the scheduler (clock.schedule).
+  'sfplay~': (box, patch) => {
+    const doneOutlet = box.numoutlets - 1;
+    const p = { file: null, durationMs: 0, playing: false, startedAt: 0, from: 0, end: null, opened: [] };
+    const halt = () => {
+      if (!p.playing) return;
+      p.playing = false;
+      if (p.end) p.end.cancel();
+      p.end = null;
+      patch.sim.clock.schedule(0, () => patch.output(box, doneOutlet, A.msg()));
+    };
+    const play = (fromMs) => {
+      if (!p.file) { patch.posts.push('sfplay~: no file open'); return; }
+      if (p.end) p.end.cancel();
+      p.playing = true;
+      p.from = Math.max(0, fromMs);
+      p.startedAt = patch.sim.clock.now;
+      p.end = patch.sim.clock.schedule(Math.max(0, p.durationMs - p.from), () => { p.end = null; halt(); });
+    };
+    return {
+      receive(inlet, m) {
+        if (inlet !== 0) return reject(box, inlet, m);
+        if (m.sel === 'open') {
+          const real = m.args.length ? patch.sim.hostfs.real(String(m.args[0].v)) : null;
+          const info = real ? wavInfo(real) : null;
+          if (!info) { patch.posts.push(`sfplay~: ${m.args.map((a) => a.v).join(' ')}: can't open`); p.file = null; return; }
+          halt();
+          p.file = real;
+          p.durationMs = 1000 * info.frames / info.sampleRate;
+          p.opened.push(real);
+        } else if (m.sel === 'seek') play(Number(m.args[0].v));
+        else if (isNum(m)) { if (num(m) !== 0) play(0); else halt(); }
+        else reject(box, inlet, m);
+      },
+      get playing() { return p.playing; },
+      get file() { return p.file; },
+      position() { return p.playing ? p.from + patch.sim.clock.now - p.startedAt : null; },
+    };
+  },
+
+  // *~ (https://docs.cycling74.com/max8/refpages/times~): a number in the right inlet sets the multiplier,
+  // the argument is its initial value. (Signals are not simulated; the level is readable.)
+  '*~': (box) => {
+    let value = box.args.length ? Number(box.args[0].v) : 0;
+    return {
+      receive(inlet, m) { if (inlet === 1 && isNum(m)) value = num(m); else reject(box, inlet, m); },
+      get value() { return value; },
+    };
+  },
+
+  // dbtoa (https://docs.cycling74.com/max8/refpages/dbtoa): "Converts decibel values to amplitude", 10^(dB/20).
+  dbtoa: (box, patch) => ({
+    receive(inlet, m) {
+      if (!isNum(m)) return reject(box, inlet, m);
+      patch.output(box, 0, A.msg(A.float(10 ** (num(m) / 20))));
+    },
+  }),
+
+  // pattr (https://docs.cycling74.com/max8/refpages/pattr): stores any message and outputs it; "set" stores
+  // without output; bang outputs the stored value. With @parameter_enable 1 and the blob type, Live saves the
+  // value with the set and restores it (outputs it) when the set is opened
+  // (https://docs.cycling74.com/max8/vignettes/live_parameters: "blob: any type of data you can store with a
+  // pattr object").
+  pattr: (box, patch) => {
+    let value = null;
+    const out = () => { if (value) patch.output(box, 0, A.fromAtoms(value)); };
+    return {
+      receive(inlet, m) {
+        if (m.sel === 'set') value = m.args.slice();
+        else if (m.sel === 'bang') out();
+        else { value = A.toAtoms(m); out(); }
+      },
+      load() {},
+      get value() { return value && value.map(A.toJs); },
+    };
+  },
+
+  // node.script (https://docs.cycling74.com/max8/refpages/node.script, Node for Max API
+  // https://docs.cycling74.com/nodeformax/api/): runs the script (frozen into the device) in a Node process;
+  // @autostart 1 starts it when the patcher loads; a message is delivered to the script's max-api handler of the
+  // same name; the script's maxApi.outlet() leaves the left outlet. "script start|stop" control the process.
+  'node.script': (box, patch) => {
+    const { fork } = require('node:child_process');
+    const os = require('node:os');
+    const path = require('node:path');
+    const name = String(box.args[0].v);
+    const auto = box.attrs.autostart ? Number(box.attrs.autostart[0].v) : 0;
+    let child = null;
+    const start = () => {
+      if (child) return;
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sim-node-'));
+      const file = path.join(dir, name);
+      fs.writeFileSync(file, patch.file(name));
+      // a sandbox: no PATH but node's folder, a home of its own, unless the test gives an environment
+      const env = Object.assign({ PATH: path.dirname(process.execPath), HOME: dir, USERPROFILE: dir },
+        patch.sim.options.nodeEnv || {}, { NODE_PATH: path.join(__dirname, 'node_modules_stub') });
+      child = fork(file, [], { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
+      child.stdout.on('data', (d) => patch.posts.push(`node.script: ${String(d).trimEnd()}`));
+      child.stderr.on('data', (d) => patch.posts.push(`node.script: ${String(d).trimEnd()}`));
+      child.on('message', (m) => patch.deliver(() => {
+        if (m.outlet) patch.output(box, 0, A.fromAtoms(m.outlet.map(A.fromJs)));
+        if (m.post !== undefined) patch.posts.push(`${m.level === 'error' ? 'error: ' : ''}${name}: ${m.post}`);
+      }));
+      child.on('exit', () => { child = null; fs.rmSync(dir, { recursive: true, force: true }); });
+      patch.sim.children.push(() => { if (child) child.kill(); });
+    };
+    if (auto) start();
+    return {
+      receive(inlet, m) {
+        if (m.sel === 'script') {
+          const what = String(m.args[0] && m.args[0].v);
+          if (what === 'start') start(); else if (what === 'stop' && child) child.kill();
+          return;
+        }
+        if (!child) { patch.posts.push(`error: node.script: Node script not ready, can't handle message ${m.sel}`); return; }
+        child.send(A.toAtoms(m).map(A.toJs));
+      },
+      get running() { return !!child; },
+    };
+  },
+
   // js (jsbox.js)
   js: (box, patch) => {
     const filename = String(box.args[0].v);
@@ -425,6 +549,23 @@ const OBJECTS = {
 OBJECTS.t = OBJECTS.trigger;
 OBJECTS['live.comment'] = OBJECTS.comment;
 for (const name of ['live.tab', 'live.menu', 'live.numbox', 'live.text', 'live.dial']) OBJECTS[name] = liveParameter;
+
+// The frames and rate of a PCM WAV file (its 'fmt ' and 'data' chunks), or null.
+function wavInfo(file) {
+  let buf;
+  try { buf = fs.readFileSync(file); } catch (e) { return null; }
+  if (buf.toString('latin1', 0, 4) !== 'RIFF' || buf.toString('latin1', 8, 12) !== 'WAVE') return null;
+  let pos = 12;
+  let fmt = null;
+  while (pos + 8 <= buf.length) {
+    const id = buf.toString('latin1', pos, pos + 4);
+    const size = buf.readUInt32LE(pos + 4);
+    if (id === 'fmt ') fmt = { channels: buf.readUInt16LE(pos + 10), sampleRate: buf.readUInt32LE(pos + 12), blockAlign: buf.readUInt16LE(pos + 20) };
+    if (id === 'data' && fmt) return { channels: fmt.channels, sampleRate: fmt.sampleRate, frames: Math.floor(size / fmt.blockAlign) };
+    pos += 8 + size + (size % 2);
+  }
+  return null;
+}
 
 // WAV (RIFF WAVE, PCM) of interleaved float frames in [-1, 1]: 16- or 24-bit little-endian integers.
 function writeWav(file, samples, channels, sampleRate, bits) {
@@ -440,4 +581,4 @@ function writeWav(file, samples, channels, sampleRate, bits) {
   fs.writeFileSync(file, Buffer.concat([h, data]));
 }
 
-module.exports = { OBJECTS, writeWav };
+module.exports = { OBJECTS, writeWav, wavInfo };

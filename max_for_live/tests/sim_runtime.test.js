@@ -31,11 +31,11 @@ function withCollector(boxes, cords, opts) {
   return sim;
 }
 
-test('the built .amxd: an audio effect, frozen, with both scripts and a patcher', () => {
+test('the built .amxd: an audio effect, frozen, with its scripts and a patcher', () => {
   const d = readAmxd(DEFAULT_AMXD);
   assert.equal(d.deviceType, 'aaaa');
   assert.equal(d.frozen, true);
-  assert.deepEqual(Object.keys(d.files).sort(), ['stage_device.js', 'stage_logic.js']);
+  assert.ok(['stage_device.js', 'stage_logic.js'].every((f) => f in d.files), Object.keys(d.files).join(' '));
   assert.ok(d.patcher.boxes.some((b) => b.box.text === 'js stage_device.js'));
 });
 
