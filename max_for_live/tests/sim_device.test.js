@@ -286,3 +286,73 @@ test('a message the script does not know is named in the Max window', async (t) 
   d.sim.send('script', 0, '/not/ours');
   assert.deepEqual(d.sim.posts, ['STAGE Bridge: unknown message bogus\n']);
 });
+
+test('no daemon: the device asks node.script (the real stage_launcher.js) to start one; without the command it says so', async (t) => {
+  const d = await loadDevice(t);
+  for (let i = 0; i < 8; i++) d.sim.advance(1000);           // pings without an answer for longer than 5 s
+  assert.match(d.sim.status, /^Starting the stage-bridge daemon/);
+  await d.sim.waitFor(() => /^Could not start stage-bridge/.test(d.sim.status), 20000, 'the launcher\'s answer');
+  assert.match(d.sim.status, /set the "stage-bridge command" field/);
+});
+
+test('audition: the chosen take plays from its start bar in time with Live, at the dial\'s level, and stops with the transport', async (t) => {
+  const d = await loadDevice(t);
+  await connect(d);
+  const { sim, daemon, recv, home } = d;
+  sim.click('Bars', 0);                    // 1 bar
+  sim.locate(13.25);
+  sim.play();
+  sim.click('Generate');
+  sim.advance(1375 + 2250 + 300);          // to the bar line (beat 16), 1 bar + tail, settle
+  await sim.waitFor(() => daemon.got.some((m) => m.address === '/stage/generate'), 10000, '/stage/generate');
+  const id = daemon.got.find((m) => m.address === '/stage/generate').args[0].value;
+  const take = path.join(home, 'outbox', `${id}.drums.120bpm.take1.wav`);
+  require('../sim/objects').writeWav(take, new Array(2 * 44100).fill(0.1), 1, 44100, 16);   // 2 s = 1 bar
+  daemon.reply(recv, '/stage/job/done', id, take);
+  await sim.waitFor(() => sim.results.length === 1, 10000, 'the results menu');
+  sim.stop();
+  sim.locate(12);                          // one bar before the take
+  sim.click('Audition level', -6);
+  assert.ok(Math.abs(sim.box('level_0').value - 10 ** (-6 / 20)) < 1e-9);
+  assert.equal(sim.box('level_1').value, sim.box('level_0').value);
+  sim.click('Audition');
+  assert.equal(sim.box('player').file, take);
+  assert.equal(sim.box('audition_timepoint').ticks, 16 * 480);
+  assert.match(sim.status, /^Audition armed: .*take1\.wav plays when Live reaches bar 5/);
+  sim.play();
+  sim.advance(1999);
+  assert.equal(sim.box('player').playing, false);
+  sim.advance(1);
+  assert.equal(sim.box('player').playing, true);
+  assert.ok(Math.abs(sim.box('player').position()) < 1e-6);
+  assert.match(sim.status, /^Auditioning /);
+  sim.advance(500);
+  sim.stop();
+  assert.equal(sim.box('player').playing, false);
+  sim.advance(10);
+  assert.doesNotMatch(sim.status, /Auditioning|armed/);
+  // playing again from inside the take: Audition starts it at the matching offset at once
+  sim.locate(17);
+  sim.play();
+  sim.click('Audition');
+  assert.equal(sim.box('player').playing, true);
+  assert.ok(Math.abs(sim.box('player').position() - 500) < 1e-6, String(sim.box('player').position()));
+  assert.deepEqual(sim.errors, []);
+});
+
+test('the device remembers its texts and takes with the Live set: a reopened set shows them', async (t) => {
+  const d = await loadDevice(t);
+  await connect(d);
+  d.sim.type('ui_prompt', 'Genres: Rock.');
+  const { take } = await doneJob(d);
+  const saved = d.sim.box('state').value;
+  assert.ok(saved && saved.length, 'the pattr holds the state');
+  d.sim.close();
+  // Live opens the set again: the blob parameter comes back with the device
+  const again = new Sim({ os: 'macintosh', devicePath: d.sim.devicePath, parameters: { 'STAGE state': saved,
+    'Send port': d.daemon.port, 'Receive port': d.recv } });
+  t.after(() => again.close());
+  again.start();
+  assert.deepEqual(again.results, [path.basename(take)]);
+  assert.equal(again.box('ui_prompt').text, 'Genres: Rock.');
+});
