@@ -56,7 +56,7 @@ class Relay:
         self.to_daemon: Callable[[str], str] = lambda s: s
         self.to_device: Callable[[str], str] = lambda s: s
         self.log: list[tuple[str, str, list[Any]]] = []   # (direction, address, params)
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._pump, args=(self.inbound, "out"), daemon=True),
                          threading.Thread(target=self._pump, args=(self.reply, "in"), daemon=True)]
@@ -90,14 +90,22 @@ class Relay:
                 data = builder.build().dgram
             with self._lock:
                 self.log.append((direction, msg.address, params))
+                self._lock.notify_all()
             target = self.daemon_port if direction == "out" else self.device_port
             if target:
                 sock.sendto(data, ("127.0.0.1", target))
 
     def sent(self, address: str) -> list[list[Any]]:
         """What the device sent with this address (before any mapping)."""
-        with self._lock:
+        with self._lock:  # re-entrant use from wait_sent: Condition's default lock is an RLock
             return [p for d, a, p in self.log if d == "out" and a == address]
+
+    def wait_sent(self, address: str, count: int, timeout: float = 30.0) -> list[list[Any]]:
+        """Until the device has sent `count` messages with this address through the relay."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: len(self.sent(address)) >= count, timeout):
+                raise AssertionError(f"the device sent {len(self.sent(address))} {address}, not {count}: {self.log[-10:]}")
+            return self.sent(address)
 
     def close(self) -> None:
         self._stop.set()
@@ -238,7 +246,7 @@ def test_mix_click_job_with_the_transport_playing(rig: dict[str, Any], device: C
     d.ask("advance", ms=1)
     assert d.state()["status"].startswith("Recording 1 bars from bar 5"), d.state()["status"]
     d.ask("advance", ms=2250 + 300)           # 1 bar + the 250 ms tail, then the 300 ms settle
-    d.wait("sim.sent.some((m) => m.address === '/stage/generate')", 10_000)
+    rig["relay"].wait_sent("/stage/generate", before + 1)
     state = d.state()
     [rec] = state["recorded"]
     bounce = Path(rec["file"])
@@ -293,8 +301,7 @@ def test_windows_paths(rig: dict[str, Any], device: Callable[..., SimDevice], tm
     d.click("Bars", 0)
     d.click("Generate")
     d.ask("advance", ms=10_000)
-    d.wait("sim.sent.some((m) => m.address === '/stage/generate')", 10_000)
-    context = generated(rig)[before][1]
+    context = rig["relay"].wait_sent("/stage/generate", before + 1)[before][1]
     assert context.startswith(WIN_HOME + "\\bounces\\live-") and context.endswith(".wav"), context
     d.wait("sim.results.length === 1 && sim.progress === 100")
     d.click("Insert clip")
@@ -319,3 +326,32 @@ def test_empty_prompt_and_home_fields(rig: dict[str, Any], device: Callable[...,
     assert "prompt" not in job, job
     assert Path(job[1]).parent == rig["home"] / "bounces", job
     assert d.state()["errors"] == []
+
+
+def test_audition_of_a_real_take(rig: dict[str, Any], device: Callable[..., SimDevice]) -> None:
+    """The daemon's take (its real length) plays from the bar where its recording started, at the dial's
+    level, ends on its own, and waits for Live to come back to that bar."""
+    d = device()
+    d.connect()
+    d.click("Bars", 0)
+    d.ask("locate", beats=13.25)
+    d.ask("play")
+    d.click("Generate")
+    d.ask("advance", ms=1375 + 2250 + 300)
+    d.wait("sim.results.length === 1 && sim.progress === 100")
+    d.ask("stop")
+    d.ask("locate", beats=12.0)
+    d.click("Audition level", -12)
+    d.click("Audition")
+    state = d.state()
+    assert state["status"].startswith("Audition armed: "), state["status"]
+    take = rig["home"] / "outbox" / state["results"][0]
+    seconds = sf.info(str(take)).duration
+    assert abs(seconds - 2.0) < 0.01              # one bar at 120 bpm
+    d.ask("play")
+    d.ask("advance", ms=2000)                     # to bar 5
+    assert d.state()["status"].startswith("Auditioning "), d.state()["status"]
+    d.ask("advance", ms=round(seconds * 1000) + 1)
+    state = d.state()
+    assert state["status"].startswith("Audition armed: "), state["status"]   # played to its end
+    assert state["errors"] == [], state["posts"]
