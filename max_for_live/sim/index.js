@@ -66,7 +66,7 @@ class Sim {
     this.epoch = o.epoch === undefined ? Date.now() : o.epoch;   // the wall-clock time at clock 0 (js Date)
     this.hostfs = new HostFs({ os: o.os, bootVolume: o.bootVolume, drives: o.drives });
     this.live = new Live({ set: o.liveSet || defaultLiveSet(), clock: this.clock, hostfs: this.hostfs,
-      splitsSpaces: o.splitsSpaces, audioClipApi: o.audioClipApi, post: (t) => this.posts.push(t.replace(/\n$/, '')) });
+      splitsSpaces: o.splitsSpaces, audioClipApi: o.audioClipApi, callReturnsId: o.callReturnsId !== false, post: (t) => this.posts.push(t.replace(/\n$/, '')) });
 
     const device = o.device || readAmxd(o.amxd);   // o.device: {patcher, files} for small test patches
     this.device = device;

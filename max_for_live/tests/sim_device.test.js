@@ -356,3 +356,18 @@ test('the device remembers its texts and takes with the Live set: a reopened set
   assert.deepEqual(again.results, [path.basename(take)]);
   assert.equal(again.box('ui_prompt').text, 'Genres: Rock.');
 });
+
+// Open question (issue 13, D2/D4; sim/live.js [RETURN]): nothing documents what create_audio_clip returns. If
+// Live returns nothing, the device reports "Live did not create the clip" although the clip is there (and, for
+// a path with spaces, tries again with the path in quotes). The fix, in src/stage_device.js createClip/insertClip:
+// when the call returns no id, look for the clip instead (Arrangement: a clip in arrangement_clips whose
+// file_path is the take and whose start_time is the anchor; Session: the slot's has_clip turned 1) before
+// retrying or reporting a failure.
+test.todo('if create_audio_clip returns nothing, Insert still sees the clip Live created (open question, not a confirmed defect)', async (t) => {
+  const d = await loadDevice(t, { callReturnsId: false });
+  await connect(d);
+  await doneJob(d);
+  d.sim.click('Insert clip');
+  assert.equal(d.sim.live.set.tracks[0].arrangement_clips.length, 1);
+  assert.match(d.sim.status, /^Inserted /);
+});
