@@ -57,11 +57,13 @@ const OBJECTS = {
   'plugout~': (box) => ({ receive: (i, m) => reject(box, i, m) }),
 
   // sfrecord~ (https://docs.cycling74.com/max8/refpages/sfrecord~; Max 5 page
-  // https://docs.cycling74.com/max5/refpages/msp-ref/sfrecord~.html): "open: Opens a file for recording";
-  // "If a file has been opened with the open message, a non-zero value begins recording, and 0 stops
-  // recording and closes the file. sfrecord~ requires another open message to record again"; the argument
-  // is the number of channels; @bitdepth the sample size. The file holds what plugin~ played while recording,
-  // at the simulated sample rate.
+  // https://docs.cycling74.com/max5/refpages/msp-ref/sfrecord~.html): "open: Opens a file for recording. By
+  // default, the file type is AIFF ... The optional symbols aiff, au, raw, or wave specify the file format ...
+  // The format symbol (e.g., aiff) can follow the optional filename argument"; "If a file has been opened with
+  // the open message, a non-zero value begins recording, and 0 stops recording and closes the file. sfrecord~
+  // requires another open message to record again"; the argument is the number of channels; @bitdepth the
+  // sample size. The file holds what plugin~ played while recording, at the simulated sample rate. The
+  // simulation writes WAVE only: any other format (including the AIFF default) fails the test.
   'sfrecord~': (box, patch) => {
     const channels = box.args.length ? Number(box.args[0].v) : 1;
     const bits = Number(box.attrs.bitdepth ? box.attrs.bitdepth[0].v : 16);
@@ -71,8 +73,10 @@ const OBJECTS = {
         if (inlet !== 0) return reject(box, inlet, m);
         if (m.sel === 'open') {
           const words = m.args.map((a) => String(a.v));
-          const types = ['aiff', 'wave', 'au', 'raw', 'flac', 'caf', 'wav'];
-          const name = types.includes(words[0]) ? words[1] : words[0];
+          const types = ['aiff', 'wave', 'au', 'raw', 'flac', 'caf'];
+          const typed = words.filter((w) => types.includes(w));
+          const name = words.find((w) => !types.includes(w));
+          if ((typed[0] || 'aiff') !== 'wave') throw A.simError(`sfrecord~: open ${words.join(' ')} records ${typed[0] || 'AIFF (the default)'}, the simulation writes WAVE only`);
           const real = name === undefined ? null : patch.sim.hostfs.real(name);
           if (!real) { patch.posts.push(`sfrecord~: ${name}: can't open`); rec.file = null; return; }
           rec.file = real;
