@@ -6,8 +6,8 @@
 // when the clock reaches a specific time. The clock has to be moving forward in order for the bang to be
 // output" (https://docs.cycling74.com/max8/refpages/timepoint). Ticks: 480 per quarter note (Max time
 // value syntax, https://docs.cycling74.com/max8/vignettes/maxtime_syntax). Live's song time is in beats
-// (LOM Song.current_song_time: "The playing position in the Live Set, in beats",
-// https://docs.cycling74.com/apiref/lom/song); the simulation uses quarter-note beats.
+// (LOM Song.current_song_time, https://docs.cycling74.com/apiref/lom/song); the simulation's beats are
+// quarter notes (its tests use 4/4).
 
 const TICKS_PER_QUARTER = 480;
 

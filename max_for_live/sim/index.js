@@ -3,11 +3,13 @@
 // classes of objects.js, passes messages along the patch cords, and simulates Live around it (live.js)
 // on a clock the test advances (clock.js). See max_for_live/README.md.
 //
-// Message passing: an object's output goes to every inlet its outlet is connected to, depth-first (each
-// destination finishes all it causes before the next one gets the message) and, when one outlet feeds several
-// inlets, right to left by the destinations' positions (Max Basic Tutorial 5, "Message Order and Debugging",
-// https://docs.cycling74.com/max8/tutorials/basicchapter05: "Max messages ... are sent in right-to-left
-// order"; for objects at the same horizontal position, bottom to top).
+// Message passing: an object's output goes to every inlet its outlet is connected to, depth first (each
+// destination finishes all it causes before the next one gets the message: a patch cord is a function call)
+// and, when one outlet feeds several inlets, right to left by the destinations' positions (Max's right-to-left
+// order: "Order is right-to-left", https://docs.cycling74.com/max8/refpages/bangbang and the trigger page; Max
+// Basic Tutorial 5, "Message Order and Debugging"). Destinations at the same horizontal position: bottom to top
+// here - the documentation does not say, and the device's only such case (Generate banging both text fields)
+// does not depend on it.
 const path = require('node:path');
 const A = require('./atoms');
 const { readAmxd } = require('./amxd');

@@ -107,9 +107,9 @@ class Live {
     for (const o of this.observers.slice()) if (o.obj === obj && o.prop === prop) o.fire();
   }
 
-  // [LOM] Track.create_audio_clip(file_path, position): "Given an absolute path to a valid audio file in a
-  // supported format, creates an audio clip that references the file at the specified position in the
-  // arrangement view." ClipSlot.create_audio_clip(path): the same into an empty clip slot.
+  // [LOM] Track.create_audio_clip(file_path, position): an audio clip referencing an absolute path to an audio
+  // file, at that position of the Arrangement, on an audio track; ClipSlot.create_audio_clip(path): the same
+  // into an EMPTY clip slot of an audio track (Live 12.0.5 or later).
   call(obj, fn, atoms) {
     const track = this.set.tracks.includes(obj) ? obj : this.set.tracks.find((t) => t.clip_slots.includes(obj));
     if (fn !== 'create_audio_clip' || !this.audioClipApi || !track) {

@@ -41,9 +41,17 @@ function liveParameter(box, patch) {
       else if (m.sel === 'bang') o.out();
       else reject(box, inlet, m);
     },
-    // the musician clicks / types a value (live.text in button mode sends 1: "Button mode ... outputs 1 when
-    // clicked", https://docs.cycling74.com/max8/refpages/live.text)
-    click(value) { o.value = o.clip(value === undefined ? 1 : value); o.out(); },
+    // the musician clicks / types a value. live.text in button mode (mode 0): "In button mode, a mouse click on
+    // live.text highlights it for as long as the mouse is held down, sending the text out the second outlet and
+    // a bang message out the left outlet" (https://docs.cycling74.com/max5/refpages/m4l-ref/live.text.html).
+    click(value) {
+      if (box.maxclass === 'live.text' && !Number(box.mode) && value === undefined) {
+        patch.output(box, 0, A.msg());
+        return;
+      }
+      o.value = o.clip(value === undefined ? 1 : value);
+      o.out();
+    },
     // Parameters with "Initial Enable" send their initial value when the device loads
     // (live.numbox: "init: Restores and outputs the initial value"; Live restores every parameter on load).
     load() { if (v.parameter_initial_enable) o.out(); },
@@ -165,11 +173,13 @@ const OBJECTS = {
     };
   },
 
-  // delay (https://docs.cycling74.com/max8/refpages/delay): bang in the left inlet outputs a bang after the
-  // delay time ("a bang ... while a bang is already scheduled reschedules it"), "stop" cancels it, a number in
-  // the right inlet sets the delay time without output; the argument is the initial time (default 0 ms).
+  // delay (https://docs.cycling74.com/max8/refpages/delay, Max 5 page max-ref/delay.html): "A bang is delayed a
+  // certain number of milliseconds before being sent out the outlet"; "If a bang is already in delay when a new
+  // bang is received in the left inlet, the first bang is forgotten"; "stop" cancels it; a number in the right
+  // inlet "changes the delay time of the next received bang"; a number in the left inlet is stored as the time
+  // and starts the delay; "If there is no argument, the initial time interval is 5 milliseconds".
   delay: (box, patch) => {
-    let ms = box.args.length ? Number(box.args[0].v) : 0;
+    let ms = box.args.length ? Number(box.args[0].v) : 5;
     let pending = null;
     return {
       receive(inlet, m) {
@@ -271,8 +281,9 @@ const OBJECTS = {
     };
   },
 
-  // live.thisdevice (https://docs.cycling74.com/max8/refpages/live.thisdevice): "sends a bang from its left
-  // outlet when the Device is fully initialized, including the Live API" (patch.js start()).
+  // live.thisdevice (https://docs.cycling74.com/max8/refpages/live.thisdevice): "the object sends a bang from its
+  // left outlet when the Device is fully initialized, including the Live API" (the LiveAPI vignette's technical
+  // note, https://docs.cycling74.com/max8/vignettes/jsliveapi); index.js start().
   'live.thisdevice': (box, patch) => ({
     receive(inlet, m) { if (m.sel === 'bang') patch.output(box, 0, A.msg()); else reject(box, inlet, m); },
     ready() { patch.output(box, 0, A.msg()); },
@@ -472,7 +483,7 @@ const OBJECTS = {
     };
   },
 
-  // dbtoa (https://docs.cycling74.com/max8/refpages/dbtoa): "Converts decibel values to amplitude", 10^(dB/20).
+  // dbtoa (https://docs.cycling74.com/max8/refpages/dbtoa): a decibel value in, its amplitude out, 10^(dB/20).
   dbtoa: (box, patch) => ({
     receive(inlet, m) {
       if (!isNum(m)) return reject(box, inlet, m);
