@@ -94,6 +94,11 @@ class Sim {
   stop() { this.clock.setTransport('playing', false); }
   locate(beats) { this.clock.transport.beats = beats; this.live.notify(this.live.set, 'current_song_time'); }
   setTempo(bpm) { this.clock.setTransport('tempo', bpm); }
+  // the musician adds a track in Live: observers of live_set tracks hear of it (LiveAPI property observation)
+  addTrack(track) {
+    this.live.set.tracks.push(Object.assign({ has_audio_input: 1, is_foldable: 0, arrangement_clips: [], clip_slots: [] }, track));
+    this.live.notify(this.live.set, 'tracks');
+  }
   advance(ms) { this.clock.advance(ms); }
 
   // -- what the device shows ------------------------------------------------------------------------

@@ -371,3 +371,10 @@ test.todo('if create_audio_clip returns nothing, Insert still sees the clip Live
   assert.equal(d.sim.live.set.tracks[0].arrangement_clips.length, 1);
   assert.match(d.sim.status, /^Inserted /);
 });
+
+test('a track added in Live shows in the track menu at once (the device observes live_set tracks)', async (t) => {
+  const d = await loadDevice(t);
+  d.sim.addTrack({ name: 'New Audio' });
+  d.sim.addTrack({ name: 'MIDI', has_audio_input: 0 });
+  assert.deepEqual(d.sim.tracks, ['1 Drums', '4 Stem', '5 New Audio']);
+});
