@@ -257,7 +257,7 @@ const OBJECTS = {
   udpreceive: (box, patch) => {
     let sock = null;
     const listen = (port) => {
-      if (sock) sock.close();
+      if (sock) { try { sock.close(); } catch (e) { /* never bound (the port was taken) */ } }
       sock = dgram.createSocket('udp4');
       patch.sim.sockets.push(sock);
       sock.on('message', (buf) => {
