@@ -7,9 +7,10 @@
     python max_for_live/build.py --unfrozen DIR   # an unfrozen device plus its .js files, for editing in Max
 
 Sources: the patcher is described below in Python (boxes and patch cords by name); the scripts are
-`src/stage_device.js` (Max glue) and `src/stage_logic.js` (plain logic, tested with Node). The
-build writes the patcher as `src/STAGE Bridge.maxpat` (readable JSON, committed) and packs it with
-both scripts into `STAGE Bridge.amxd`. Same sources -> byte-identical files (no clocks, no
+`src/stage_device.js` (Max glue), `src/stage_logic.js` (plain logic, tested with Node) and
+`src/stage_launcher.js` (the Node for Max script that starts the daemon). The build writes the
+patcher as `src/STAGE Bridge.maxpat` (readable JSON, committed) and packs it with the three
+scripts into `STAGE Bridge.amxd`. Same sources -> byte-identical files (no clocks, no
 randomness).
 
 The .amxd layout (taken from Ableton's own devices in github.com/Ableton/maxdevtools: the
@@ -396,18 +397,18 @@ def device_patcher() -> dict[str, Any]:
     p.connect("ui_audition", 0, "prepend_audition", 0)
     p.connect("prepend_audition", 0, "script", 0)
     p.param("ui_level", "live.dial", (ux, 1040), [ax + 12, 30, 48, 48], ["", "float"], "Audition level", "Level", 0,
-            stored_only=False, parameter_mmin=-70.0, parameter_mmax=6.0, parameter_unitstyle=4,
+            parameter_mmin=-70.0, parameter_mmax=6.0, parameter_unitstyle=4,
             parameter_initial_enable=1, parameter_initial=[0.0], parameter_modmode=0)
     p.connect("ui_level", 0, "dbtoa", 0)
 
     # settings: the daemon's folder and the ports
-    p.label("label_home", "Daemon folder (empty: automatic)", (ux, 670), [4, 130, 150, 16])
+    p.label("label_home", "Daemon folder (optional)", (ux, 670), [4, 130, 150, 16])
     p.ui("ui_home", "textedit", (ux, 690), [4, 146, 150, 18], 1, ["", "int", "", ""], parameter_enable=0,
          lines=1, wordwrap=0, outputmode=1, bangmode=0, fontsize=10.0,
          hint="Only if the device cannot find it: the stage-bridge folder that holds bounces/")
     p.text_setting("home", "ui_home", (ux + 320, 690), width=90)
     p.connect("generate_press", 1, "ui_home", 0)
-    p.label("label_command", "stage-bridge command (empty: find it)", (ux, 710), [160, 130, 156, 16])
+    p.label("label_command", "stage-bridge command", (ux, 710), [160, 130, 156, 16])
     p.ui("ui_command", "textedit", (ux, 730), [160, 146, 156, 18], 1, ["", "int", "", ""], parameter_enable=0,
          lines=1, wordwrap=0, outputmode=1, bangmode=0, fontsize=10.0,
          hint="Only if the device cannot start the daemon: the path of stage-bridge (or its folder), then Return")

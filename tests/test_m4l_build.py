@@ -400,6 +400,7 @@ def test_audition_chain(graph):
     dial = graph.one(maxclass="live.dial", varname="Audition level")
     v = graph.valueof(dial)
     assert (v["parameter_mmin"], v["parameter_mmax"], v["parameter_unitstyle"], v["parameter_initial"]) == (-70, 6, 4, [0.0])
+    assert v["parameter_invisible"] == 1, "stored with the set (2 would be hidden: not stored)"
     dbtoa = graph.one("dbtoa")
     assert graph.cord(dial, 0, dbtoa, 0)
     assert all(graph.cord(dbtoa, 0, graph.one(maxclass="newobj", id=f"level_{ch}"), 1) for ch in (0, 1))

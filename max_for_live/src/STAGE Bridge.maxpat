@@ -2060,7 +2060,7 @@
 							"parameter_longname": "Audition level",
 							"parameter_shortname": "Level",
 							"parameter_type": 0,
-							"parameter_invisible": 2,
+							"parameter_invisible": 1,
 							"parameter_mmin": -70.0,
 							"parameter_mmax": 6.0,
 							"parameter_unitstyle": 4,
@@ -2092,7 +2092,7 @@
 						150.0,
 						16.0
 					],
-					"text": "Daemon folder (empty: automatic)",
+					"text": "Daemon folder (optional)",
 					"textjustification": 0,
 					"id": "label_home"
 				}
@@ -2186,7 +2186,7 @@
 						156.0,
 						16.0
 					],
-					"text": "stage-bridge command (empty: find it)",
+					"text": "stage-bridge command",
 					"textjustification": 0,
 					"id": "label_command"
 				}

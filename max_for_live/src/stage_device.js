@@ -145,7 +145,10 @@ function audition() {
 
 function auditionstarted() { dispatch({ type: 'auditionStarted' }); }
 function auditionended() { dispatch({ type: 'auditionEnded' }); }
+// [node.script]'s left outlet: what stage_launcher.js sent with maxAPI.outlet (https://docs.cycling74.com/nodeformax/api/)
 function launcher() { dispatch({ type: 'launcher', args: arrayfromargs(arguments) }); }
+// [pattr stage_state] outputs the saved state when Live restores the set's parameters
+// (https://docs.cycling74.com/max8/vignettes/live_parameters: blob parameters are stored with the set)
 function saved(value) { dispatch({ type: 'restore', value: value }); }
 
 function track(i) {
@@ -334,6 +337,8 @@ function perform(a) {
         outlet(0, ['node'].concat(L.launchAtoms(a)));   // -> [node.script stage_launcher.js]: launch ...
         break;
     case 'player':
+        // [sfplay~]: open <file>; seek <ms> starts playing there; 0 stops
+        // (https://docs.cycling74.com/max8/refpages/sfplay~)
         if (a.command === 'open') {
             outlet(0, 'player', 'open', a.path);
         } else if (a.command === 'seek') {
@@ -349,10 +354,12 @@ function perform(a) {
         outlet(0, 'auditiongate', a.open ? 1 : 0);
         break;
     case 'state':
-        outlet(0, 'state', 'set', a.value);   // [pattr] keeps it without output
+        // [pattr] set: keeps the value without output (https://docs.cycling74.com/max8/refpages/pattr)
+        outlet(0, 'state', 'set', a.value);
         break;
     case 'showText':
-        // an empty field is cleared: an empty symbol after `set` could vanish on the way
+        // [textedit] set <text>: shows it without output; clear: empties it
+        // (https://docs.cycling74.com/max8/refpages/textedit); an empty symbol after `set` could vanish on the way
         if (a.text === '') {
             outlet(0, 'show' + a.key, 'clear');
         } else {

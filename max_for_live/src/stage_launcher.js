@@ -35,8 +35,10 @@ function isWindows(platform) {
   return platform === 'win32';
 }
 
+// pip writes console scripts as .exe on Windows; .cmd/.bat files would need a shell to start
+// (https://nodejs.org/api/child_process.html#spawning-bat-and-cmd-files-on-windows), so they are not looked for.
 function executableNames(platform) {
-  return isWindows(platform) ? [`${COMMAND}.exe`, `${COMMAND}.cmd`, `${COMMAND}.bat`] : [COMMAND];
+  return isWindows(platform) ? [`${COMMAND}.exe`] : [COMMAND];
 }
 
 // Where README's install puts the command inside a checkout: scripts/install creates .venv there.

@@ -30,7 +30,8 @@ var StageLogic = (function () {
         bounceSettleMs: 300,     // let [sfrecord~] close the file before the daemon reads it
         ticksPerBeat: 480,       // Max transport ticks per quarter note
         askDaemonInfo: true,     // send /stage/info on connect: learn the daemon's bounces folder
-        autoLaunch: true         // no answer: ask the launcher (stage_launcher.js) to start the daemon
+        autoLaunch: true,        // no answer: ask the launcher (stage_launcher.js) to start the daemon
+        launcherReplyMs: 10000   // no word from the launcher this long after asking: ask again
     };
 
     var INSTRUMENTS = ['drums', 'bass'];
@@ -1101,9 +1102,12 @@ var StageLogic = (function () {
         if (this.now - since > this.options.pingTimeoutMs) {
             this.connection = 'disconnected';
         }
-        if (this.connection === 'disconnected' && this.launch.state === 'idle' && this.options.autoLaunch) {
-            // No answer for a while: ask the launcher to start `stage-bridge serve` on the device's ports.
-            this.launch = { state: 'starting', pid: 0, code: null, text: '' };
+        var unanswered = this.launch.state === 'starting' && this.now - this.launch.askedAt > this.options.launcherReplyMs;
+        if (this.connection === 'disconnected' && this.options.autoLaunch && (this.launch.state === 'idle' || unanswered)) {
+            // No answer for a while: ask the launcher to start `stage-bridge serve` on the device's ports. Asked
+            // again when the launcher said nothing (its Node process may still have been starting with the
+            // device); it never starts a second daemon, so asking twice is safe.
+            this.launch = { state: 'starting', pid: 0, code: null, text: '', askedAt: this.now };
             actions.push({ type: 'launch', sendPort: this.options.sendPort, receivePort: this.options.receivePort,
                            path: this.ui.launcher ? maxToNative(this.ui.launcher, this.os, this.bootVolume) : '',
                            hint: this.deviceFolder });
@@ -1152,6 +1156,13 @@ var StageLogic = (function () {
         this.note = '';
         this.progress = 0;
         if (this.connection === 'disconnected') {
+            if (this.options.autoLaunch && (this.launch.state === 'failed' || this.launch.state === 'exited')) {
+                // the daemon could not start or stopped: Generate tries to start it again (at the next tick)
+                this.launch.state = 'idle';
+                this.phase = this.done ? 'done' : 'idle';
+                this.note = '';
+                return actions;
+            }
             this.fail('not_connected', MESSAGES.notConnected.replace('PORT', String(this.options.sendPort)));
             return actions;
         }
@@ -1348,17 +1359,26 @@ var StageLogic = (function () {
         var path = this.results[this.selected];
         this.audition = { state: 'armed', path: path };
         actions.push({ type: 'player', command: 'open', path: nativeToMax(path, this.os, this.bootVolume) });
-        actions.push({ type: 'auditionArm', ticks: Math.round(this.done.anchorBeats * this.options.ticksPerBeat) });
+        actions.push({ type: 'auditionArm', ticks: this.auditionTicks() });
         actions.push({ type: 'auditionGate', open: true });
         if (transport.playing || this.live.playing) {
             this.seekAudition(transport, actions);
         }
     };
 
-    // The playhead (re)started: inside the take's span, play from the matching offset now.
+    // The tick the audition's [timepoint] waits for: one tick after the take's start. A timepoint bangs only
+    // while the clock moves forward (https://docs.cycling74.com/max8/refpages/timepoint), and at the start
+    // tick itself the clock may just have arrived by a jump (Live looping back to the take's bar, or Play
+    // pressed there); one tick later (about 1 ms at 120 bpm) it is moving, as for the recorder's loop start.
+    Controller.prototype.auditionTicks = function () {
+        return Math.round(this.done.anchorBeats * this.options.ticksPerBeat) + 1;
+    };
+
+    // The playhead (re)started: inside the take's span (past the timepoint's tick), play from the matching
+    // offset now; before it, the timepoint starts the take.
     Controller.prototype.seekAudition = function (transport, actions) {
         var ms = auditionOffsetMs(transport.songBeats, this.done.anchorBeats, this.done.lengthBeats, this.live.bpm);
-        if (ms !== null) {
+        if (ms !== null && transport.songBeats * this.options.ticksPerBeat >= this.auditionTicks()) {
             this.audition.state = 'playing';
             actions.push({ type: 'player', command: 'seek', ms: ms });
         }

@@ -79,14 +79,24 @@ test('the logic runs with only ES5 built-ins (a whole generation, in a stripped 
     run({ type: 'osc', address: '/stage/job/done', args: [id, '/Users/alice/stage/outbox/x.take1.wav'] });
     run({ type: 'insert', trackIndex: 0 });
     run({ type: 'reveal' });
+    run({ type: 'audition', transport: { playing: true, songBeats: 9 } });
+    run({ type: 'live', key: 'playing', value: 0 });
+    var saved = L.encodeState(c.snapshot());
+    var again = new L.Controller({ os: 'macintosh', bootVolume: 'Macintosh HD', tag: 'es5y', now: 0 });
+    again.dispatch({ type: 'restore', value: saved });
+    again.dispatch({ type: 'tick', now: 9000 });
+    again.dispatch({ type: 'launcher', args: ['failed', 'not', 'found'] });
     var wire = L.wireMessage(sent[0].message);
-    return JSON.stringify({ log: log, view: c.view(), atoms: L.toAtoms(wire),
+    return JSON.stringify({ log: log, view: c.view(), atoms: L.toAtoms(wire), restored: again.view(),
       misc: [L.maxToNative('Data:/a', 'macintosh', 'Macintosh HD'), L.nativeToMax('C:\\\\a', 'windows'),
              L.fileUrl('/a b', 'macintosh'), L.planRecording({ bars: 1, bpm: 90, num: 7, den: 8, songBeats: 1 }).startBeats,
              L.parseReply('/stage/status', ['idle', 0, 0, 'none', 'cpu', 'drums=missing']).models.drums] });
   })()`, ctx);
   const r = JSON.parse(result);
-  assert.deepEqual(r.log, ['send', 'send', 'send', 'send', 'recorder', 'stopAfter', 'arm', 'gate', 'gate', 'schedule', 'send', 'insertClip', 'reveal']);
+  assert.deepEqual(r.log, ['send', 'send', 'send', 'send', 'recorder', 'stopAfter', 'arm', 'gate', 'gate', 'schedule', 'send', 'insertClip', 'reveal',
+    'player', 'auditionArm', 'auditionGate', 'player', 'auditionGate', 'player']);
+  assert.deepEqual(r.restored.paths, ['/Users/alice/stage/outbox/x.take1.wav']);
+  assert.equal(r.restored.status, 'Could not start stage-bridge: not found');
   assert.equal(r.view.state, 'done');
   assert.equal(r.atoms[0], '/stage/generate');
   assert.ok(r.atoms.includes('Genres: "Rock"'));

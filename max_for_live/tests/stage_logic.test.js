@@ -589,15 +589,18 @@ test('no answer after loading: the launcher is asked once to start the daemon on
     [{ type: 'launch', sendPort: 9100, receivePort: 9101, path: '', hint: '/Users/alice/Music/Ableton/User Library/Presets/Audio Effects/Max Audio Effect' }]);
   assert.equal(c.view().status, 'Starting the stage-bridge daemon... (loading its models can take a minute)');
   assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 9000 })), [], 'never a second request while one is under way');
+  assert.equal(launches(c.dispatch({ type: 'tick', now: 17100 })).length, 1,
+    'no word from the launcher for 10 s (its Node process was still starting): asked again');
+  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 19100 })), []);
   c.dispatch({ type: 'launcher', args: ['started', 4242] });
   assert.equal(c.view().launch.pid, 4242);
   assert.match(c.view().status, /^Starting the stage-bridge daemon/);
-  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 11000 })), []);
-  connect(c, 12000);
+  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 30000 })), [], 'started: it is loading its models');
+  connect(c, 31000);
   assert.equal(c.view().status, 'Connected. Ready.');
-  c.dispatch({ type: 'tick', now: 30000 });
+  c.dispatch({ type: 'tick', now: 50000 });
   assert.equal(c.view().connection, 'disconnected');
-  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 32000 })), [], 'the process it started still runs: no second one');
+  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 52000 })), [], 'the process it started still runs: no second one');
 });
 
 test('a pong before the wait is over: the launcher is never asked', () => {
@@ -630,6 +633,11 @@ test('the daemon exited: its code and last words; already running elsewhere: say
   c.dispatch({ type: 'launcher', args: ['exited', 1, 'error: the drums model weights are not installed'] });
   assert.equal(c.view().status, 'stage-bridge stopped (exit code 1): error: the drums model weights are not installed. ' +
     'Copy its last lines from the Max window.');
+  assert.deepEqual(launches(c.dispatch({ type: 'tick', now: 9000 })), [], 'it stopped: not restarted in a loop');
+  c.dispatch({ type: 'generate', transport: {}, now: 9500 });
+  assert.equal(c.view().state, 'disconnected', 'Generate does not fail: it starts the daemon again');
+  assert.equal(launches(c.dispatch({ type: 'tick', now: 11000 })).length, 1);
+  assert.match(c.view().status, /^Starting the stage-bridge daemon/);
   const d = device();
   d.dispatch({ type: 'tick', now: 7000 });
   d.dispatch({ type: 'launcher', args: ['already', 9000] });
@@ -673,12 +681,16 @@ test('audition while stopped: arms a timepoint at the take\'s start bar; Play th
   const actions = c.dispatch({ type: 'audition', transport: { playing: false, songBeats: 0 } });
   assert.deepEqual(player(actions), [
     { type: 'player', command: 'open', path: 'Macintosh HD:/Users/alice/o/a.take1.wav' },
-    { type: 'auditionArm', ticks: 16 * 480 },
+    { type: 'auditionArm', ticks: 16 * 480 + 1 },
     { type: 'auditionGate', open: true }]);
   assert.equal(c.view().audition.state, 'armed');
   assert.match(c.view().status, /a\.take1\.wav plays when Live reaches bar 5/);
   assert.deepEqual(player(c.dispatch({ type: 'live', key: 'playing', value: 1, transport: { playing: true, songBeats: 0 } })), [],
     'before the take: the timepoint starts it');
+  c.dispatch({ type: 'live', key: 'playing', value: 0 });
+  c.dispatch({ type: 'audition', transport: { playing: false, songBeats: 16 } });
+  assert.deepEqual(player(c.dispatch({ type: 'live', key: 'playing', value: 1, transport: { playing: true, songBeats: 16 } })), [],
+    'Play pressed right on the take\'s bar: the timepoint (one tick on) starts it, no second start by seek');
   c.dispatch({ type: 'auditionStarted' });
   assert.equal(c.view().audition.state, 'playing');
   assert.match(c.view().status, /^Auditioning a\.take1\.wav/);
