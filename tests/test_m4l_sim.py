@@ -349,9 +349,9 @@ def test_audition_of_a_real_take(rig: dict[str, Any], device: Callable[..., SimD
     seconds = sf.info(str(take)).duration
     assert abs(seconds - 2.0) < 0.01              # one bar at 120 bpm
     d.ask("play")
-    d.ask("advance", ms=2000)                     # to bar 5
+    d.ask("advance", ms=2000 + 2)                 # to bar 5 (the device arms a tick after it: about 1 ms)
     assert d.state()["status"].startswith("Auditioning "), d.state()["status"]
-    d.ask("advance", ms=round(seconds * 1000) + 1)
+    d.ask("advance", ms=round(seconds * 1000))
     state = d.state()
     assert state["status"].startswith("Audition armed: "), state["status"]   # played to its end
     assert state["errors"] == [], state["posts"]
