@@ -17,9 +17,11 @@ class Clock {
     this.queue = [];       // {at, seq, fn, cancelled}
     this.seq = 0;
     this.transport = { playing: false, beats: 0, tempo: 120 };
+    this.arrived = 'jump';         // how the playhead got where it is: 'motion' (played into it) or 'jump'
     this.timepoints = new Set();   // {ticks, fire()}
     this.onTransport = [];         // listeners (Live observers): fn(field)
     this.recorders = new Set();    // objects told how much time passed (sfrecord~)
+    this.loop = () => ({ on: false, start: 0, length: 0 });   // Live's loop (live.js sets it)
   }
 
   // Max scheduler: fn runs `ms` from now (0: at the current time, after what is running).
@@ -40,11 +42,20 @@ class Clock {
     }
     if (this.transport.playing) {
       const ticks = this.ticksNow();
+      const loop = this.loop();
+      const loopEnd = (loop.start + loop.length) * TICKS_PER_QUARTER;
+      const looping = loop.on && loop.length > 0 && ticks < loopEnd;
       for (const tp of this.timepoints) {
-        if (tp.ticks === null || tp.ticks < ticks) continue;   // only forward motion reaches a point
-        if (tp.ticks === ticks && tp.firedAt === ticks) continue;
-        const at = this.now + (tp.ticks - ticks) * this.msPerTick();
-        if (at <= until && (!best || at < best.at)) best = { at, timepoint: tp };
+        // only forward motion through a point bangs it: not one the playhead passed, jumped onto or stands on
+        if (tp.ticks === null || tp.ticks < ticks - 1e-6 || (looping && tp.ticks > loopEnd)) continue;
+        const here = Math.abs(tp.ticks - ticks) <= 1e-6;
+        if (here && (this.arrived === 'jump' || tp.firedAt === tp.ticks)) continue;
+        const at = here ? this.now : this.now + (tp.ticks - ticks) * this.msPerTick();
+        if (at <= until + 1e-6 && (!best || at < best.at)) best = { at, timepoint: tp };
+      }
+      if (looping) {
+        const at = this.now + (loopEnd - ticks) * this.msPerTick();
+        if (at <= until + 1e-6 && (!best || at < best.at)) best = { at, wrap: loop.start };
       }
     }
     return best;
@@ -54,7 +65,10 @@ class Clock {
     const dt = at - this.now;
     if (dt <= 0) return;
     for (const r of this.recorders) r.elapse(this.now, at);
-    if (this.transport.playing) this.transport.beats += dt / 60000 * this.transport.tempo;
+    if (this.transport.playing) {
+      this.transport.beats += dt / 60000 * this.transport.tempo;
+      this.arrived = 'motion';
+    }
     this.now = at;
   }
 
@@ -69,6 +83,9 @@ class Clock {
         this.transport.beats = ev.timepoint.ticks / TICKS_PER_QUARTER;   // exactly on the point
         ev.timepoint.firedAt = ev.timepoint.ticks;
         ev.timepoint.fire();
+      } else if (ev.wrap !== undefined) {
+        this.transport.beats = ev.wrap;                                  // Live jumps to the loop start
+        this.arrived = 'jump';
       } else {
         ev.done = true;
         ev.fn();
@@ -78,9 +95,16 @@ class Clock {
     this.queue = this.queue.filter((e) => !e.done && !e.cancelled);
   }
 
+  // The playhead is put somewhere (Live's locate, or the transport starts where it stands).
+  jump(beats) {
+    this.transport.beats = beats;
+    this.arrived = 'jump';
+  }
+
   setTransport(field, value) {
     if (this.transport[field] === value) return;
     this.transport[field] = value;
+    if (field === 'playing') this.arrived = 'jump';
     for (const fn of this.onTransport) fn(field);
   }
 }

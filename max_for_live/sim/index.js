@@ -92,7 +92,7 @@ class Sim {
   // -- Live ------------------------------------------------------------------------------------------
   play() { this.clock.setTransport('playing', true); }
   stop() { this.clock.setTransport('playing', false); }
-  locate(beats) { this.clock.transport.beats = beats; this.live.notify(this.live.set, 'current_song_time'); }
+  locate(beats) { this.clock.jump(beats); this.live.notify(this.live.set, 'current_song_time'); }
   setTempo(bpm) { this.clock.setTransport('tempo', bpm); }
   // the musician adds a track in Live: observers of live_set tracks hear of it (LiveAPI property observation)
   addTrack(track) {

@@ -48,6 +48,7 @@ class Live {
       t.arrangement_clips = t.arrangement_clips || [];
       t.clip_slots = t.clip_slots || [];
     }
+    clock.loop = () => ({ on: Number(set.loop) === 1, start: Number(set.loop_start) || 0, length: Number(set.loop_length) || 0 });
     clock.onTransport.push((field) => {
       if (field === 'playing') this.notify(this.set, 'is_playing');
       if (field === 'tempo') this.notify(this.set, 'tempo');

@@ -218,7 +218,7 @@ const OBJECTS = {
   // Set the time in ticks at which to trigger a bang"; it bangs when the transport, moving forward, reaches
   // that time (clock.js).
   timepoint: (box, patch) => {
-    const tp = { ticks: box.args.length ? Number(box.args[0].v) : null, firedAt: null, fire: () => patch.output(box, 0, A.msg()) };
+    const tp = { ticks: box.args.length ? Number(box.args[0].v) : null, fire: () => patch.output(box, 0, A.msg()) };
     patch.sim.clock.timepoints.add(tp);
     return {
       receive(inlet, m) {

@@ -381,3 +381,22 @@ test('a track added in Live shows in the track menu at once (the device observes
   d.sim.addTrack({ name: 'MIDI', has_audio_input: 0 });
   assert.deepEqual(d.sim.tracks, ['1 Drums', '4 Stem', '5 New Audio']);
 });
+
+test('Live\'s loop on: the recording starts at the loop start when Live jumps back there', async (t) => {
+  const liveSet = Object.assign(defaultLiveSet(), { loop: 1, loop_start: 0, loop_length: 8 });
+  const d = await loadDevice(t, { liveSet });
+  await connect(d);
+  const { sim } = d;
+  sim.click('Bars', 0);                    // 1 bar of a 2-bar loop
+  sim.locate(5);
+  sim.play();
+  sim.click('Generate');
+  assert.match(sim.status, /loop start/);
+  sim.advance(1500);                       // beat 5 -> 8: the jump back to beat 0
+  assert.doesNotMatch(sim.status, /^Recording 1 bars from/);
+  sim.advance(2);                          // the clock moves on from the loop start
+  assert.match(sim.status, /^Recording 1 bars from bar 1/);
+  sim.advance(2250 + 300);
+  await sim.waitFor(() => d.daemon.got.some((m) => m.address === '/stage/generate'), 10000, '/stage/generate');
+  assert.equal(sim.recorded[0].frames, Math.round(2.25 * 44100));
+});

@@ -221,3 +221,22 @@ test('LiveAPI before live.thisdevice: id 0 and the Max window says why', () => {
   assert.equal(sim.box('j').js.ctx.api.id, '0');
   assert.match(sim.posts[0], /Live API is not initialized/);
 });
+
+test('timepoint: the playhead standing on the point or jumping onto it (a loop) does not bang it; moving through it does', () => {
+  const sim = withCollector([{ id: 'tp', text: 'timepoint', numinlets: 1, numoutlets: 1 }], [['tp', 0, 'collect', 0]]);
+  sim.live.ready = true;
+  Object.assign(sim.live.set, { loop: 1, loop_start: 0, loop_length: 8 });
+  sim.send('tp', 0, 0);                    // the loop start
+  sim.locate(6);
+  sim.play();
+  sim.advance(1000);                       // beat 6 -> 8, jump back to 0
+  assert.equal(sim.clock.transport.beats, 0);
+  sim.advance(3000);
+  assert.deepEqual(sim.got(), []);
+  assert.equal(sim.clock.transport.beats, 6);
+  sim.send('tp', 0, 1);                    // one tick past the loop start: reached after the next jump
+  sim.advance(1001);                       // beat 6 -> 8, jump to 0, 1 ms on (a tick is 1.04 ms at 120 bpm)
+  assert.deepEqual(sim.got(), []);
+  sim.advance(1);
+  assert.deepEqual(sim.got(), [['bang']]);
+});
