@@ -1,6 +1,6 @@
 'use strict';
 // The Max object classes the device uses, one small entry each: name -> (box, patch) => {receive(inlet, msg)}.
-// An object class that is not here makes loading the device FAIL (patch.js), so a new object in the device
+// An object class that is not here makes loading the device FAIL (index.js), so a new object in the device
 // needs a new, sourced entry here.
 //
 // Reference pages (docs.cycling74.com/max8/refpages/<name>, unless said otherwise) are cited per entry.
@@ -14,9 +14,7 @@ const num = (m) => (m.sel === 'int' || m.sel === 'float' || m.sel === 'list' ? N
 const isNum = (m) => m.sel === 'int' || m.sel === 'float';
 
 function reject(box, inlet, m) {
-  const e = new Error(`${box.className} (${box.id}) does not understand "${A.show(m)}" in inlet ${inlet}`);
-  e.simulation = true;
-  throw e;
+  throw A.simError(`${box.className} (${box.id}) does not understand "${A.show(m)}" in inlet ${inlet}`);
 }
 
 // A parameter object of Live (live.tab, live.menu, live.numbox, live.text, live.dial): "The number received
@@ -52,8 +50,9 @@ function liveParameter(box, patch) {
       o.value = o.clip(value === undefined ? 1 : value);
       o.out();
     },
-    // Parameters with "Initial Enable" send their initial value when the device loads
-    // (live.numbox: "init: Restores and outputs the initial value"; Live restores every parameter on load).
+    // The device loads: a parameter with "Initial Enable" takes and outputs its initial value, as its init
+    // message does (live.numbox: "init: Restores and outputs the initial value"); a value stored with the Live
+    // set is sent instead (index.js loadParameters).
     load() { if (v.parameter_initial_enable) o.out(); },
   };
   return o;
