@@ -240,3 +240,51 @@ test('timepoint: the playhead standing on the point or jumping onto it (a loop) 
   sim.advance(1);
   assert.deepEqual(sim.got(), [['bang']]);
 });
+
+test('node.script runs the frozen script in Node: handlers get the message, maxApi.outlet leaves the left outlet', async () => {
+  const sim = withCollector([{ id: 'n', text: 'node.script echo.js @autostart 1', numinlets: 1, numoutlets: 2 }], [['n', 0, 'collect', 0]], {
+    files: { 'echo.js': "const m = require('max-api'); m.addHandler('hello', (a, b) => m.outlet('hi', a + b, 'x y'));" } });
+  try {
+    sim.send('n', 0, 'hello', 1, 2);
+    sim.send('n', 0, 'nobody');
+    await sim.waitFor(() => sim.got().length === 1 && sim.posts.length === 1, 10000, 'the script\'s answer');
+    assert.deepEqual(sim.got(), [['hi', 3, 'x y']]);
+    assert.match(sim.posts[0], /no handler for message nobody/);
+  } finally {
+    sim.close();
+  }
+});
+
+test('sfplay~: open + 1 plays the file; the right outlet bangs when it ends or is halted; seek plays from there', () => {
+  const fs = require('node:fs');
+  const os = require('node:os');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sim sfplay '));
+  const wav = path.join(dir, 'a.wav');
+  require('../sim/objects').writeWav(wav, new Array(44100).fill(0), 1, 44100, 16);   // 1 s
+  const sim = withCollector([{ id: 'p', text: 'sfplay~ 2', numinlets: 2, numoutlets: 3 }, { id: 'db', text: 'dbtoa', numinlets: 1, numoutlets: 1 }],
+    [['p', 2, 'collect', 0], ['db', 0, 'collect', 0]], { os: 'posix' });
+  sim.send('p', 0, 'open', wav);
+  sim.send('p', 0, 1);
+  sim.advance(999);
+  assert.deepEqual(sim.got(), []);
+  sim.advance(1);
+  assert.deepEqual(sim.got(), [['bang']]);
+  sim.send('p', 0, 'seek', 600);
+  sim.advance(100);
+  sim.send('p', 0, 0);
+  assert.equal(sim.box('p').playing, false);
+  sim.advance(0);
+  assert.deepEqual(sim.got(), [['bang'], ['bang']]);
+  sim.send('db', 0, -20);
+  assert.ok(Math.abs(sim.got()[2][1] - 0.1) < 1e-12);
+  fs.rmSync(dir, { recursive: true });
+});
+
+test('pattr: set stores without output, a value is stored and output, bang outputs the stored value', () => {
+  const sim = withCollector([{ id: 's', text: 'pattr keep @parameter_enable 1', numinlets: 1, numoutlets: 3 }], [['s', 0, 'collect', 0]]);
+  sim.send('s', 0, 'set', 'abc');
+  assert.deepEqual(sim.got(), []);
+  sim.send('s', 0);
+  sim.send('s', 0, 'other', 2);
+  assert.deepEqual(sim.got(), [['abc'], ['other', 2]]);
+});
