@@ -8,7 +8,8 @@
 //           msg_float() exists, an int received will be passed to the msg_float() function"), list ("a message
 //           that begins with a number"), bang, anything (any message without its own function; messagename
 //           holds the message's name); functions whose local property is 1 are private: Max does not call
-//           them from a message.
+//           them from a message (what the Max window then says, and whether anything() gets the message, is
+//           not in the pages: the simulation posts "function X is private" and calls nothing).
 //  [GLOBAL] jsthis properties and methods, https://docs.cycling74.com/max8/vignettes/jsglobal : inlets,
 //           outlets, inlet, messagename, autowatch, jsarguments, outlet(n, ...) ("arrays are unrolled to one
 //           level"), post, messnamed, arrayfromargs, include, setinletassist/setoutletassist, patcher.
