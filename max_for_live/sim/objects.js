@@ -344,8 +344,11 @@ const OBJECTS = {
     };
   },
 
-  // textedit (https://docs.cycling74.com/max8/refpages/textedit): "bang: Outputs the typed or stored contents";
-  // with outputmode 1 the output starts with the word "text". What an EMPTY field outputs is not documented:
+  // textedit (https://docs.cycling74.com/max8/refpages/textedit, Max 5 page max-ref/textedit.html): "bang: Outputs
+  // the typed or stored contents of the textedit object's buffer"; "set ... sets the contents ... while causing no
+  // output"; "clear: Erases the contents". With outputmode 1 the output starts with the word "text" (the device's
+  // reading, build.py text_setting; the attribute's wording was not in the stored reference pages, so a test
+  // that depends on it says so). What an EMPTY field outputs is not documented:
   // the simulation's emptyText switch chooses a bare "text" ('text') or nothing ('nothing') (issue 13, U1).
   textedit: (box, patch) => {
     let text = '';
