@@ -68,9 +68,11 @@ class Live {
     if (words[0] === 'id') return this.ids[Number(words[1])] || undefined;
     if (words[0] !== 'live_set') return undefined;
     let obj = this.set;
-    for (let k = 1; k < words.length && obj; k += 2) {
-      const list = obj[words[k]];
-      obj = Array.isArray(list) ? list[Number(words[k + 1])] : undefined;
+    // a list child takes an index ("tracks 0"), a single child does not ("clip_slots 1 clip")
+    for (let k = 1; k < words.length && obj; k += 1) {
+      const child = obj[words[k]];
+      if (Array.isArray(child)) obj = /^\d+$/.test(words[k + 1] || '') ? child[Number(words[++k])] : undefined;
+      else obj = child !== null && typeof child === 'object' ? child : undefined;
     }
     return obj;
   }

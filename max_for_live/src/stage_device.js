@@ -227,15 +227,42 @@ function createdId(answer) {
     return words.length >= 2 && String(words[0]) === 'id' ? Number(words[1]) || 0 : 0;
 }
 
-// Calls create_audio_clip and returns the new clip's id (0 when Live created none). Whether Max passes a
-// string holding spaces as one atom or splits it is not settled (issue 13, D2), so an unquoted call that
-// creates nothing is retried once with the path in double quotes, which Max keeps as one symbol.
-function createClip(api, path, startBeats) {
+// The clip a create_audio_clip call made, found in the Live set: what the device relies on when the call
+// returns no id (nothing documents the return value; issue 13 review). Session: the slot now has a clip
+// (ClipSlot.has_clip, https://docs.cycling74.com/apiref/lom/clipslot). Arrangement: a clip of the track
+// that starts at the anchor and plays the take's file (Track.arrangement_clips; Clip.start_time and
+// Clip.file_path, https://docs.cycling74.com/apiref/lom/track and https://docs.cycling74.com/apiref/lom/clip).
+function findCreated(base, path, startBeats) {
+    if (startBeats === undefined) {
+        var slot = new LiveAPI(null, base);
+        return Number(first(slot.get('has_clip'))) === 1 ? Number(new LiveAPI(null, base + ' clip').id) || 0 : 0;
+    }
+    var name = path.slice(path.lastIndexOf('/') + 1);
+    var track = new LiveAPI(null, base);
+    var count = track.getcount('arrangement_clips');
+    for (var j = count - 1; j >= 0; j--) {
+        var clip = new LiveAPI(null, base + ' arrangement_clips ' + j);
+        var file = unquote(first(clip.get('file_path'))).replace(/\\/g, '/');
+        if (Math.abs(Number(first(clip.get('start_time'))) - startBeats) < 1e-6 &&
+            file.slice(file.lastIndexOf('/') + 1) === name) {
+            return Number(clip.id) || 0;
+        }
+    }
+    return 0;
+}
+
+// Calls create_audio_clip on the object at `base` and returns the new clip's id (0 when Live created
+// none), judged by the id the call returns or, when it returns none, by the clip found in the set (so a
+// clip that was made is never made twice). Whether Max passes a string holding spaces as one atom or
+// splits it is not settled (issue 13, D2), so an unquoted call that creates nothing is retried once with
+// the path in double quotes, which Max keeps as one symbol.
+function createClip(base, path, startBeats) {
+    var api = new LiveAPI(null, base);
     var forms = /\s/.test(path) ? [path, '"' + path + '"'] : [path];
     for (var k = 0; k < forms.length; k++) {
         var answer = startBeats === undefined ? api.call('create_audio_clip', forms[k])
             : api.call('create_audio_clip', forms[k], startBeats);
-        var id = createdId(answer);
+        var id = createdId(answer) || findCreated(base, path, startBeats);
         if (id) {
             return id;
         }
@@ -260,7 +287,7 @@ function insertClip(a) {
         for (var i = 0; i < slots && !where; i++) {
             var slot = new LiveAPI(null, base + ' clip_slots ' + i);
             if (Number(first(slot.get('has_clip'))) === 0) {
-                id = createClip(slot, path);
+                id = createClip(base + ' clip_slots ' + i, path);
                 if (!id) {
                     return { ok: false, message: notCreated(path) };
                 }
@@ -272,7 +299,7 @@ function insertClip(a) {
         }
     } else {
         // judged by the returned id, not by a count: a clip created where one starts can replace it (D4)
-        id = createClip(t, path, a.startBeats);
+        id = createClip(base, path, a.startBeats);
         if (!id) {
             return { ok: false, message: notCreated(path) };
         }
@@ -410,5 +437,9 @@ pressed.local = 1;
 transport.local = 1;
 refreshTracks.local = 1;
 insertClip.local = 1;
+findCreated.local = 1;
+createClip.local = 1;
+createdId.local = 1;
+unquote.local = 1;
 perform.local = 1;
 render.local = 1;

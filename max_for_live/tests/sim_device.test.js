@@ -360,19 +360,28 @@ test('the device remembers its texts and takes with the Live set: a reopened set
   assert.equal(again.box('ui_prompt').text, 'Genres: Rock.');
 });
 
-// Open question (issue 13, D2/D4; sim/live.js [RETURN]): nothing documents what create_audio_clip returns. If
-// Live returns nothing, the device reports "Live did not create the clip" although the clip is there (and, for
-// a path with spaces, tries again with the path in quotes). The fix, in src/stage_device.js createClip/insertClip:
-// when the call returns no id, look for the clip instead (Arrangement: a clip in arrangement_clips whose
-// file_path is the take and whose start_time is the anchor; Session: the slot's has_clip turned 1) before
-// retrying or reporting a failure.
-test.todo('if create_audio_clip returns nothing, Insert still sees the clip Live created (open question, not a confirmed defect)', async (t) => {
-  const d = await loadDevice(t, { callReturnsId: false });
+// Open question (issue 13, D2/D4; sim/live.js [RETURN]): nothing documents what create_audio_clip returns. When
+// the call returns no id, the device finds the clip Live made (Arrangement: the track's clip at the anchor that
+// plays the take; Session: the slot now has a clip), so it neither reports a failure nor, for a path with spaces,
+// makes the clip a second time with the quoted path.
+for (const splitsSpaces of [false, true]) test(`if create_audio_clip returns nothing, Insert finds the clip Live made, once (splitsSpaces=${splitsSpaces})`, async (t) => {
+  const d = await loadDevice(t, { callReturnsId: false, splitsSpaces });
   await connect(d);
-  await doneJob(d);
-  d.sim.click('Insert clip');
-  assert.equal(d.sim.live.set.tracks[0].arrangement_clips.length, 1);
-  assert.match(d.sim.status, /^Inserted /);
+  const { sim } = d;
+  sim.locate(13.25);
+  const { take } = await doneJob(d);
+  sim.click('Insert clip');
+  const clips = sim.live.set.tracks[0].arrangement_clips;
+  assert.equal(clips.length, 1);
+  assert.equal(sim.hostfs.real(clips[0].file_path), take);
+  assert.equal(clips[0].warping, 0);
+  assert.match(sim.status, /^Inserted .*\(Arrangement view at beat 16, warping off\)\./);
+  sim.click('Insert into', 1);
+  sim.click('Insert clip');
+  const slots = sim.live.set.tracks[0].clip_slots;
+  assert.deepEqual(slots.map((x) => x.has_clip), [1, 1, 0]);   // the first empty slot only, not the next one too
+  assert.equal(slots[1].clip.warping, 0);
+  assert.match(sim.status, /Session view, scene 2/);
 });
 
 test('a track added in Live shows in the track menu at once (the device observes live_set tracks)', async (t) => {
