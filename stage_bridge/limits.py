@@ -6,3 +6,4 @@ MAX_TAKES = 8  # takes run as one batch; more would multiply memory for little m
 MAX_PROMPT_CHARS = 500  # far more than a "Genres: ... Moods: ..." prompt; keeps OSC packets and logs small
 MAX_OFFSET_S = 3600  # an hour of pickup before the first downbeat: anything longer is a mistake
 MAX_SEED = 2**31 - 1  # seeds travel as OSC int32
+MAX_JOB_ID_CHARS = 64  # ids are echoed in every reply about the job; long ones would not fit a datagram
