@@ -54,6 +54,12 @@ class Codec:
         self._decoder = _split_at_lstm(model.decoder.layers, 1.0)
 
     @property
+    def margin_frames(self) -> int:
+        """The widest margin a chunk is computed with, on each side."""
+        return max(self._encoder.head_margin, self._encoder.tail_margin, self._decoder.head_margin,
+                   self._decoder.tail_margin)
+
+    @property
     def sample_rate(self) -> int:
         return int(self.model.config.sampling_rate)
 
