@@ -40,7 +40,8 @@ def receive(peer: socket.socket) -> OscMessage:
 def test_replies_come_from_loopback_only(transport, peer):
     assert transport.reply_source[0] == "127.0.0.1"  # bound before the first reply
     transport.send(P.PONG, "t")
-    msg, (host, port) = (lambda d: (OscMessage(d[0]), d[1]))(peer.recvfrom(65536))
+    data, (host, port) = peer.recvfrom(65536)
+    msg = OscMessage(data)
     assert (msg.address, msg.params) == (P.PONG, ["t"])
     assert transport.reply_source == (host, port) and host == "127.0.0.1"  # not 0.0.0.0:<ephemeral>
 
@@ -68,8 +69,9 @@ class _Unreached:
 def daemon_side(transport, tmp_path):
     """The OSC receive loop of the daemon on `transport` (no job service: every message below is
     refused before one would be needed)."""
-    ctx = OscContext(service=_Unreached(), tempo=TempoSource(), send=transport.send, instruments=("drums",),  # type: ignore[arg-type]
-                     models="drums=tiny-random", device="cpu", home=Path(tmp_path), bounces=Path(tmp_path))
+    ctx = OscContext(service=_Unreached(), tempo=TempoSource(), send=transport.send,  # type: ignore[arg-type]
+                     instruments=("drums",), models="drums=tiny-random", device="cpu", home=Path(tmp_path),
+                     bounces=Path(tmp_path))
     dispatcher = build_dispatcher(ctx)
     stop = threading.Event()
     thread = threading.Thread(target=transport.serve,

@@ -94,3 +94,22 @@ def test_another_job_of_the_same_name_is_not_mistaken_for_it(model, tmp_path):
     assert set(first).isdisjoint(other) and len(files(tmp_path)) == 12
     reused_id = StemJob(**{**three_takes("a").params(), "id": "a", "seed": 12})  # an id reused for a new request
     assert published_takes(tmp_path, reused_id) == {}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_fifos_named_like_takes_or_contexts_never_block(tmp_path):
+    import threading
+
+    from stage_bridge.bridge.runner import context_file_shape
+
+    job = three_takes()
+    os.mkfifo(tmp_path / "song.drums.120bpm.take1.json")
+    (tmp_path / "song.drums.120bpm.take1.wav").write_bytes(b"RIFF")
+    os.mkfifo(tmp_path / "context.wav")
+    results: list = []
+    worker = threading.Thread(target=lambda: results.extend([published_takes(tmp_path, job),
+                                                              context_file_shape(str(tmp_path / "context.wav"))]),
+                              daemon=True)
+    worker.start()
+    worker.join(30)
+    assert results == [{}, None]  # (a blocking open would leave the thread waiting for a writer)

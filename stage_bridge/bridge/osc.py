@@ -146,7 +146,8 @@ class OscEvents:
 
     def failed(self, job: Job) -> None:
         log.info("job %s failed: %s %s", job.id, job.error_code, job.error_message)
-        self.send(P.ERROR, job.id, job.error_code or "engine_error", P.clip(job.error_message or "", P.MAX_MESSAGE_CHARS))
+        message = P.clip(job.error_message or "", P.MAX_MESSAGE_CHARS)
+        self.send(P.ERROR, job.id, job.error_code or "engine_error", message)
 
     def cancelled(self, job: Job) -> None:
         self.send(P.CANCELLED, job.id)

@@ -3,6 +3,12 @@
 Why here and only here: a `StemJob` becomes the engine's `StemRequest` in exactly one place
 (`stem_request`), so a new setting cannot reach the engine by one front end and not another;
 and the takes are published with one sidecar (writer.take_sidecar and writer.take_loudness).
+
+Why it also refuses and resumes: here a job meets the disk and the machine. What could never
+finish is refused before any work (a name too long for the take files; more memory than is
+free, engine/budget.py), and a job run again after a crash ends with exactly its takes under
+their own names: its seed was fixed when it was made, and the takes the interrupted run
+published are found by their sidecars (`published_takes`).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, BinaryIO, Callable, Mapping
 
 from ..errors import Cancelled, StageError
 from ..limits import MAX_FILE_NAME_BYTES
@@ -66,17 +72,22 @@ def context_file_shape(path: str) -> "ContextShape | None":
     if not path:
         return None
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return None  # the worker reports the file's own error when it runs
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        try:
+        with _open_regular(Path(path)) as f:
             info = sf.info(f)
-        except (RuntimeError, sf.LibsndfileError, TypeError, ValueError):
-            return None
+    except (OSError, RuntimeError, TypeError, ValueError):  # the worker reports the file's own error when it runs
+        return None
     return ContextShape(info.frames, info.channels, info.samplerate)
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading without blocking (a FIFO swapped in never stalls the caller);
+    OSError unless it is a regular file."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise OSError(f"{path} is not a regular file")
+    return f
 
 
 def stem_request(job: StemJob, context: "Audio | None", settings: RenderSettings) -> "StemRequest":
@@ -122,7 +133,7 @@ def published_takes(outbox: Path, job: StemJob) -> dict[int, Path]:
             if not re.fullmatch(re.escape(base) + r"(-\d+)?", meta.stem) or not meta.with_suffix(".wav").is_file():
                 continue
             try:
-                with open(meta, "rb") as f:  # a regular file (glob matched, is_file above): never blocks
+                with _open_regular(meta) as f:
                     data = json.loads(f.read(1 << 20))
             except (OSError, ValueError):
                 continue
