@@ -115,3 +115,11 @@ def test_the_longest_valid_id_is_still_valid():
 def test_clip():
     assert P.clip("abc", 3) == "abc"
     assert P.clip("abcdef", 5) == "ab..."
+
+
+def test_a_file_name_that_is_not_utf8_still_makes_a_reply():
+    """Linux hands undecodable file-name bytes to Python as lone surrogates, which UTF-8 cannot
+    carry: the reply escapes them instead of failing to build (and never being sent)."""
+    name = b"/outbox/take\xff.wav".decode("utf-8", "surrogateescape")
+    msg = OscMessage(P.message(P.DONE, "job-1", name))
+    assert msg.params == ["job-1", "/outbox/take\\udcff.wav"]

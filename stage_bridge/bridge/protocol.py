@@ -280,6 +280,6 @@ def message(address: str, *args: Any) -> bytes:
             b.add_arg(a, "i" if -2**31 <= a < 2**31 else "h")
         elif isinstance(a, float):
             b.add_arg(a, "d" if math.isfinite(a) and abs(a) > 3.4028234663852886e38 else "f")
-        else:
-            b.add_arg(str(a), "s")
+        else:  # a lone surrogate (a file name's undecodable bytes) cannot be UTF-8: sent escaped, never dropped
+            b.add_arg(str(a).encode("utf-8", "backslashreplace").decode("utf-8"), "s")
     return b.build().dgram
