@@ -15,7 +15,6 @@ import soundfile as sf
 
 from daemon_util import Rig, running_daemon, unique_id
 from stage_bridge.bridge import protocol as P
-from stage_bridge.limits import MAX_JOB_ID_CHARS
 
 pytestmark = pytest.mark.slow  # a whole daemon answering real OSC peers (oscsend/oscdump)
 
@@ -74,7 +73,7 @@ def test_a_60_kb_job_id_gets_a_reply(rig):
         mark = rig.dump.mark()
         rig.send(address, types, *args)
         err = rig.dump.wait_for(lambda m: m.address == P.ERROR and m.args[1] == "bad_job_id", 10, since=mark)
-        assert len(err.args[0]) == MAX_JOB_ID_CHARS and err.args[0].startswith("jjj"), err
+        assert len(err.args[0]) == P.MAX_ECHO_CHARS and err.args[0].startswith("jjj"), err
         assert len(err.args[2]) <= P.MAX_MESSAGE_CHARS
     ping(rig)  # and it goes on answering
 

@@ -92,7 +92,7 @@ def test_a_60_kb_job_id_is_refused_with_a_reply_that_fits(daemon_side, peer, add
     assert reply.address == P.ERROR
     job_id, code, text = reply.params
     assert code == "bad_job_id"
-    assert len(job_id) == MAX_JOB_ID_CHARS and huge.startswith(job_id[:-3]) and job_id.endswith("...")
+    assert len(job_id) == P.MAX_ECHO_CHARS and huge.startswith(job_id[:-3]) and job_id.endswith("...")
     assert len(text) <= P.MAX_MESSAGE_CHARS and f"1-{MAX_JOB_ID_CHARS}" in text
 
 

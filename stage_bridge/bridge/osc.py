@@ -22,7 +22,6 @@ from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_packet import OscPacket
 
 from ..errors import StageError
-from ..limits import MAX_JOB_ID_CHARS
 from . import protocol as P
 from .jobs import Job, JobService
 from .tempo import TempoSource
@@ -119,7 +118,7 @@ def dispatch(dispatcher: Dispatcher, data: bytes, client: Any, send: Send) -> No
                 handler.invoke(client, msg)
             except P.ProtocolError as e:
                 about_job = msg.address in (P.GENERATE, P.CANCEL) and msg.params and isinstance(msg.params[0], str)
-                job_id = P.clip(msg.params[0], MAX_JOB_ID_CHARS) if about_job else ""
+                job_id = P.clip(msg.params[0], P.MAX_ECHO_CHARS) if about_job else ""
                 log.info("refused %s %s: %s", msg.address, job_id, e)
                 send(P.ERROR, job_id, e.code, P.clip(str(e), P.MAX_MESSAGE_CHARS))
             except Exception:

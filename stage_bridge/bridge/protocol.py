@@ -47,8 +47,9 @@ ERROR, CANCELLED = "/stage/job/error", "/stage/job/cancelled"
 INSTRUMENTS = ("drums", "bass")
 DEFAULT_CONTEXT_MODE = "mix+click"
 JOB_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_JOB_ID_CHARS - 1}}}")
-# Longest error message text a reply carries: with a clipped job id, every reply fits one UDP datagram
-# (an echo of what was sent could otherwise be as long as the datagram it came in).
+# What a reply echoes of what it was sent, at most: a refused job id (which may be longer than a valid
+# one) and the error message. So every reply fits one UDP datagram, however long the message it answers.
+MAX_ECHO_CHARS = 200
 MAX_MESSAGE_CHARS = 1000
 
 _UNITS = ", ".join(map(str, BEAT_UNITS[:-1])) + f" or {BEAT_UNITS[-1]}"
@@ -156,7 +157,7 @@ def check_bars(bars: Any) -> int:
 
 def check_job_id(job_id: Any) -> str:
     if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-        shown = clip(job_id, MAX_JOB_ID_CHARS) if isinstance(job_id, str) else job_id
+        shown = clip(job_id, MAX_ECHO_CHARS) if isinstance(job_id, str) else job_id
         raise ProtocolError("bad_job_id", f"job id {shown!r}: use 1-{MAX_JOB_ID_CHARS} letters, digits, '.', '_' "
                                           "or '-'.")
     return job_id
