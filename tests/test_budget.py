@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from stage_bridge.bridge.job import StemJob
+from stage_bridge.bridge.protocol import ProtocolError
 from stage_bridge.bridge.runner import RenderSettings, StemRunner, stem_request
 from stage_bridge.engine.budget import HEADROOM, ContextShape, Memory, check_fits, free_memory, need
 from stage_bridge.engine.generate import StemRequest, allocation_failures_as_out_of_memory
@@ -87,8 +88,9 @@ def job(**fields) -> StemJob:
 def test_a_real_job_too_large_is_refused_before_any_work(model, tmp_path):
     runner = StemRunner({"drums": model}, tmp_path, RenderSettings(sample_rate=44100),
                         free_memory=lambda device: Memory(2_000 * MB))
-    with pytest.raises(TooLarge) as refused:
-        runner.admit(job())  # at acceptance
+    with pytest.raises(ProtocolError) as refused:
+        runner.admit(job())  # at acceptance: a refusal like any other, code too_large
+    assert refused.value.code == "too_large"
     steps: list[float] = []
     with pytest.raises(TooLarge) as at_start:
         runner(job(), steps.append, lambda: False)  # and when it runs (a resumed job, memory taken since)
@@ -111,7 +113,7 @@ def test_admit_reads_the_context_files_header(model, tmp_path):
     runner.admit(spec)
     small = need(model, stem_request(spec, None, runner.settings), ContextShape(48000 * 4, 2, 48000))
     runner.free_memory = lambda device: Memory(int(small.host * HEADROOM) - 1)
-    with pytest.raises(TooLarge):
+    with pytest.raises(ProtocolError, match="bars fit|not even 1 bar"):
         runner.admit(spec)
 
 

@@ -189,16 +189,21 @@ class StemRunner:
     free_memory: "FreeMemory | None" = None  # None: what the OS reports (engine/budget.free_memory)
 
     def admit(self, job: StemJob) -> None:
-        """Refuse now what could never run, before the job is queued: a name too long for the take
-        files, more memory than is free (`TooLarge`, read from the context file's header)."""
+        """Refuse now what could never run, before the job is queued (ProtocolError, as every
+        refusal of a front end): a name too long for the take files (`bad_request`), more memory
+        than is free (`too_large`, the context's length read from its file's header)."""
         from ..engine import budget
+        from ..errors import TooLarge
 
         check_output_name(job)
         model = self.models.get(job.instrument)
         if model is None or isinstance(model, StageError):
             return  # the job fails with the model's own error when it runs
-        budget.check_fits(model, stem_request(job, None, self.settings), context_file_shape(job.context_path),
-                          (self.free_memory or budget.free_memory)(model.device))
+        try:
+            budget.check_fits(model, stem_request(job, None, self.settings), context_file_shape(job.context_path),
+                              (self.free_memory or budget.free_memory)(model.device))
+        except TooLarge as e:
+            raise ProtocolError(e.code, str(e)) from None
 
     def __call__(self, job: StemJob, progress: Callable[[float], None], should_cancel: Callable[[], bool]) -> list[str]:
         model = self.models.get(job.instrument)
