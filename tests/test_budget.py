@@ -147,7 +147,8 @@ def _python(code: str, timeout: float = 300) -> dict:
 @pytest.mark.parametrize("mode,takes", [("click", 1), ("mix", 4)])
 def test_the_estimate_bounds_a_real_requests_peak(mode, takes, tmp_path):
     """Real requests (64 s of audio, tiny-random): the peak RSS they add stays under the estimate,
-    and the estimate is not so far above that it would refuse what fits (measured: 1.7-1.9x)."""
+    and the estimate is not so far above that it would refuse what fits. (What they add includes
+    one-time growth, kernels and allocator, which only makes the first check stricter.)"""
     got = _python(f"""
         import json, resource
         import numpy as np, soundfile as sf
@@ -162,15 +163,15 @@ def test_the_estimate_bounds_a_real_requests_peak(mode, takes, tmp_path):
         def request(bars):
             context = load_audio(path) if {mode!r} == "mix" else None
             return StemRequest(bpm=60.0, bars=bars, context=context, context_mode={mode!r}, takes={takes}, seed=1)
-        render_stem(model, request(1))  # one-time growth (allocator, kernels) before measuring
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         req = request(16)
+        with open("/proc/self/statm") as f:  # resident now (the peak so far may be higher: imports)
+            before = int(f.read().split()[1]) * resource.getpagesize()
         render_stem(model, req)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # this job's peak: above any before
         shape = ContextShape(64 * 44100, 2, 44100) if {mode!r} == "mix" else None
         print(json.dumps({{"added": peak - before, "estimate": need(model, req, shape).host}}))
     """)
-    assert got["added"] <= got["estimate"] <= 3 * got["added"], got
+    assert got["added"] <= got["estimate"] <= 4 * got["added"], got  # measured: 1.9-2.3x
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ FLOAT64 = 8
 CONTEXT_BYTES = 20  # per model-rate sample (see `need`)
 TAKE_BYTES = 12  # per output sample and take
 LOUDNESS_BYTES = 64  # per output sample, once
+BASE_BYTES = 150_000_000  # what any job may add once: allocator slack, kernels and work buffers set up on first use
 HEADROOM = 0.85  # of what the OS reports free: the DAW, the OS and allocator slack need the rest
 
 
@@ -68,20 +69,21 @@ def need(model: StageModel, req: StemRequest, context: ContextShape | None) -> M
     sample measured with tracemalloc on tiny-random, then rounded up):
     - the context: the file as float32, its mono mix, the mix at the model rate, the context
       signal (20 B per model-rate sample: built in float64, kept as float32);
-    - the takes: each decoded at the model rate (float32), resampled, cropped and matched at the
-      output rate (8 B measured, 12 counted);
+    - the takes: each decoded at the model rate (float32, in host memory: codec.decode), resampled,
+      cropped and matched at the output rate (8 B measured, 12 counted);
     - loudness matching: pyloudnorm's float64 filter passes over one signal at a time (the
       context, then each take; both as stereo): 40-61 B per output sample measured, 64 counted;
     - the decoder: KV cache (2 x layers x rows x steps x dim) plus one layer's prefill
       activations (the FFN, the attention scores) for the longest window;
-    - the codec: one chunk of its widest layer (several tensors of it alive at once).
+    - the codec: one chunk of its widest layer (several tensors of it alive at once);
+    - a fixed `BASE_BYTES` for what the first job of a process sets up (~100 MB measured).
     tests/test_budget.py checks the sum against the peak RSS of real requests.
     """
     sr = model.sample_rate
     out_rate = context.sample_rate if context is not None else req.sample_rate
     n_out = bars_to_samples(req.bars, req.bpm, out_rate, req.beats_per_bar, req.beat_unit)
     n_model = int(round(Fraction(n_out) * sr / out_rate))
-    host = n_model * CONTEXT_BYTES + n_out * LOUDNESS_BYTES
+    host = BASE_BYTES + n_model * CONTEXT_BYTES + n_out * LOUDNESS_BYTES
     if context is not None:
         host += context.frames * (context.channels + 1) * FLOAT32  # the file, its mono mix
     host += req.takes * (n_model * FLOAT32 + n_out * TAKE_BYTES)
@@ -99,10 +101,9 @@ def need(model: StageModel, req: StemRequest, context: ContextShape | None) -> M
     filters = int(codec.model.config.num_filters)
     codec_work = chunk * filters * FLOAT32 * 6
     engine = kv + prefill + logits + codec_work
-    decoded = req.takes * n_model * FLOAT32  # the takes as the codec returns them (on its device)
     if _shares_host_memory(model.device):
         return Memory(host + engine)
-    return Memory(host + decoded, engine + decoded)  # the takes are copied to the host after decoding
+    return Memory(host, engine)
 
 
 def check_fits(model: StageModel, req: StemRequest, context: ContextShape | None, free: Memory) -> None:

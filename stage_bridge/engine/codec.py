@@ -90,15 +90,15 @@ class Codec:
 
     @torch.inference_mode()
     def decode(self, codes: Tensor) -> Tensor:
-        """(B, K, T) -> (B, T * hop) float audio on the codec's device, chunk by chunk and one row at a
-        time (so memory does not grow with the number of takes either)."""
+        """(B, K, T) -> (B, T * hop) float audio in host memory, chunk by chunk and one row at a time
+        (so the accelerator's memory grows neither with the length nor with the number of takes)."""
         t, hop = codes.shape[-1], self.hop_length
-        out = torch.zeros(codes.shape[0], t * hop, device=self.device)
+        out = torch.zeros(codes.shape[0], t * hop)
         for row in range(codes.shape[0]):
             done = 0
             for audio in self._decoder.stream(lambda a, b: self._embed(codes[row : row + 1, :, a:b]), t, 1,
                                               self.chunk_frames):
-                out[row, done : done + audio.shape[-1]] = audio[0, 0]
+                out[row, done : done + audio.shape[-1]] = audio[0, 0].cpu()
                 done += audio.shape[-1]
         return out
 

@@ -253,7 +253,7 @@ def _render_stem(model: StageModel, req: StemRequest, progress: Progress | None,
                            cross, progress=progress, should_cancel=should_cancel)
     t_generated = time.perf_counter()
     _check_cancel(should_cancel)
-    audio = codec.decode(codes)[:, :n_model].float().cpu().numpy()
+    audio = codec.decode(codes)[:, :n_model].numpy()  # float32, in host memory
     takes, loudness = _match_takes([fit_length(resample(a, sr, sr_out), n_out) for a in audio], sr_out, req, warnings)
     t_done = time.perf_counter()
     timings = {"encode_s": t_encoded - t_start, "generate_s": t_generated - t_encoded,
