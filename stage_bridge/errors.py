@@ -76,6 +76,19 @@ class CompileUnavailable(StageError):
     code = "compile_unavailable"
 
 
+class TooLarge(StageError):
+    """The request needs more memory than this machine has free; refused before it runs, with the
+    largest request that fits in the message."""
+
+    code = "too_large"
+
+
+class OutOfMemory(StageError):
+    """An allocation failed while generating (RAM or GPU): nothing was written."""
+
+    code = "out_of_memory"
+
+
 class Cancelled(StageError):
     """A generation was cancelled by the user; no file is written."""
 

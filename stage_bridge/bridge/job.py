@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..limits import random_seed
 from .protocol import DEFAULT_CONTEXT_MODE, GenerateRequest, ProtocolError, Tempo
 
 DEFAULT_METER = 4  # beats_per_bar and beat_unit when neither the request nor the tempo source says
@@ -24,7 +25,10 @@ class StemJob:
     """Everything needed to render and name one job's takes, tempo and path already resolved.
 
     `source`: "osc", "inbox" or "cli"; `name`: the first part of the output file names;
-    `tempo_source`: "request", "osc" or "midi"; `context_path`: resolved, or "" in click mode.
+    `tempo_source`: "request", "osc" or "midi"; `context_path`: resolved, or "" in click mode;
+    `seed`: drawn when the job is made if the request gave none (`job_from_request`), so the
+    journal holds it and a job run again after a crash makes the same takes. (None only in
+    journals written before, and for the CLI without --seed: the engine then draws one.)
     """
 
     id: str
@@ -56,7 +60,8 @@ class StemJob:
 def job_from_request(req: GenerateRequest, source: str, context_path: str, ambient: Tempo | None,
                      name: str | None = None) -> StemJob:
     """The job a request asks for: its own bpm, else the project tempo (and that tempo's meter
-    where the request gives none). `context_path` is already resolved (`resolve_context_path`)."""
+    where the request gives none), and its own seed, else one drawn now. `context_path` is
+    already resolved (`resolve_context_path`)."""
     if req.bpm is not None:
         bpm, tempo_source, bpb, unit = req.bpm, "request", None, None
     elif ambient is not None:
@@ -68,7 +73,8 @@ def job_from_request(req: GenerateRequest, source: str, context_path: str, ambie
         id=req.job_id, source=source, name=name or (Path(context_path).stem if context_path else req.job_id),
         context_path=context_path, instrument=req.instrument, bars=req.bars, bpm=bpm, tempo_source=tempo_source,
         beats_per_bar=req.beats_per_bar or bpb or DEFAULT_METER, beat_unit=req.beat_unit or unit or DEFAULT_METER,
-        offset=req.offset, prompt=req.prompt, takes=req.takes, context_mode=req.context_mode, seed=req.seed)
+        offset=req.offset, prompt=req.prompt, takes=req.takes, context_mode=req.context_mode,
+        seed=req.seed if req.seed is not None else random_seed())
 
 
 def resolve_context_path(text: str, home: Path, roots: Sequence[Path]) -> str:

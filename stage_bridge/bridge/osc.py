@@ -118,9 +118,9 @@ def dispatch(dispatcher: Dispatcher, data: bytes, client: Any, send: Send) -> No
                 handler.invoke(client, msg)
             except P.ProtocolError as e:
                 about_job = msg.address in (P.GENERATE, P.CANCEL) and msg.params and isinstance(msg.params[0], str)
-                job_id = msg.params[0] if about_job else ""
+                job_id = P.clip(msg.params[0], P.MAX_ECHO_CHARS) if about_job else ""
                 log.info("refused %s %s: %s", msg.address, job_id, e)
-                send(P.ERROR, job_id, e.code, str(e))
+                send(P.ERROR, job_id, e.code, P.clip(str(e), P.MAX_MESSAGE_CHARS))
             except Exception:
                 log.exception("handler for %s failed", msg.address)
 
@@ -145,7 +145,8 @@ class OscEvents:
 
     def failed(self, job: Job) -> None:
         log.info("job %s failed: %s %s", job.id, job.error_code, job.error_message)
-        self.send(P.ERROR, job.id, job.error_code or "engine_error", job.error_message or "")
+        message = P.clip(job.error_message or "", P.MAX_MESSAGE_CHARS)
+        self.send(P.ERROR, job.id, job.error_code or "engine_error", message)
 
     def cancelled(self, job: Job) -> None:
         self.send(P.CANCELLED, job.id)
@@ -175,12 +176,17 @@ class UdpTransport:
             raise StageError(f"cannot listen on {host}:{port} ({e.strerror}): is another stage-bridge "
                              "running? Stop it or choose another --osc-port.") from None
         self._sock.settimeout(0.2)
-        self._reply = socket.socket(socket.AF_INET6 if ":" in reply_host else socket.AF_INET, socket.SOCK_DGRAM)
         self._reply_addr = (reply_host, reply_port)
+        self._reply = _reply_socket(reply_host, reply_port)
 
     @property
     def address(self) -> tuple[str, int]:
         return self._sock.getsockname()[:2]
+
+    @property
+    def reply_source(self) -> tuple[str, int]:
+        """Where replies are sent from (the interface that reaches the reply host)."""
+        return self._reply.getsockname()[:2]
 
     def send(self, address: str, *args: Any) -> None:
         try:
@@ -204,3 +210,21 @@ class UdpTransport:
     def close(self) -> None:
         self._sock.close()
         self._reply.close()
+
+
+def _reply_socket(host: str, port: int) -> socket.socket:
+    """A UDP socket bound to the local address that reaches `host` (127.0.0.1 for a loopback
+    reply host), so that sending never binds it to every interface: an unbound socket gets
+    0.0.0.0:<ephemeral> at its first send and accepts datagrams from any computer, which
+    nothing ever reads. Where the route is unknown yet (a remote reply host while the network
+    is down), the OS picks at the first send, as before, with a warning."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:  # connect() on UDP sends nothing: it only routes
+            probe.connect((host, port))
+            source = probe.getsockname()[0]
+        sock.bind((source, 0))
+    except OSError as e:
+        log.warning("replies to %s:%s: no route yet (%s); the first reply picks the interface", host, port, e)
+    return sock

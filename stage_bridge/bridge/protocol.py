@@ -36,7 +36,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from ..audio.context import CONTEXT_MODES
 from ..audio.timing import BEAT_UNITS, BEATS_PER_BAR_RANGE, BPM_RANGE, is_int
 from ..errors import StageError
-from ..limits import MAX_BARS, MAX_OFFSET_S, MAX_PROMPT_CHARS, MAX_SEED, MAX_TAKES
+from ..limits import MAX_BARS, MAX_JOB_ID_CHARS, MAX_OFFSET_S, MAX_PROMPT_CHARS, MAX_SEED, MAX_TAKES
 
 PING, GENERATE, TEMPO, CANCEL, STATUS = "/stage/ping", "/stage/generate", "/stage/tempo", "/stage/cancel", "/stage/status"
 INFO = "/stage/info"  # asked and answered under the same address
@@ -46,14 +46,18 @@ ERROR, CANCELLED = "/stage/job/error", "/stage/job/cancelled"
 
 INSTRUMENTS = ("drums", "bass")
 DEFAULT_CONTEXT_MODE = "mix+click"
-JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+JOB_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_JOB_ID_CHARS - 1}}}")
+# What a reply echoes of what it was sent, at most: a refused job id (which may be longer than a valid
+# one) and the error message. So every reply fits one UDP datagram, however long the message it answers.
+MAX_ECHO_CHARS = 200
+MAX_MESSAGE_CHARS = 1000
 
 _UNITS = ", ".join(map(str, BEAT_UNITS[:-1])) + f" or {BEAT_UNITS[-1]}"
 
 # Every error code the daemon sends in /stage/job/error, with what it means for the musician.
 ERROR_CODES = {
     "bad_request": "the message has the wrong number or kinds of arguments",
-    "bad_job_id": "job ids are 1-64 letters, digits, '.', '_' or '-'",
+    "bad_job_id": f"job ids are 1-{MAX_JOB_ID_CHARS} letters, digits, '.', '_' or '-'",
     "duplicate_job": "a job with this id is already queued or running",
     "bad_instrument": "the instrument is not one the daemon has a model for",
     "bad_bars": f"bars must be a whole number from 1 to {MAX_BARS}",
@@ -67,6 +71,7 @@ ERROR_CODES = {
     "empty_audio": "the context file is empty or silent",
     "non_finite_audio": "the context file contains NaN or infinite samples",
     "queue_full": "too many jobs are waiting; try again when one finishes",
+    "too_large": "the job needs more memory than this machine has free; the message says the most bars that fit",
     "unknown_job": "no queued or running job has this id",
     "weights_missing": "model weights are missing on the daemon's machine",
     "out_of_memory": "the GPU or computer ran out of memory for this job",
@@ -153,8 +158,16 @@ def check_bars(bars: Any) -> int:
 
 def check_job_id(job_id: Any) -> str:
     if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
-        raise ProtocolError("bad_job_id", f"job id {job_id!r}: use 1-64 letters, digits, '.', '_' or '-'.")
+        shown = clip(job_id, MAX_ECHO_CHARS) if isinstance(job_id, str) else job_id
+        raise ProtocolError("bad_job_id", f"job id {shown!r}: use 1-{MAX_JOB_ID_CHARS} letters, digits, '.', '_' "
+                                          "or '-'.")
     return job_id
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, marked with "..." where cut: what a reply may echo of
+    what it was sent (job ids, paths, values) without outgrowing a datagram."""
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
 
 
 OPTION_TYPES = {"bpm": "number", "beats_per_bar": "int", "beat_unit": "int", "offset": "number", "prompt": "str",
@@ -269,6 +282,6 @@ def message(address: str, *args: Any) -> bytes:
             b.add_arg(a, "i" if -2**31 <= a < 2**31 else "h")
         elif isinstance(a, float):
             b.add_arg(a, "d" if math.isfinite(a) and abs(a) > 3.4028234663852886e38 else "f")
-        else:
-            b.add_arg(str(a), "s")
+        else:  # a lone surrogate (a file name's undecodable bytes) cannot be UTF-8: sent escaped, never dropped
+            b.add_arg(str(a).encode("utf-8", "backslashreplace").decode("utf-8"), "s")
     return b.build().dgram

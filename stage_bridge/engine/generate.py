@@ -13,12 +13,12 @@ Two layers:
 
 from __future__ import annotations
 
+import contextlib
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,8 +27,8 @@ from torch import Tensor
 from ..audio import (Audio, CONTEXT_MODES, DEFAULT_OFFSET_LU, LoudnessMatch, bars_to_samples, build_context,
                      fit_length, is_silent, match_loudness, measure_lufs, resample, to_mono, validate_loudness_offset,
                      validate_tempo)
-from ..errors import BadArgument, Cancelled, EmptyAudio
-from ..limits import MAX_BARS, MAX_TAKES
+from ..errors import BadArgument, Cancelled, EmptyAudio, OutOfMemory
+from ..limits import MAX_BARS, MAX_TAKES, random_seed
 from .decoder import Decoder
 from .lm import CrossContext
 from .model import StageModel
@@ -196,10 +196,33 @@ class StemResult:
     loudness: list[LoudnessMatch] = field(default_factory=list)  # one per take, in the order of `takes`
 
 
-@torch.inference_mode()
 def render_stem(model: StageModel, req: StemRequest, progress: Progress | None = None,
                 should_cancel: ShouldCancel | None = None) -> StemResult:
+    """Render `req`'s takes. A failed allocation, in RAM or on the GPU, is `OutOfMemory`."""
     req.validate()
+    with allocation_failures_as_out_of_memory():
+        return _render_stem(model, req, progress, should_cancel)
+
+
+@contextlib.contextmanager
+def allocation_failures_as_out_of_memory() -> Iterator[None]:
+    """numpy's MemoryError, torch's OutOfMemoryError (CUDA), and the RuntimeError torch's CPU and
+    MPS allocators raise, as one `OutOfMemory` (the code `out_of_memory`) saying what to do."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        text = str(e)
+        if not (isinstance(e, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
+                or "out of memory" in text.lower()):
+            raise
+        detail = text.split("\n", 1)[0][:160]
+        raise OutOfMemory(f"out of memory while generating ({detail or type(e).__name__}); try fewer bars or "
+                          "takes, or close other programs.") from e
+
+
+@torch.inference_mode()
+def _render_stem(model: StageModel, req: StemRequest, progress: Progress | None,
+                 should_cancel: ShouldCancel | None) -> StemResult:
     t_start = time.perf_counter()
     warnings: list[str] = []
     sr_out = req.context.sample_rate if req.context is not None else req.sample_rate
@@ -225,12 +248,12 @@ def render_stem(model: StageModel, req: StemRequest, progress: Progress | None =
     if req.prompt.strip():
         states, mask = model.require_text().encode([req.prompt] * req.takes + [""] * (rows - req.takes))
         cross = model.lm.cross_context(states, mask)
-    seed = req.seed if req.seed is not None else random.SystemRandom().randrange(2**31)
+    seed = req.seed if req.seed is not None else random_seed()
     codes = generate_codes(model.decoder, context_codes, codec.frames_for(n_model), req.takes, req.sampling, seed,
                            cross, progress=progress, should_cancel=should_cancel)
     t_generated = time.perf_counter()
     _check_cancel(should_cancel)
-    audio = codec.decode(codes)[:, :n_model].float().cpu().numpy()
+    audio = codec.decode(codes)[:, :n_model].numpy()  # float32, in host memory
     takes, loudness = _match_takes([fit_length(resample(a, sr, sr_out), n_out) for a in audio], sr_out, req, warnings)
     t_done = time.perf_counter()
     timings = {"encode_s": t_encoded - t_start, "generate_s": t_generated - t_encoded,
