@@ -41,6 +41,12 @@ from .errors import DiskFull, OutputNotWritable
 FILE_MODE = 0o644  # readable by the DAW whatever user it runs as; mkstemp alone gives 0600
 
 
+def temp_name(name: str) -> str:
+    """The longest name a file's hidden temp file gets while it is written (`.NAME.XXXXXXXX.part`:
+    tempfile's 8 random characters, or 8 hex digits): a name is only usable if this one is."""
+    return f".{name}.XXXXXXXX.part"
+
+
 def write_atomic(path: Path, write: Callable[[BinaryIO], None], *, replace: bool = False) -> Path:
     """Publish `path` with the bytes `write(file)` produces.
 

@@ -256,6 +256,7 @@ class Daemon:
         self.log: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
+        self._lines = threading.Condition()
         self._terminated = False
         self._thread: threading.Thread | None = None
 
@@ -318,13 +319,22 @@ class Daemon:
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:  # drained to the end so the pipe never fills up
-            self.log.append(line)
+            with self._lines:
+                self.log.append(line)
+                self._lines.notify_all()
             if line.startswith(READY):  # "stage-bridge ready: OSC 127.0.0.1:PORT, replies to ..."
                 self.osc_port = int(line.split(",", 1)[0].rsplit(":", 1)[1])
                 self._ready.set()
 
     def log_text(self) -> str:
         return "".join(self.log[-80:])
+
+    def wait_log(self, predicate: Callable[[str], bool], timeout: float = 60.0, since: int = 0) -> str:
+        """The first log line from index `since` on for which `predicate` holds (waits for it)."""
+        with self._lines:
+            if not self._lines.wait_for(lambda: any(predicate(x) for x in self.log[since:]), timeout):
+                raise TimeoutError(f"no such log line within {timeout} s:\n" + self.log_text())
+            return next(x for x in self.log[since:] if predicate(x))
 
     def send(self, address: str, types: str = "", *args: Any) -> None:
         oscsend(self.osc_host, self.osc_port, address, types, *args)

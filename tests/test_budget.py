@@ -101,6 +101,35 @@ def test_a_real_job_too_large_is_refused_before_any_work(model, tmp_path):
     assert len(paths) == 1 and Path(paths[0]).is_file() and 1 <= most < 512
 
 
+def test_the_job_service_refuses_a_job_too_large_before_queueing_it(model, tmp_path):
+    """With the runner's admit (as the daemon wires it), a too-large request never reaches the
+    queue or the journal: the front end gets `too_large` at once."""
+    from stage_bridge.bridge import protocol as P
+    from stage_bridge.bridge.jobs import JobService, Journal
+    from stage_bridge.bridge.tempo import TempoSource
+
+    class Quiet:
+        def __getattr__(self, name):
+            return lambda *args, **kw: None
+
+    runner = StemRunner({"drums": model}, tmp_path / "outbox", RenderSettings(sample_rate=44100),
+                        free_memory=lambda device: Memory(2_000 * MB))
+    service = JobService(Journal(tmp_path / "jobs.sqlite3"), runner, Quiet(), TempoSource(), tmp_path,
+                         admit=runner.admit)
+    try:
+        req = P.make_request("big-2", "", "drums", 512, P.parse_options({"bpm": 30.0, "context_mode": "click",
+                                                                           "takes": 8}))
+        with pytest.raises(ProtocolError) as refused:
+            service.submit(req, source="osc")
+        assert refused.value.code == "too_large"
+        assert service.queue_length == 0 and service.journal.history(10) == []
+        small = P.make_request("small-1", "", "drums", 1, P.parse_options({"bpm": 120.0, "context_mode": "click"}))
+        assert service.submit(small, source="osc").id == "small-1"  # one that fits is queued as ever
+        assert service.queue_length == 1
+    finally:
+        service.close()
+
+
 def test_admit_reads_the_context_files_header(model, tmp_path):
     import numpy as np
     import soundfile as sf

@@ -280,8 +280,6 @@ def test_a_context_swapped_for_a_fifo_fails_the_job_and_never_blocks(tmp_path):
 
 
 @slow
-@pytest.mark.xfail(strict=True, reason="needs runner.load_context to pass the service's roots to load_audio "
-                                       "(runner.py belongs to another branch; see the h-files report)")
 def test_a_context_swapped_for_a_symlink_out_of_the_allowed_folders_is_refused(tmp_path):
     secret = write_wav(tmp_path / "outside.wav", seconds=3.0)
 

@@ -78,14 +78,16 @@ def test_a_60_kb_job_id_gets_a_reply(rig):
     ping(rig)  # and it goes on answering
 
 
-def test_an_inbox_name_too_long_for_the_take_files_fails_before_generating(rig):
+def test_an_inbox_name_too_long_for_the_take_files_is_refused_before_generating(rig):
+    """Refused when the inbox submits it (runner.admit), as every inbox refusal: logged with its
+    code and reason, never queued, nothing written."""
     name = "x" * 230  # the file itself is fine (240 bytes); its takes' names would not be
     mark = rig.dump.mark()
+    since = len(rig.daemon.log)
     (rig.home / "inbox" / f"{name}.json").write_text(json.dumps({"bpm": 120, "bars": 1}))
     noise = np.random.default_rng(0).standard_normal((44100 * 2, 2)).astype("float32") * 0.1
     sf.write(rig.home / "inbox" / f"{name}.drums.wav", noise, 44100)
-    err = rig.dump.wait_for(lambda m: m.address == P.ERROR and m.args[0].startswith("inbox-xxx"), 60, since=mark)
-    assert err.args[1] == "bad_request" and "too long" in err.args[2], err
-    job = err.args[0]
-    assert [m.address for m in rig.dump.snapshot(mark) if m.args[:1] == (job,) and m.address == P.PROGRESS] == []
+    line = rig.daemon.wait_log(lambda x: "not started (bad_request)" in x and "xxx" in x, 60, since=since)
+    assert "too long" in line, line
+    assert not [m for m in rig.dump.snapshot(mark) if m.address in (P.ACCEPTED, P.PROGRESS)]
     assert not [p for p in (rig.home / "outbox").iterdir() if p.name.startswith("xxx")]

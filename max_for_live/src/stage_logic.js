@@ -73,6 +73,7 @@ var StageLogic = (function () {
         unknown_job: 'The daemon no longer knows this job (it finished, or the daemon restarted).',
         weights_missing: 'The model weights are not installed. In a terminal run "stage-bridge weights", follow what it says, then restart the daemon.',
         out_of_memory: 'The computer ran out of memory. Try fewer bars or takes, or close other programs.',
+        too_large: 'The daemon\'s computer has too little free memory for this. Choose fewer bars or takes (the daemon\'s message says how many fit), or close other programs.',
         disk_full: 'The disk is full: nothing was written. Free some space, then press Generate again.',
         output_not_writable: 'The daemon cannot write its results (its outbox folder). Check the disk space and the folder permissions.',
         engine_error: 'The generation failed. The daemon\'s window shows the details.'

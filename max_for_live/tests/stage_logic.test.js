@@ -259,7 +259,7 @@ test('replies are parsed into typed objects', () => {
 test('every error code has plain words; unknown codes still say something useful', () => {
   const codes = ['bad_request', 'bad_job_id', 'duplicate_job', 'bad_instrument', 'bad_bars', 'bad_tempo', 'bad_option',
     'no_tempo', 'forbidden_path', 'file_missing', 'not_audio', 'empty_audio', 'non_finite_audio', 'queue_full',
-    'unknown_job', 'weights_missing', 'out_of_memory', 'output_not_writable', 'disk_full', 'engine_error'];
+    'unknown_job', 'weights_missing', 'out_of_memory', 'output_not_writable', 'disk_full', 'too_large', 'engine_error'];
   assert.deepEqual(Object.keys(L.ERROR_TEXTS).sort(), codes.slice().sort());
   for (const code of codes) {
     const text = L.errorText(code);

@@ -400,15 +400,19 @@ class JobService:
     """
 
     def __init__(self, journal: Journal, runner: Runner, events: Events, tempo: TempoSource, home: Path,
-                 roots: Sequence[Path] = (), capacity: int = 16, folders: Sequence[Path] = ()):
+                 roots: Sequence[Path] = (), capacity: int = 16, folders: Sequence[Path] = (),
+                 admit: Callable[[StemJob], None] | None = None):
         """`roots`: folders (besides `home`) context files may be read from; `folders`: those of
-        `home` the daemon needs (made again if deleted while it runs, see `ensure_home`)."""
+        `home` the daemon needs (made again if deleted while it runs, see `ensure_home`);
+        `admit`: refuses (ProtocolError) a job that could never run, before it is queued, so the
+        musician hears at once instead of after the queue (runner.StemRunner.admit)."""
         self.journal = journal
         self.tempo = tempo
         self.home = Path(home)
         self.roots = readable_roots(self.home, roots)
         self.folders = [self.home, *map(Path, folders)]
         self._runner = runner
+        self._admit = admit
         self.queue = JobQueue(journal, self._run, events, capacity)
 
     def ensure_home(self) -> None:
@@ -443,6 +447,8 @@ class JobService:
         self.ensure_home()
         path = resolve_context_path(req.context_path, self.home, self.roots)
         job = Job(job_from_request(req, source, path, self.tempo.current(), name))
+        if self._admit is not None:
+            self._admit(job.spec)
         self.queue.submit(job)
         return job
 

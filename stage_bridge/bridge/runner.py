@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
+from ..atomic import open_regular, temp_name
 from ..errors import Cancelled, StageError
 from ..limits import MAX_FILE_NAME_BYTES
 from .job import StemJob
@@ -56,10 +55,12 @@ class RenderSettings:
     loudness_offset_lu: float | None = DEFAULT_OFFSET_LU
 
 
-def load_context(job: StemJob) -> "Audio | None":
+def load_context(job: StemJob, roots: Sequence[Path] = ()) -> "Audio | None":
+    """The job's context audio; with `roots`, the file actually opened must lie in them (the path
+    was checked when the job was accepted, but a link may have been swapped since)."""
     from ..audio import load_audio
 
-    return load_audio(job.context_path) if job.context_path else None
+    return load_audio(job.context_path, inside=roots or None) if job.context_path else None
 
 
 def context_file_shape(path: str) -> "ContextShape | None":
@@ -72,22 +73,11 @@ def context_file_shape(path: str) -> "ContextShape | None":
     if not path:
         return None
     try:
-        with _open_regular(Path(path)) as f:
+        with open_regular(Path(path)) as f:
             info = sf.info(f)
     except (OSError, RuntimeError, TypeError, ValueError):  # the worker reports the file's own error when it runs
         return None
     return ContextShape(info.frames, info.channels, info.samplerate)
-
-
-def _open_regular(path: Path) -> BinaryIO:
-    """`path` opened for reading without blocking (a FIFO swapped in never stalls the caller);
-    OSError unless it is a regular file."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    f = os.fdopen(fd, "rb")
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        f.close()
-        raise OSError(f"{path} is not a regular file")
-    return f
 
 
 def stem_request(job: StemJob, context: "Audio | None", settings: RenderSettings) -> "StemRequest":
@@ -105,9 +95,9 @@ def stem_request(job: StemJob, context: "Audio | None", settings: RenderSettings
 def check_output_name(job: StemJob) -> None:
     """Refuse, before generating, a name whose take files the filesystem could not create.
 
-    The longest name publishing makes is the hidden temp file of the last take's sidecar with a
-    collision number (atomic.py: `.NAME.XXXXXXXX.part`); file names are limited in bytes."""
-    longest = f".{take_stem(job.name, job.instrument, job.bpm, job.takes)}-999.json.XXXXXXXX.part"
+    The longest name publishing makes is the hidden temp file (atomic.temp_name) of the last
+    take's sidecar with a collision number; file names are limited in bytes."""
+    longest = temp_name(f"{take_stem(job.name, job.instrument, job.bpm, job.takes)}-999.json")
     over = len(longest.encode()) - MAX_FILE_NAME_BYTES
     if over > 0:
         raise ProtocolError("bad_request", f"the name {job.name[:40]!r}... is too long for the take files' names "
@@ -133,7 +123,7 @@ def published_takes(outbox: Path, job: StemJob) -> dict[int, Path]:
             if not re.fullmatch(re.escape(base) + r"(-\d+)?", meta.stem) or not meta.with_suffix(".wav").is_file():
                 continue
             try:
-                with _open_regular(meta) as f:
+                with open_regular(meta) as f:
                     data = json.loads(f.read(1 << 20))
             except (OSError, ValueError):
                 continue
@@ -168,12 +158,13 @@ def render_and_publish(model: "StageModel", job: StemJob, request: "StemRequest"
     if should_cancel is not None and should_cancel():
         raise Cancelled("cancelled before writing")
     sidecar = take_sidecar(job, model, request, result)
-    for wav in (interrupted or {}).values():
-        for old in (wav.with_suffix(".wav"), wav.with_suffix(".json")):  # the WAV first: never a take without sidecar
-            old.unlink(missing_ok=True)
-    paths = publish_takes(outbox, job.name, job.instrument, job.bpm, result.takes, result.sample_rate, sidecar,
-                          take_loudness(result))
-    return paths, result
+    found = dict(interrupted or {})
+    missing = [k for k in range(1, len(result.takes) + 1) if k not in found]
+    loudness = take_loudness(result)
+    new = publish_takes(outbox, job.name, job.instrument, job.bpm, [result.takes[k - 1] for k in missing],
+                        result.sample_rate, sidecar, [loudness[k - 1] for k in missing], numbers=missing)
+    found.update(zip(missing, new))
+    return [found[k] for k in sorted(found)], result
 
 
 @dataclass
@@ -186,6 +177,7 @@ class StemRunner:
     models: Mapping[str, "StageModel | StageError"]
     outbox: Path
     settings: RenderSettings
+    roots: Sequence[Path] = ()  # the folders a context file may be read from (jobs.readable_roots)
     free_memory: "FreeMemory | None" = None  # None: what the OS reports (engine/budget.free_memory)
 
     def admit(self, job: StemJob) -> None:
@@ -216,7 +208,7 @@ class StemRunner:
         if len(interrupted) == job.takes:  # all published before the daemon was stopped: nothing to do again
             progress(100.0)
             return [str(interrupted[k]) for k in sorted(interrupted)]
-        request = stem_request(job, load_context(job), self.settings)
+        request = stem_request(job, load_context(job, self.roots), self.settings)
         progress(0.0)
         paths, _ = render_and_publish(model, job, request, self.outbox, self.settings,
                                       progress=lambda done, total: progress(95.0 * done / total),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 from ..errors import StageError
 from .config import ServeConfig
-from .jobs import Job, JobService, Journal
+from .jobs import Job, JobService, Journal, readable_roots
 from .osc import OscContext, OscEvents, UdpTransport, build_dispatcher, check_listen_host, dispatch
 from .runner import RenderSettings, StemRunner
 from .tempo import Clock, TempoSource
@@ -52,10 +52,10 @@ class Server:
         self.transport = UdpTransport(host, cfg.osc_port, cfg.reply_host, cfg.reply_port)
         self.tempo = TempoSource(clock)
         settings = RenderSettings(sample_rate=cfg.sample_rate, loudness_offset_lu=cfg.loudness_offset)
-        runner = StemRunner(models, cfg.outbox, settings)
+        runner = StemRunner(models, cfg.outbox, settings, roots=readable_roots(cfg.home, cfg.allow_roots))
         self.service = JobService(Journal(cfg.journal_path), runner, OscEvents(self.transport.send), self.tempo,
                                   cfg.home, cfg.allow_roots, cfg.queue_size,
-                                  folders=(cfg.inbox, cfg.outbox, cfg.bounces))
+                                  folders=(cfg.inbox, cfg.outbox, cfg.bounces), admit=runner.admit)
         summary = ",".join(f"{i}={getattr(m, 'name', 'missing')}" for i, m in models.items())
         self.dispatcher = build_dispatcher(OscContext(self.service, self.tempo, self.transport.send, tuple(models),
                                                       summary, device_name, cfg.home, cfg.bounces))

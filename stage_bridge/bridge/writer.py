@@ -111,15 +111,18 @@ def remove_orphan_sidecars(folder: Path) -> list[Path]:
 
 
 def publish_takes(folder: Path, name: str, instrument: str, bpm: float, takes: Sequence[np.ndarray],
-                  sample_rate: int, sidecar: dict[str, Any], per_take: Sequence[Mapping[str, Any]] = ()) -> list[Path]:
+                  sample_rate: int, sidecar: dict[str, Any], per_take: Sequence[Mapping[str, Any]] = (),
+                  numbers: Sequence[int] = ()) -> list[Path]:
     """Write every take (+ `.json` sidecar: `sidecar`, the take's own `per_take` fields if given,
-    the take number and file name); returns the WAV paths.
+    the take number and file name); returns the WAV paths. `numbers`: the takes' numbers when
+    they are not 1, 2, ... (a resumed job publishes only the takes it is missing).
 
     If any take fails, the takes already written by this call are removed again.
     """
     written: list[Path] = []
     try:
-        for k, audio in enumerate(takes, start=1):
+        for i, audio in enumerate(takes):
+            k = numbers[i] if numbers else i + 1
             base = take_stem(name, instrument, bpm, k)
             for n in itertools.count(1):
                 wav = folder / (base + (f"-{n}" if n > 1 else "") + ".wav")
@@ -127,7 +130,7 @@ def publish_takes(folder: Path, name: str, instrument: str, bpm: float, takes: S
                 if wav.exists() or meta.exists():
                     continue
                 try:  # the sidecar first: a take must never be seen (or survive a kill -9) without it
-                    own = per_take[k - 1] if per_take else {}
+                    own = per_take[i] if per_take else {}
                     write_json_atomic(meta, {**sidecar, **own, "take": k, "file": wav.name})
                 except FileExistsError:  # taken between the check and the link
                     continue
