@@ -33,6 +33,9 @@ PROVOKED_ELSEWHERE = {
     "no_tempo": "test_no_tempo", "queue_full": "test_queue_full", "output_not_writable": "test_output_not_writable",
     "weights_missing": "test_weights_missing_fails_only_that_instrument",
 }
+PROVOKED_IN = {  # code: (test module, test) for codes that need a set-up of their own (a full tmpfs)
+    "disk_full": ("test_daemon_disk.py", "test_disk_full_mid_job_ends_it_with_disk_full_and_the_worker_lives_on"),
+}
 
 
 def _noise(path: Path, seconds: float, sr: int, channels: int = 2, seed: int = 0) -> Path:
@@ -444,13 +447,17 @@ def test_queue_full(small):
 
 
 def test_output_not_writable(small):
+    """An outbox that cannot be a folder (a file in its place: the daemon remakes a deleted outbox,
+    but never removes a file it did not make) fails the job with output_not_writable."""
     job = unique_id("nowrite")
     away = small.outbox.with_name("outbox-away")
     small.outbox.rename(away)
+    small.outbox.write_bytes(b"not a folder")
     try:
         generate(small, job, instrument="bass", bars=1)
         end = small.dump.wait_job_end(job, 60)
     finally:
+        small.outbox.unlink()
         away.rename(small.outbox)
     assert end.address == P.ERROR and end.args[1] == "output_not_writable", end
     assert not small.home.joinpath("outbox-away").exists()
@@ -476,6 +483,8 @@ def test_every_provokable_error_code_is_covered():
     tables = {code for code, _, _ in REFUSALS} | {code for *_, code in OTHER_REFUSALS}
     names = {name for name in globals() if name.startswith("test_")}
     assert set(PROVOKED_ELSEWHERE.values()) <= names
-    missing = set(P.ERROR_CODES) - NOT_PROVOKABLE - tables - set(PROVOKED_ELSEWHERE)
+    for module, test in PROVOKED_IN.values():
+        assert f"def {test}(" in (Path(__file__).parent / module).read_text(encoding="utf-8"), (module, test)
+    missing = set(P.ERROR_CODES) - NOT_PROVOKABLE - tables - set(PROVOKED_ELSEWHERE) - set(PROVOKED_IN)
     assert not missing, f"error codes no test provokes over OSC: {sorted(missing)}"
     assert NOT_PROVOKABLE <= set(P.ERROR_CODES)
