@@ -78,6 +78,13 @@ def kernel_takes(scheme: str, out_features: int, in_features: int) -> bool:
     return out_features % 16 == 0 and int4_group(in_features) in (32, 64, 128, 256)
 
 
+def bytes_per_weight(scheme: str, in_features: int) -> float:
+    """Bytes a product reads per weight: the integer plus its share of the scales (and offsets)."""
+    if scheme == INT8:
+        return 1.0 + 4.0 / in_features  # one fp32 scale per output channel
+    return 0.5 + 8.0 / int4_group(in_features)  # an fp32 scale and zero per group
+
+
 class QuantLinear(nn.Module):
     """A bias-free linear with weight-only int8 or int4 storage; fp32 in, fp32 out.
 
