@@ -193,3 +193,48 @@ def test_generate_records_the_precision_in_the_sidecar(tmp_path, capsys):
     assert json.loads(take.with_suffix(".json").read_text())["precision"] == "int8"
     assert main(args + ["--precision", "int8", "--compile"]) == 2  # refused in one line, before any work
     assert "--compile" in capsys.readouterr().err
+
+
+# -- the benchmark ------------------------------------------------------------------------------
+
+BENCH = ["--layers", "2", "--dim", "64", "--heads", "4", "--ffn", "128", "--context-frames", "20",
+         "--gen-frames", "10", "--repeats", "1", "--json", "--bw-mib", "64", "--probe-every", "4",
+         "--skip-transformers", "--quality-frames", "12"]
+
+
+def test_bench_runs_the_precision_and_fp32_side_by_side(capsys):
+    from stage_bridge.bench import main
+
+    assert main(BENCH + ["--precision", "int8"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["precision"] == "int8" and r["dtype"] == "fp32"
+    assert len(r["ours_runs_ms_per_step"]) == len(r["fp32_runs_ms_per_step"]) == 1
+    assert abs(r["speedup_vs_fp32"] - r["fp32_ms_per_step"] / r["ours_ms_per_step"]) < 1e-9
+    assert r["floor"]["bytes_per_step"] < r["floor"]["fp32_bytes_per_step"]  # int8 linears read fewer bytes
+    assert r["floor_ms_per_step"] < r["fp32_floor_ms_per_step"]
+    q = r["quality"]
+    assert q["compared_steps"] == 12 + 3 and q["frames"] == 12  # prefill's last + one per sampled step
+    assert 0 <= r["max_abs_logit_diff"] <= TOLERANCE["int8"] * q["fp32_logit_std"]
+    assert 0 <= r["mean_kl"] < 1e-3
+    for key in ("top1_agreement", "top250_agreement"):
+        assert 0.9 <= r[key] <= 1.0, key
+    assert 0.0 <= r["greedy_frame_agreement"] <= 1.0  # free greedy decodes part at the first near-tie
+    assert "heads" in r["quantized_layers"]
+
+
+def test_bench_without_precision_has_no_side_by_side(capsys):
+    from stage_bridge.bench import main
+
+    assert main(BENCH) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["precision"] == "fp32" and r["fp32_ms_per_step"] is None and r["quality"] is None
+    assert r["floor"]["bytes_per_step"] == r["floor"]["fp32_bytes_per_step"]
+
+
+def test_bench_refuses_a_precision_it_cannot_run(capsys):
+    from stage_bridge.bench import main
+
+    assert main(BENCH + ["--precision", "int8", "--compile"]) == 2
+    assert "--compile" in capsys.readouterr().err
+    assert main(BENCH + ["--precision", "int8", "--dtype", "bf16"]) == 2
+    assert "fp32" in capsys.readouterr().err
