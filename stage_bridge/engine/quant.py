@@ -1,27 +1,30 @@
-"""Weight-only quantized linear layers for CPU decoding (`--precision int8|int4`).
+"""Quantized linear layers for CPU decoding (`--precision int8|int4`).
 
 Why: a decode step multiplies two rows (one take with guidance) by every weight matrix, so its
-time is the time to read the weights. Stored as int8 (one scale per output channel) the
-decoder blocks' linears are a quarter of their fp32 bytes; as int4 (a scale and an offset per
-group of input channels) an eighth. Activations stay fp32; each product reads the small
-integers and scales them inside PyTorch's own CPU kernels (`_weight_int8pack_mm`,
-`_weight_int4pack_mm_for_cpu`), so no dequantized copy of a weight is ever written to memory.
+time is the time to read the weights. Stored as int8 (symmetric, one scale per output channel)
+the decoder blocks' linears are a quarter of their fp32 bytes; as int4 (a scale and an offset
+per group of 64 input channels) about a sixth. Activations between the layers stay fp32.
 
 What is quantized: the linears of every block (self-attention qkv and out, cross-attention q, kv
 and out, feed-forward up and down: 97 % of the weights a step reads). What stays fp32: the
 codebook embeddings (a step reads 4 rows of them), the layer norms, the text projection, and
 the 4 output heads (2 % of the bytes, and the logits are what is sampled from).
 
-Both kernels are private ATen ops. `_weight_int8pack_mm` with bf16 activations crashed the
-process (segfault) on weights whose input width is not a multiple of 32 (e.g. 7x5, torch 2.13);
-with fp32 activations, which is all this module passes it, it ran every shape tried. Each
-layer still checks its shape against what the kernels are known to take (`kernel_takes`) and
-otherwise multiplies by its dequantized weight, and tests/test_quant.py pins the ops' schemas
-and results, so a PyTorch that changes them is noticed rather than trusted.
+Kernels: PyTorch's own, no extension of ours; which one runs is `QuantLinear.kernel`, chosen per
+layer as measured fastest on a 2-core AMD EPYC (benchmarks/RESULTS.md). int8 runs FBGEMM's
+dynamic quantized linear, which also rounds each product's input rows to integers (so int8 is
+weight-only in storage, not in arithmetic); without FBGEMM, the private `_weight_int8pack_mm`.
+int4 runs the private `_weight_int4pack_mm_for_cpu`. Both private kernels run bf16 activations
+(on fp32 ones they took a scalar path, 5-40x slower), and `_weight_int8pack_mm` with bf16
+activations crashed the process (segfault, torch 2.13) on widths not in 32s, e.g. 7x5: shapes
+a kernel is not known to take (`kernel_takes`) multiply by the dequantized weight instead.
+tests/test_quant.py pins the private ops' schemas and results, so a PyTorch that changes them is
+noticed rather than trusted.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import torch
@@ -70,9 +73,9 @@ def int4_group(in_features: int) -> int:
 
 
 def kernel_takes(scheme: str, out_features: int, in_features: int) -> bool:
-    """Whether PyTorch's kernel for `scheme` is used for an (out, in) weight (see module doc).
-    int8: it ran every shape with fp32 activations; widths of 32s are what every dtype ran.
-    int4: its packing needs outputs in 16s and a group of 32, 64, 128 or 256 inputs."""
+    """Whether a private kernel may be given an (out, in) weight (see module doc).
+    `_weight_int8pack_mm` with bf16 activations crashed on widths that are not in 32s;
+    `_weight_int4pack_mm_for_cpu` packs outputs in 16s and groups of 32, 64, 128 or 256 inputs."""
     if scheme == INT8:
         return in_features % 32 == 0
     return out_features % 16 == 0 and int4_group(in_features) in (32, 64, 128, 256)
@@ -82,13 +85,40 @@ def bytes_per_weight(scheme: str, in_features: int) -> float:
     """Bytes a product reads per weight: the integer plus its share of the scales (and offsets)."""
     if scheme == INT8:
         return 1.0 + 4.0 / in_features  # one fp32 scale per output channel
-    return 0.5 + 8.0 / int4_group(in_features)  # an fp32 scale and zero per group
+    return 0.5 + 4.0 / int4_group(in_features)  # a bf16 scale and zero per group
+
+
+def fbgemm_pack(q: Tensor, scales: Tensor):
+    """int8 weights + per-channel scales as FBGEMM's packed linear (PyTorch's x86 quantized
+    engine), or None where the build has none or its product disagrees with the plain one."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines and \
+            "x86" not in torch.backends.quantized.supported_engines:
+        return None
+    try:
+        with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao (not a dependency)
+            warnings.simplefilter("ignore")
+            zeros = torch.zeros(q.shape[0], dtype=torch.long)
+            qw = torch._make_per_channel_quantized_tensor(q, scales.double(), zeros, 0)
+            packed = torch.ops.quantized.linear_prepack(qw, None)
+        probe = torch.linspace(-1.0, 1.0, q.shape[1])[None]
+        want = probe @ (q.float() * scales[:, None]).t()
+        got = torch.ops.quantized.linear_dynamic(probe, packed, True)
+        if not torch.allclose(got, want, rtol=0.05, atol=0.05 * float(want.abs().max())):
+            return None
+    except (RuntimeError, AttributeError):
+        return None
+    return packed
 
 
 class QuantLinear(nn.Module):
-    """A bias-free linear with weight-only int8 or int4 storage; fp32 in, fp32 out.
+    """A bias-free linear with int8 (per output channel) or int4 (group-wise) weights; fp32 in and out.
 
-    Inference only: the integer weights are buffers (saved with the module, never trained)."""
+    Kernels, fastest first (measured side by side, benchmarks/RESULTS.md): int8 runs FBGEMM's
+    dynamic quantized linear (`quantized::linear_dynamic`: each product also rounds its input
+    rows to 7-bit integers with one scale, as PyTorch's own `quantize_dynamic` does), else
+    `_weight_int8pack_mm` on bf16 activations; int4 runs `_weight_int4pack_mm_for_cpu` on bf16
+    activations (with fp32 ones both private kernels take a scalar path, 5-40x slower). Shapes a
+    kernel is not known to take multiply by the dequantized weight. Inference only."""
 
     def __init__(self, weight: Tensor, scheme: str):
         super().__init__()
@@ -97,41 +127,62 @@ class QuantLinear(nn.Module):
         self.scheme = scheme
         self.out_features, self.in_features = weight.shape
         self.fast = kernel_takes(scheme, *weight.shape)
+        self.packed = None  # FBGEMM's packed int8 weight (then the plain codes are not kept)
         if scheme == INT8:
             q, scales = quantize_int8(weight)
-            self.register_buffer("qweight", q)
+            self.packed = fbgemm_pack(q, scales)
+            self.register_buffer("qweight", q if self.packed is None else None)
             self.register_buffer("scales", scales)
         else:
             self.group = int4_group(self.in_features)
             codes, scales, zeros = quantize_int4(weight, self.group)
             self.register_buffer("codes", codes if not self.fast else
                                  torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
-            # the kernel's layout: (K / group, N, 2) of [scale, zero]
-            self.register_buffer("scale_zero", torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous())
+            # the kernel's layout: (K / group, N, 2) of [scale, zero], in its activations' dtype
+            scale_zero = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous()
+            self.register_buffer("scale_zero", scale_zero.to(torch.bfloat16) if self.fast else scale_zero)
+
+    @property
+    def kernel(self) -> str:
+        """Which product runs (for reports)."""
+        if self.packed is not None:
+            return "fbgemm-dynamic"
+        if not self.fast:
+            return "dequantized"
+        return "int8pack-bf16" if self.scheme == INT8 else "int4pack-bf16"
 
     def dequantized(self) -> Tensor:
-        """The fp32 weight this layer multiplies by, (out, in): for checks and the fallback."""
+        """The fp32 weight this layer stores, (out, in): for checks and the fallback."""
         if self.scheme == INT8:
+            if self.packed is not None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return torch.ops.quantized.linear_unpack(self.packed)[0].dequantize()
             return self.qweight.float() * self.scales[:, None]
         if self.fast:  # the kernel's packed layout is its own: multiply the identity through it
-            eye = torch.eye(self.in_features)
-            return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.codes, self.group, self.scale_zero).t()
+            eye = torch.eye(self.in_features, dtype=torch.bfloat16)  # exact in bf16
+            sz = self.scale_zero.float()
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(eye.float(), self.codes, self.group, sz).t()
         scales, zeros = self.scale_zero.transpose(0, 1).unbind(-1)  # (N, K / group) each
         w = (self.codes.view(self.out_features, -1, self.group).float() - 8.0) * scales[..., None] + zeros[..., None]
         return w.view(self.out_features, self.in_features)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.fast:
-            return F.linear(x, self.dequantized())
-        flat = x.reshape(-1, self.in_features).to(torch.float32).contiguous()
-        if self.scheme == INT8:
-            y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scales)
+        flat = x.reshape(-1, self.in_features)
+        if self.packed is not None:
+            y = torch.ops.quantized.linear_dynamic(flat.float().contiguous(), self.packed, True)
+        elif not self.fast:
+            y = F.linear(flat, self.dequantized())
+        elif self.scheme == INT8:
+            y = torch.ops.aten._weight_int8pack_mm(flat.to(torch.bfloat16).contiguous(), self.qweight,
+                                                   self.scales.to(torch.bfloat16)).float()
         else:
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self.codes, self.group, self.scale_zero)
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(flat.to(torch.bfloat16).contiguous(), self.codes,
+                                                           self.group, self.scale_zero).float()
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features} -> {self.out_features}, {self.scheme}{'' if self.fast else ' (dequantizing)'}"
+        return f"{self.in_features} -> {self.out_features}, {self.scheme}, {self.kernel}"
 
 
 def quantize_problem(scheme: str, device: torch.device, dtype: torch.dtype, compiled: bool = False) -> str | None:
