@@ -160,9 +160,8 @@ class QuantLinear(nn.Module):
                     return torch.ops.quantized.linear_unpack(self.packed)[0].dequantize()
             return self.qweight.float() * self.scales[:, None]
         if self.fast:  # the kernel's packed layout is its own: multiply the identity through it
-            eye = torch.eye(self.in_features, dtype=torch.bfloat16)  # exact in bf16
-            sz = self.scale_zero.float()
-            return torch.ops.aten._weight_int4pack_mm_for_cpu(eye.float(), self.codes, self.group, sz).t()
+            eye = torch.eye(self.in_features)  # (slow: fp32 rows take the kernel's scalar path; checks only)
+            return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.codes, self.group, self.scale_zero.float()).t()
         scales, zeros = self.scale_zero.transpose(0, 1).unbind(-1)  # (N, K / group) each
         w = (self.codes.view(self.out_features, -1, self.group).float() - 8.0) * scales[..., None] + zeros[..., None]
         return w.view(self.out_features, self.in_features)
