@@ -15,7 +15,7 @@ Modes:
 - `compiled`: the CPU step fused by TorchInductor (`CompiledDecoder`, opt-in: `--compile`). Its
   KV cache is kept between generations, since a cache of a new shape would recompile the step.
 
-Precision: `quantize` ("int8" or "int4") makes the block linears weight-only quantized
+Precision: `quantize` ("int8" or "int4") stores the block linears' weights as small integers
 (`quant.py`) before any step runs, on the CPU in the eager mode only; `quantized` says which ran.
 
 Use per generation: `with decoder.generation(rows, max_steps, cross):`, then per window

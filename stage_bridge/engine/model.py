@@ -22,15 +22,16 @@ from .text import ByteTokenizer, TextEncoder
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # floating point (training too)
-DECODE_PRECISIONS = (*PRECISIONS, *SCHEMES)  # what a decoder may run: + weight-only int8/int4 (CPU)
+DECODE_PRECISIONS = (*PRECISIONS, *SCHEMES)  # what a decoder may run: + int8/int4 weights (CPU)
 
 
 def decode_precision(name: str) -> tuple[torch.dtype, str | None]:
     """The decoder's precision: (dtype of its activations and float weights, weight-only
     quantization or None). fp32 is the default everywhere (exact, and what the reference ran);
     bf16/fp16 halve the bytes each step reads, so decoding on a GPU is about twice as fast;
-    int8/int4 (CPU) store the block linears in a quarter / an eighth of their fp32 bytes
-    (engine/quant.py), with fp32 activations. All but fp32 cost small logit differences
+    int8/int4 (CPU) store the block linears in about a quarter / a sixth of their fp32 bytes
+    (engine/quant.py; int8 measured 2.4x faster per step than fp32 on 2 cores), with fp32
+    activations between the layers. All but fp32 cost small logit differences
     (benchmarks/RESULTS.md). Never chosen silently: the sidecar records it."""
     if name in SCHEMES:
         return torch.float32, name
