@@ -109,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="ours: decode steps compiled by TorchInductor (CPU, fp32; as `generate/serve --compile`); "
                         "the warm-up run then includes compiling")
     p.add_argument("--precision", choices=DECODE_PRECISIONS, default=None,
-                   help="ours in this precision (int8/int4: weight-only, CPU), side by side with ours in fp32 "
+                   help="ours in this precision (int8/int4: integer weights, CPU), side by side with ours in fp32 "
                         "on the same weights, with the quality cost (default: --dtype, no side-by-side)")
     p.add_argument("--quality-frames", type=int, default=250,
                    help="with --precision: generated frames of the quality comparison (greedy, one window)")

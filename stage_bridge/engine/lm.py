@@ -98,7 +98,7 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
 
 
 def project(x: Tensor, layer: nn.Linear | QuantLinear) -> Tensor:
-    """`layer` applied to `x` the fast way: a float linear through `linear`, a weight-only
+    """`layer` applied to `x` the fast way: a float linear through `linear`, an int8/int4
     quantized one (`--precision int8|int4`) through its own kernel."""
     if isinstance(layer, QuantLinear):
         return layer(x)

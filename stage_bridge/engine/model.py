@@ -26,7 +26,7 @@ DECODE_PRECISIONS = (*PRECISIONS, *SCHEMES)  # what a decoder may run: + int8/in
 
 
 def decode_precision(name: str) -> tuple[torch.dtype, str | None]:
-    """The decoder's precision: (dtype of its activations and float weights, weight-only
+    """The decoder's precision: (dtype of its activations and float weights, integer
     quantization or None). fp32 is the default everywhere (exact, and what the reference ran);
     bf16/fp16 halve the bytes each step reads, so decoding on a GPU is about twice as fast;
     int8/int4 (CPU) store the block linears in about a quarter / a sixth of their fp32 bytes
@@ -102,8 +102,8 @@ def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype = tor
     (`StageLM.pack_for_cpu`); training passes False to keep plain, trainable weights.
     `compile` instead keeps them plain and compiles the CPU decode step (`CompiledDecoder`;
     the compiling itself happens at the first generation of each kind, or in `warm_up`).
-    `quantize` ("int8"/"int4", CPU fp32 eager only) makes the decoder's block linears weight-only
-    quantized (`Decoder`; refused with BadArgument where not offered).
+    `quantize` ("int8"/"int4", CPU fp32 eager only) stores the decoder's block linears as integers
+    (`Decoder`; refused with BadArgument where not offered).
     The decode mode is chosen here, once: `decoder.default_mode`."""
     problem = compile_problem(device, dtype) if compile else None
     if problem is not None:
