@@ -41,23 +41,33 @@ medians are reported.
   with the run's clock stopped (`StepProbe`). Each run is compared with the median of its own
   probes (ours/floor = median over runs); `floor_ms_per_step` uses the median of all of them.
   A separate fastest-of-5 probe after the runs is reported for reference.
+- PRECISION (`--precision int8|int4|bf16|fp16`): ours runs in that precision and, side by side
+  in the same runs (alternating), a copy of ours in fp32 on the same weights (`fp32_*` keys,
+  `speedup_vs_fp32`); each has its own floor (int8/int4 linears read 1 / 0.5 byte per weight plus
+  their scales). The quality cost on these random weights, against fp32 (`quality`): one greedy
+  generation of `--quality-frames` frames drives both decoders with fp32's tokens (teacher
+  forcing), comparing their next-token logits at every step (max |diff|, mean KL, top-1 and
+  top-k set agreement); then each decodes greedily on its own, and the share of frames they
+  agree on is `greedy_frame_agreement`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .engine.model import PRECISIONS
+from .engine.model import DECODE_PRECISIONS, PRECISIONS
 
 CARD = 2048
 NUM_CODEBOOKS = 4
@@ -98,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="ours: decode steps compiled by TorchInductor (CPU, fp32; as `generate/serve --compile`); "
                         "the warm-up run then includes compiling")
+    p.add_argument("--precision", choices=DECODE_PRECISIONS, default=None,
+                   help="ours in this precision (int8/int4: integer weights, CPU), side by side with ours in fp32 "
+                        "on the same weights, with the quality cost (default: --dtype, no side-by-side)")
+    p.add_argument("--quality-frames", type=int, default=250,
+                   help="with --precision: generated frames of the quality comparison (greedy, one window)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout (progress on stderr)")
     return p
 
@@ -252,6 +267,90 @@ def run_ours(decoder, context_codes: torch.Tensor, gen_frames: int, args, text_s
     return _summarize(t0, stamps, steps, "ours", probe)
 
 
+class _Teacher:
+    """Quacks like a `Decoder` for `generate_codes`: runs `ref` and `other` on the same tokens and
+    returns `ref`'s logits, so the generation follows `ref` (teacher forcing) while `compare`
+    sees both decoders' next-token logits at every step. Each decoder attends to the
+    cross-attention K/V its own weights made (`crosses`)."""
+
+    def __init__(self, ref, other, crosses, compare: Callable[[torch.Tensor, torch.Tensor], None]):
+        self.ref, self.other, self.crosses, self.compare = ref, other, crosses, compare
+        self.lm, self.device, self.mode = ref.lm, ref.device, ref.mode
+
+    @contextmanager
+    def generation(self, rows: int, max_steps: int, cross):
+        with self.ref.generation(rows, max_steps, self.crosses[0]), \
+                self.other.generation(rows, max_steps, self.crosses[1]):
+            yield self
+
+    def begin_window(self, step_valid: torch.Tensor) -> None:
+        self.ref.begin_window(step_valid)
+        self.other.begin_window(step_valid)
+
+    def prefill(self, tokens: torch.Tensor, positions: torch.Tensor, upto: int) -> torch.Tensor:
+        return self._both(lambda d: d.prefill(tokens, positions, upto))
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor, s: int) -> torch.Tensor:
+        return self._both(lambda d: d.step(tokens, positions, s))
+
+    def _both(self, run) -> torch.Tensor:
+        ref = run(self.ref)
+        self.compare(ref, run(self.other))
+        return ref
+
+
+@torch.inference_mode()
+def quality(ref, other, context_codes: torch.Tensor, frames: int, args, text_states) -> dict:
+    """The quality cost of `other` (e.g. int8) against `ref` (fp32) on the same weights, over one
+    greedy generation of `frames` frames + the delay pattern's flush (see module docstring).
+    Logits are compared per row (both CFG rows) and codebook, before guidance: max |diff|, the
+    mean KL(ref || other) of softmax(logits), whether the argmax agrees, and the mean overlap of
+    the 250 best (STAGE's top-k). The fp32 logits' spread is reported for scale."""
+    from .engine.generate import Windows, generate_codes
+    from .engine.sampling import SamplingParams
+
+    greedy = SamplingParams(guidance=args.guidance, top_k=args.top_k, temperature=0.0)
+    crosses = [None, None]
+    if text_states is not None:
+        mask = torch.ones(text_states.shape[:2], dtype=torch.bool, device=text_states.device)
+        crosses = [d.lm.cross_context(text_states, mask) for d in (ref, other)]
+    k = 250
+    sums = {"max_abs": 0.0, "kl": 0.0, "top1": 0.0, "topk": 0.0, "n": 0, "steps": 0, "logit_max": 0.0, "var": 0.0}
+
+    def compare(a: torch.Tensor, b: torch.Tensor) -> None:
+        a, b = a.double(), b.double()  # KL of near-equal distributions: float32 rounding shows as < 0
+        la, lb = torch.log_softmax(a, -1), torch.log_softmax(b, -1)
+        ta, tb = a.topk(k, dim=-1).indices, b.topk(k, dim=-1).indices
+        overlap = (ta[..., :, None] == tb[..., None, :]).any(-1).float().sum(-1) / k
+        sums["max_abs"] = max(sums["max_abs"], float((a - b).abs().max()))
+        sums["logit_max"] = max(sums["logit_max"], float(a.abs().max()))
+        sums["kl"] += float((la.exp() * (la - lb)).sum(-1).sum())
+        sums["top1"] += float((a.argmax(-1) == b.argmax(-1)).float().sum())
+        sums["topk"] += float(overlap.sum())
+        sums["var"] += float(a.var(-1).sum())
+        sums["n"] += a.numel() // a.shape[-1]
+        sums["steps"] += 1
+
+    teacher = _Teacher(ref, other, crosses, compare)
+    codes_ref = generate_codes(teacher, context_codes, frames, takes=args.batch, sampling=greedy, seed=args.seed,
+                               windows=Windows(frames, 0))
+    codes_other = generate_codes(other, context_codes, frames, takes=args.batch, sampling=greedy, seed=args.seed,
+                                 cross=crosses[1], windows=Windows(frames, 0))
+    same = (codes_ref == codes_other).all(dim=1)  # (takes, frames): every codebook of the frame
+    differ = (~same).nonzero()
+    n = sums["n"]
+    return {"max_abs_logit_diff": sums["max_abs"], "mean_kl": sums["kl"] / n, "top1_agreement": sums["top1"] / n,
+            "top250_agreement": sums["topk"] / n,
+            "greedy_frame_agreement": float(same.float().mean()),
+            "greedy_first_different_frame": int(differ[:, 1].min()) if len(differ) else None,
+            "fp32_logit_std": (sums["var"] / n) ** 0.5, "fp32_logit_max_abs": sums["logit_max"],
+            "compared_steps": sums["steps"], "frames": frames,
+            "definition": "teacher-forced on the fp32 greedy tokens: per row (both CFG rows) and codebook, the "
+                          "next-token logits before guidance; KL(fp32 || ours) in nats, mean; top-k overlap "
+                          "|top_k(fp32) & top_k(ours)| / k; greedy_frame_agreement: frames (all codebooks) equal "
+                          "between two free greedy decodes"}
+
+
 class BaselineError(RuntimeError):
     """transformers did not run the baseline's workload (a version that changed its generate path)."""
 
@@ -372,18 +471,22 @@ def measure_bandwidth(device: torch.device, mib: int, repeats: int = 5) -> dict:
             "sum_read_gbps": nbytes / best_sum / 1e9}
 
 
-def floor_bytes(cfg, rows: int, avg_keys: float, text_tokens: int, elem_bytes: int) -> dict:
+def floor_bytes(cfg, rows: int, avg_keys: float, text_tokens: int, elem_bytes: int,
+                quantized: str | None = None) -> dict:
+    """Bytes a decode step must read. `quantized` ("int8"/"int4"): the block linears are read at
+    their stored size (engine/quant.py: integers plus scales); all else at `elem_bytes`."""
+    from .engine.quant import bytes_per_weight
+
     d, f, n, k = cfg.dim, cfg.ffn_dim, cfg.num_layers, cfg.num_codebooks
     has_text = text_tokens > 0
-    per_layer = (3 * d * d + d * d  # self-attention qkv + out
-                 + (2 * d * d if has_text else 0)  # cross q + out (cross K/V are precomputed)
-                 + 2 * d * f  # feed-forward
-                 + (3 if has_text else 2) * 2 * d)  # layer norms (weight + bias)
-    weights = n * per_layer + 2 * d + k * cfg.card * d + rows * k * d  # + out norm, heads, embedding rows
-    kv = 2 * n * rows * avg_keys * d
-    cross_kv = 2 * n * rows * text_tokens * d
-    return {"weights": weights * elem_bytes, "self_kv": kv * elem_bytes, "cross_kv": cross_kv * elem_bytes,
-            "total": (weights + kv + cross_kv) * elem_bytes}
+    linears = [(3 * d, d), (d, d), (f, d), (d, f)] + ([(d, d), (d, d)] if has_text else [])  # (out, in)
+    per_weight = (lambda fan_in: bytes_per_weight(quantized, fan_in)) if quantized else (lambda fan_in: elem_bytes)
+    per_layer = (sum(o * i * per_weight(i) for o, i in linears)  # qkv, out, FFN, cross q + out (K/V precomputed)
+                 + (3 if has_text else 2) * 2 * d * elem_bytes)  # layer norms (weight + bias)
+    weights = n * per_layer + (2 * d + k * cfg.card * d + rows * k * d) * elem_bytes  # + out norm, heads, emb rows
+    kv = 2 * n * rows * avg_keys * d * elem_bytes
+    cross_kv = 2 * n * rows * text_tokens * d * elem_bytes
+    return {"weights": weights, "self_kv": kv, "cross_kv": cross_kv, "total": weights + kv + cross_kv}
 
 
 def _proc_field(path: str, prefix: str) -> str | None:
@@ -435,6 +538,10 @@ def _run(args: argparse.Namespace) -> int:
         _log("need --context-frames >= 1, --gen-frames >= 2, --batch >= 1, --repeats >= 1, --probe-every >= 1, "
              "dim divisible by heads.")
         return 2
+    side = args.precision is not None and args.precision != args.dtype
+    if side and args.dtype != "fp32":
+        _log("--precision is compared with fp32: leave --dtype at fp32.")
+        return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         _log("--device cuda: no CUDA device is available.")
         return 2
@@ -456,18 +563,26 @@ def _run(args: argparse.Namespace) -> int:
          f"on {args.device} {args.dtype}, {threads} threads ...")
     hf, ours, cfg = build_models(args, device, dtype)
     from .engine.decoder import COMPILED, Decoder, default_mode
+    from .engine.model import decode_precision
     from .engine.sampling import SamplingParams
+    from .errors import BadArgument
 
-    packed = False
-    if args.compile:
-        ours.requires_grad_(False)
-    else:
-        packed = ours.pack_for_cpu()  # what build_model does for inference (CPU, fp32)
-    try:
-        decoder = Decoder(ours, default_mode(device, args.compile))
-    except ValueError as e:  # compiled: not CPU fp32, or no C++ compiler: the message says which
+    precision = args.precision or args.dtype
+    p_dtype, quantize = decode_precision(precision)
+    mode = default_mode(device, args.compile)
+    ours.requires_grad_(False)
+    try:  # a side-by-side copy is made before packing (what build_model does for inference, CPU fp32)
+        chosen = copy.deepcopy(ours).to(dtype=p_dtype) if side else ours
+        decoder = Decoder(chosen, mode, quantize)
+        ref_decoder = Decoder(ours, mode) if side else None
+    except (ValueError, BadArgument) as e:  # compiled: not CPU fp32 or no C++ compiler; int8/int4: not CPU
         _log(str(e))
         return 2
+    packed = False
+    if not args.compile:
+        packed = chosen.pack_for_cpu()
+        if side:
+            ours.pack_for_cpu()
     compiled = decoder.mode == COMPILED
     layout = StageLayout(args.context_frames, args.gen_frames, NUM_CODEBOOKS)
     prefill_tokens, steps = layout.first_generated_step, layout.num_steps - layout.first_generated_step
@@ -482,8 +597,9 @@ def _run(args: argparse.Namespace) -> int:
 
     # decode forwards run at steps prefill_tokens .. prefill_tokens + steps - 2; step s attends to s + 1 keys
     avg_keys = prefill_tokens + steps / 2.0
-    fb = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(dtype).bits // 8)
-    floor_ms = lambda gbps: 1000.0 * fb["total"] / (gbps * 1e9)  # noqa: E731
+    fb = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(p_dtype).bits // 8, quantize)  # ours
+    fb32 = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(dtype).bits // 8)  # fp32, transformers
+    floor_ms = lambda gbps, b=fb: 1000.0 * b["total"] / (gbps * 1e9)  # noqa: E731
     probe_every = max(1, min(args.probe_every, steps - 1))
     probe = StepProbe(device, args.bw_mib, probe_every, _syncer(device))
 
@@ -493,34 +609,63 @@ def _run(args: argparse.Namespace) -> int:
     t_warm = time.perf_counter()
     run_ours(decoder, context, warm, args, text, probe)
     ours_warmup_s = time.perf_counter() - t_warm
+    if side:
+        run_ours(ref_decoder, context, warm, args, text, probe)
     if not args.skip_transformers:
         run_transformers(hf, prompt, warm_steps, args, text, probe)
 
     ours_runs: list[Run] = []
+    fp32_runs: list[Run] = []
     hf_runs: list[Run] = []
-    over_floor = lambda run: run.ms_per_step / floor_ms(statistics.median(run.copy_gbps))  # noqa: E731
+    over_floor = lambda run, b=fb: run.ms_per_step / floor_ms(statistics.median(run.copy_gbps), b)  # noqa: E731
     for r in range(args.repeats):
         o = run_ours(decoder, context, args.gen_frames, args, text, probe)
         ours_runs.append(o)
-        _log(f"[{r + 1}/{args.repeats}] ours:         prefill {o.prefill_s:.3f} s, {o.ms_per_step:.2f} ms/step, "
-             f"{over_floor(o):.2f}x the floor")
+        _log(f"[{r + 1}/{args.repeats}] ours{f' {precision}':<9} prefill {o.prefill_s:.3f} s, {o.ms_per_step:.2f} "
+             f"ms/step, {over_floor(o):.2f}x the floor")
+        if side:
+            f = run_ours(ref_decoder, context, args.gen_frames, args, text, probe)
+            fp32_runs.append(f)
+            _log(f"[{r + 1}/{args.repeats}] ours fp32:    prefill {f.prefill_s:.3f} s, {f.ms_per_step:.2f} ms/step, "
+                 f"{over_floor(f, fb32):.2f}x the floor")
         if not args.skip_transformers:
             h = run_transformers(hf, prompt, steps, args, text, probe)
             hf_runs.append(h)
             _log(f"[{r + 1}/{args.repeats}] transformers: prefill {h.prefill_s:.3f} s, {h.ms_per_step:.2f} ms/step, "
-                 f"{over_floor(h):.2f}x the floor")
+                 f"{over_floor(h, fb32):.2f}x the floor")
+    scores = None
+    if side:
+        _log(f"quality of {precision} against fp32 ({args.quality_frames} frames, greedy) ...")
+        scores = quality(ref_decoder, decoder, context, args.quality_frames, args, text)
     attn_impl = getattr(hf.config, "_attn_implementation", None)
     hf_cache = None if args.skip_transformers else cache_kwarg(hf)
-    del hf, ours, decoder, probe
+    del hf, ours, decoder, ref_decoder, chosen, probe
     if device.type == "cuda":
         torch.cuda.empty_cache()
     _log(f"bandwidth probe ({args.bw_mib} MiB copy, fastest of 5) ...")
     bw = measure_bandwidth(device, args.bw_mib)
-    in_run = [g for run in ours_runs + hf_runs for g in run.copy_gbps]
+    in_run = [g for run in ours_runs + fp32_runs + hf_runs for g in run.copy_gbps]
 
     med = lambda xs: statistics.median(xs) if xs else None  # noqa: E731
     ours_ms = med([r.ms_per_step for r in ours_runs])
     hf_ms = med([r.ms_per_step for r in hf_runs])
+    fp32_ms = med([r.ms_per_step for r in fp32_runs])
+    scores = scores or {}
+    side_by_side = {  # --precision: ours in `precision` vs ours in fp32, same weights, same runs
+        "precision": precision,
+        "fp32_ms_per_step": fp32_ms,
+        "speedup_vs_fp32": fp32_ms / ours_ms if fp32_ms is not None else None,
+        "fp32_floor_ms_per_step": floor_ms(statistics.median(in_run), fb32) if side else None,
+        "fp32_over_floor": med([over_floor(r, fb32) for r in fp32_runs]),
+        "fp32_runs_ms_per_step": [r.ms_per_step for r in fp32_runs],
+        "fp32_prefill_s": med([r.prefill_s for r in fp32_runs]),
+        **{key: scores.get(key) for key in ("max_abs_logit_diff", "mean_kl", "top1_agreement", "top250_agreement",
+                                            "greedy_frame_agreement")},
+        "quality": scores or None,
+        "quantized_layers": "the decoder blocks' linears (self-attention qkv/out, cross-attention q/kv/out, "
+                            "feed-forward); embeddings, norms, text projection and the 4 output heads stay fp32"
+                            if quantize else None,
+    }
     result = {
         "ours_ms_per_step": ours_ms,
         "transformers_ms_per_step": hf_ms,
@@ -528,7 +673,7 @@ def _run(args: argparse.Namespace) -> int:
         "ratio_definition": "transformers_ms_per_step / ours_ms_per_step (> 1: ours is faster)",
         "floor_ms_per_step": floor_ms(statistics.median(in_run)),
         "ours_over_floor": med([over_floor(r) for r in ours_runs]),
-        "transformers_over_floor": med([over_floor(r) for r in hf_runs]),
+        "transformers_over_floor": med([over_floor(r, fb32) for r in hf_runs]),
         "ours_prefill_s": med([r.prefill_s for r in ours_runs]),
         "transformers_prefill_s": med([r.prefill_s for r in hf_runs]),
         "ours_to_last_step_s": med([r.total_s for r in ours_runs]),
@@ -536,7 +681,7 @@ def _run(args: argparse.Namespace) -> int:
         "ours_runs_ms_per_step": [r.ms_per_step for r in ours_runs],
         "transformers_runs_ms_per_step": [r.ms_per_step for r in hf_runs],
         "ours_runs_over_floor": [over_floor(r) for r in ours_runs],
-        "transformers_runs_over_floor": [over_floor(r) for r in hf_runs],
+        "transformers_runs_over_floor": [over_floor(r, fb32) for r in hf_runs],
         "repeats": args.repeats,
         "device": args.device,
         "dtype": args.dtype,
@@ -554,7 +699,8 @@ def _run(args: argparse.Namespace) -> int:
         "workload": {"context_frames": args.context_frames, "gen_frames": args.gen_frames, "batch": args.batch,
                      "rows": rows, "guidance": args.guidance, "top_k": args.top_k, "text_tokens": args.text_tokens,
                      "prefill_tokens": prefill_tokens, "decode_steps": steps, "avg_keys_per_decode_step": avg_keys},
-        "floor": {"bytes_per_step": fb["total"], "weight_bytes": fb["weights"], "self_kv_bytes": fb["self_kv"],
+        **side_by_side,
+        "floor": {"fp32_bytes_per_step": fb32["total"], "bytes_per_step": fb["total"], "weight_bytes": fb["weights"], "self_kv_bytes": fb["self_kv"],
                   "cross_kv_bytes": fb["cross_kv"], "bandwidth_gbps": statistics.median(in_run),
                   "bandwidth_convention": "copies of a large tensor taken between decode steps of the timed runs "
                                           "(clock stopped meanwhile): (bytes read + bytes written) / time, median; "
@@ -614,4 +760,21 @@ def format_table(r: dict) -> str:
         f"ours/floor per run (each against its own probes): "
         f"{', '.join(format(x, '.2f') for x in r['ours_runs_over_floor'])}",
     ]
+    if r.get("fp32_ms_per_step") is not None:
+        lines += [
+            "",
+            f"precision {r['precision']} vs fp32 (ours, same weights, same runs): {r['ours_ms_per_step']:.2f} vs "
+            f"{r['fp32_ms_per_step']:.2f} ms/step = {r['speedup_vs_fp32']:.2f}x; floors {r['floor_ms_per_step']:.2f} vs "
+            f"{r['fp32_floor_ms_per_step']:.2f} ms/step ({f['bytes_per_step'] / 1e9:.3f} vs "
+            f"{f['fp32_bytes_per_step'] / 1e9:.3f} GB read per step)",
+        ]
+        if r.get("quality"):
+            q = r["quality"]
+            lines.append(
+                f"quality vs fp32 ({q['compared_steps']} steps, teacher-forced): max |logit diff| "
+                f"{q['max_abs_logit_diff']:.4f} (fp32 logits: std {q['fp32_logit_std']:.3f}, max |.| "
+                f"{q['fp32_logit_max_abs']:.3f}), mean KL {q['mean_kl']:.2e}, top-1 agreement {q['top1_agreement']:.4f}, "
+                f"top-250 {q['top250_agreement']:.4f}; greedy frames equal {q['greedy_frame_agreement']:.3f} "
+                f"(first different: {q['greedy_first_different_frame']})")
+    
     return "\n".join(lines)

@@ -29,6 +29,9 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+PRECISION_HELP = ("decoder precision: fp32 (default), bf16 or fp16 (about 2x faster on a GPU), or int8 "
+                  "(CPU only, not with --compile: int8 decoder weights, about 2.4x faster per step than fp32, "
+                  "small logit differences; int4: faster still but far less faithful); the sidecar records which ran")
 COMPILE_HELP = ("CPU, fp32 only: compile the decode step with TorchInductor (needs a C++ compiler); the first "
                 "generation of each kind compiles for a minute or two, later ones in the same process decode "
                 "10-40%% faster (about 15%% typically)")
@@ -66,8 +69,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--model", default=None, help=f"model name or path (default: {_DEFAULTS})")
     g.add_argument("--weights-dir", type=Path, default=None, help="where named weights live")
     g.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    g.add_argument("--precision", default="fp32",
-                   help="decoder precision: fp32 (default), bf16 or fp16; bf16/fp16 are about 2x faster on a GPU")
+    g.add_argument("--precision", default="fp32", help=PRECISION_HELP)
     g.add_argument("--compile", action="store_true", help=COMPILE_HELP + " (pays off in `serve`, rarely here)")
     g.add_argument("--out", type=Path, required=True, help="folder for the takes (created if missing)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -138,7 +140,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .bridge.job import StemJob
     from .bridge.runner import RenderSettings, load_context, render_and_publish, stem_request
     from .bridge.writer import ensure_writable
-    from .engine.model import load_model, parse_precision
+    from .engine.model import decode_precision, load_model, pick_device
+    from .engine.quant import quantize_problem
     from .engine.sampling import SamplingParams
     from .errors import BadArgument
 
@@ -160,7 +163,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     request = stem_request(job, load_context(job), settings)
     request.validate()
     request.sampling.validate()
-    parse_precision(args.precision)  # a wrong name is refused before any folder is made
+    dtype, quantize = decode_precision(args.precision)  # a wrong name is refused before any folder is made
+    if quantize is not None and (problem := quantize_problem(quantize, pick_device(args.device), dtype, args.compile)):
+        raise BadArgument(problem)
     out_dir = ensure_writable(args.out)
 
     model = load_model(args.model or DEFAULT_MODELS[instrument], args.device, args.weights_dir, args.precision,

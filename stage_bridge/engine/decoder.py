@@ -15,6 +15,9 @@ Modes:
 - `compiled`: the CPU step fused by TorchInductor (`CompiledDecoder`, opt-in: `--compile`). Its
   KV cache is kept between generations, since a cache of a new shape would recompile the step.
 
+Precision: `quantize` ("int8" or "int4") stores the block linears' weights as small integers
+(`quant.py`) before any step runs, on the CPU in the eager mode only; `quantized` says which ran.
+
 Use per generation: `with decoder.generation(rows, max_steps, cross):`, then per window
 `begin_window(step_valid)`, one `prefill`, and `step` for every following step.
 """
@@ -27,8 +30,10 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from ..errors import BadArgument
 from .compiled import CompiledDecoder
 from .lm import CrossContext, StageLM
+from .quant import quantize_decoder, quantize_problem, scheme_of
 
 EAGER, CUDA_GRAPH, COMPILED = "eager", "cuda-graph", "compiled"
 MODES = (EAGER, CUDA_GRAPH, COMPILED)
@@ -87,12 +92,19 @@ class StaticStep:
 
 
 class Decoder:
-    """`lm` plus how its decode steps run (`mode`) and the KV cache they fill."""
+    """`lm` plus how its decode steps run (`mode`, `quantized`) and the KV cache they fill."""
 
-    def __init__(self, lm: StageLM, mode: str = EAGER):
+    def __init__(self, lm: StageLM, mode: str = EAGER, quantize: str | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown decode mode {mode!r}; one of {', '.join(MODES)}")
+        if quantize is not None:  # before the compiled step could see the fp32 weights
+            weight = lm.heads[0].weight
+            problem = quantize_problem(quantize, weight.device, weight.dtype, compiled=mode == COMPILED)
+            if problem is not None:
+                raise BadArgument(problem)
+            quantize_decoder(lm, quantize)
         self.lm, self.mode = lm, mode
+        self.quantized: str | None = scheme_of(lm)  # "int8", "int4", or None (floating point)
         # COMPILED: `CompiledDecoder` checks the weights are plain fp32 on the CPU and a compiler exists.
         self.compiled = CompiledDecoder(lm) if mode == COMPILED else None
         self._cross: CrossContext | None = None

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .quant import QuantLinear
+
 
 @dataclass(frozen=True)
 class LMConfig:
@@ -93,6 +95,14 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
         return F.linear(x, weight)
     flat = x.reshape(rows, x.shape[-1])
     return torch.mm(weight, flat.t()).t().contiguous().view(*x.shape[:-1], weight.shape[0])
+
+
+def project(x: Tensor, layer: nn.Linear | QuantLinear) -> Tensor:
+    """`layer` applied to `x` the fast way: a float linear through `linear`, an int8/int4
+    quantized one (`--precision int8|int4`) through its own kernel."""
+    if isinstance(layer, QuantLinear):
+        return layer(x)
+    return linear(x, layer.weight)
 
 
 def pack_linear_weight(weight: Tensor, rows_hint: int = 2) -> Tensor | None:
@@ -169,11 +179,11 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: Tensor, start: int | Tensor, bias: Tensor) -> Tensor:
         b, t, d = x.shape
-        q, k, v = linear(x, self.qkv.weight).view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = project(x, self.qkv).view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         if self.cache is not None:
             k, v = self.cache.update(start, k, v)
         y = attend(q, k, v, bias)
-        return linear(y.transpose(1, 2).reshape(b, t, d), self.out.weight)
+        return project(y.transpose(1, 2).reshape(b, t, d), self.out)
 
 
 class CrossAttention(nn.Module):
@@ -193,9 +203,9 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], bias: Tensor) -> Tensor:
         b, t, d = x.shape
-        q = linear(x, self.q.weight).view(b, t, self.num_heads, -1).transpose(1, 2)
+        q = project(x, self.q).view(b, t, self.num_heads, -1).transpose(1, 2)
         y = attend(q, kv[0], kv[1], bias)
-        return linear(y.transpose(1, 2).reshape(b, t, d), self.out.weight)
+        return project(y.transpose(1, 2).reshape(b, t, d), self.out)
 
 
 class FeedForward(nn.Module):
@@ -205,7 +215,7 @@ class FeedForward(nn.Module):
         self.down = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(F.gelu(linear(x, self.up.weight)), self.down.weight)
+        return project(F.gelu(project(x, self.up)), self.down)
 
 
 class Block(nn.Module):
@@ -261,13 +271,15 @@ class StageLM(nn.Module):
         saved or moved; build a fresh one for that. False (nothing changed) where not possible."""
         packed_any = False
         for layer in self.projections():
+            if not isinstance(layer, nn.Linear):  # quantized: its integer weights are packed already
+                continue
             packed = pack_linear_weight(layer.weight)
             if packed is not None:
                 layer.weight = nn.Parameter(packed, requires_grad=False)
                 packed_any = True
         return packed_any
 
-    def projections(self) -> list[nn.Linear]:
+    def projections(self) -> list[nn.Linear | QuantLinear]:
         """The linears a decode step multiplies by (cross-attention K/V are precomputed)."""
         per_block = [(b.self_attn.qkv, b.self_attn.out, b.cross_attn.q, b.cross_attn.out, b.ffn.up, b.ffn.down)
                      for b in self.layers]

@@ -17,19 +17,35 @@ from .codec import Codec
 from .compiled import compile_problem
 from .decoder import Decoder, default_mode
 from .lm import StageLM
+from .quant import SCHEMES
 from .text import ByteTokenizer, TextEncoder
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # floating point (training too)
+DECODE_PRECISIONS = (*PRECISIONS, *SCHEMES)  # what a decoder may run: + int8/int4 weights (CPU)
+
+
+def decode_precision(name: str) -> tuple[torch.dtype, str | None]:
+    """The decoder's precision: (dtype of its activations and float weights, integer
+    quantization or None). fp32 is the default everywhere (exact, and what the reference ran);
+    bf16/fp16 halve the bytes each step reads, so decoding on a GPU is about twice as fast;
+    int8/int4 (CPU) store the block linears in about a quarter / a sixth of their fp32 bytes
+    (engine/quant.py; int8 measured 2.4x faster per step than fp32 on 2 cores), with fp32
+    activations between the layers. All but fp32 cost small logit differences
+    (benchmarks/RESULTS.md). Never chosen silently: the sidecar records it."""
+    if name in SCHEMES:
+        return torch.float32, name
+    if name not in PRECISIONS:
+        raise BadArgument(f"unknown precision '{name}'; use one of {', '.join(DECODE_PRECISIONS)}.")
+    return PRECISIONS[name], None
 
 
 def parse_precision(name: str) -> torch.dtype:
-    """The decoder's precision. fp32 is the default everywhere (exact, and what the reference
-    ran); bf16/fp16 halve the bytes each step reads, so decoding on a GPU is about twice as fast,
-    at the cost of small logit differences. Never chosen silently."""
-    if name not in PRECISIONS:
-        raise BadArgument(f"unknown precision '{name}'; use one of {', '.join(PRECISIONS)}.")
-    return PRECISIONS[name]
+    """A floating-point precision only (`decode_precision` for callers that can quantize)."""
+    dtype, quantize = decode_precision(name)
+    if quantize is not None:
+        raise BadArgument(f"--precision {name} is not offered here; use one of {', '.join(PRECISIONS)}.")
+    return dtype
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -62,7 +78,9 @@ class StageModel:
 
     @property
     def precision(self) -> str:
-        """The decoder's precision by name (a key of PRECISIONS), as the sidecar records it."""
+        """The decoder's precision by name (one of DECODE_PRECISIONS), as the sidecar records it."""
+        if self.decoder.quantized is not None:
+            return self.decoder.quantized
         dtype = self.lm.heads[0].weight.dtype
         return next(name for name, d in PRECISIONS.items() if d == dtype)
 
@@ -77,13 +95,15 @@ class StageModel:
 
 
 def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype = torch.float32,
-                inference: bool = True, compile: bool = False) -> StageModel:
+                inference: bool = True, compile: bool = False, quantize: str | None = None) -> StageModel:
     """Instantiate the modules from config and load the checkpoint's tensors strictly.
 
     `inference` packs the decoder's weights for the CPU's fast kernels where that applies
     (`StageLM.pack_for_cpu`); training passes False to keep plain, trainable weights.
     `compile` instead keeps them plain and compiles the CPU decode step (`CompiledDecoder`;
     the compiling itself happens at the first generation of each kind, or in `warm_up`).
+    `quantize` ("int8"/"int4", CPU fp32 eager only) stores the decoder's block linears as integers
+    (`Decoder`; refused with BadArgument where not offered).
     The decode mode is chosen here, once: `decoder.default_mode`."""
     problem = compile_problem(device, dtype) if compile else None
     if problem is not None:
@@ -91,11 +111,11 @@ def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype = tor
     lm = StageLM(ckpt.lm_config)
     _load(lm, ckpt.lm_state, f"{ckpt.name} (decoder)")
     lm = lm.to(device=device, dtype=dtype).eval()
-    if compile:
+    if compile or quantize is not None:
         lm.requires_grad_(False)
-    elif inference:
-        lm.pack_for_cpu()
-    decoder = Decoder(lm, default_mode(device, compile))
+    decoder = Decoder(lm, default_mode(device, compile), quantize)  # quantizes before packing
+    if inference and not compile:
+        lm.pack_for_cpu()  # what is left in fp32 (all of it, or the heads of a quantized decoder)
 
     if not ckpt.codec_state:
         raise WeightsMissing(f"{ckpt.name} holds no EnCodec weights (a bare decoder). Use a full model "
@@ -111,8 +131,9 @@ def build_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype = tor
 
 def load_model(name_or_path: str, device: str = "auto", weights_dir: Path | None = None,
                precision: str = "fp32", compile: bool = False) -> StageModel:
-    return build_model(resolve(name_or_path, weights_dir), pick_device(device), parse_precision(precision),
-                       compile=compile)
+    dtype, quantize = decode_precision(precision)
+    return build_model(resolve(name_or_path, weights_dir), pick_device(device), dtype, compile=compile,
+                       quantize=quantize)
 
 
 def _load(module: torch.nn.Module, state: dict, what: str) -> None:
