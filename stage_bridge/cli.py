@@ -84,7 +84,7 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--model", action="append", default=None, metavar="NAME|INSTRUMENT=NAME",
                    help=f"model for every instrument, or per instrument (repeatable); default {_DEFAULTS}")
     s.add_argument("--device", default=None, help="auto (cuda > mps > cpu), cuda, mps or cpu")
-    s.add_argument("--precision", default=None, help="decoder precision: fp32 (default), bf16 or fp16")
+    s.add_argument("--precision", default=None, help=PRECISION_HELP)
     s.add_argument("--compile", action="store_const", const=True, default=None,
                    help=COMPILE_HELP + "; the daemon compiles before it answers")
     s.add_argument("--osc-host", default=None, help="address to listen on (default 127.0.0.1)")

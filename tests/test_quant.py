@@ -17,7 +17,7 @@ from stage_bridge.engine.checkpoints import resolve
 from stage_bridge.engine.decoder import COMPILED, Decoder
 from stage_bridge.engine.generate import generate_codes
 from stage_bridge.engine.lm import LMConfig, StageLM
-from stage_bridge.engine.model import build_model, decode_precision, load_model, parse_precision
+from stage_bridge.engine.model import build_model, decode_precision, load_model
 from stage_bridge.engine.quant import (
     INT4_GROUP, QuantLinear, int4_group, kernel_takes, quantize_int4, quantize_int8, quantize_problem,
 )
@@ -204,8 +204,6 @@ def test_refused_where_not_offered():
     with pytest.raises(BadArgument, match="int8"):  # a wrong name lists the quantized ones too
         decode_precision("int9")
     assert decode_precision("int4") == (torch.float32, "int4") and decode_precision("bf16") == (torch.bfloat16, None)
-    with pytest.raises(BadArgument, match="not offered"):  # callers that cannot quantize say so
-        parse_precision("int8")
 
 
 def test_generate_records_the_precision_in_the_sidecar(tmp_path, capsys):

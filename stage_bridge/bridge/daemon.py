@@ -30,11 +30,15 @@ def load_models(cfg: ServeConfig) -> "tuple[dict[str, StageModel | StageError], 
     """instrument -> StageModel (or the StageError saying why not); models shared by name."""
     from ..engine.checkpoints import resolve
     from ..engine.compiled import compile_problem
-    from ..engine.model import build_model, parse_precision, pick_device
+    from ..engine.model import build_model, decode_precision, pick_device
 
     device = pick_device(cfg.device)
-    dtype = parse_precision(cfg.precision)
+    dtype, quantize = decode_precision(cfg.precision)
     compile = cfg.compile
+    if compile and quantize is not None:
+        log.warning("--compile does not apply to --precision %s (its integer kernels run eager); continuing "
+                    "without it.", quantize)
+        compile = False
     if compile and (problem := compile_problem(device, dtype)) is not None:
         log.warning("%s Continuing without it (a speed option only).", problem)
         compile = False
@@ -44,7 +48,8 @@ def load_models(cfg: ServeConfig) -> "tuple[dict[str, StageModel | StageError], 
         if name not in loaded:
             try:
                 log.info("loading model %s for %s on %s ...", name, instrument, device)
-                loaded[name] = build_model(resolve(name, cfg.weights_dir), device, dtype, compile=compile)
+                loaded[name] = build_model(resolve(name, cfg.weights_dir), device, dtype, compile=compile,
+                                           quantize=quantize)
                 if loaded[name].is_random:
                     log.warning("model %s has random weights: it produces noise (tests and demos only)", name)
                 if compile:
@@ -134,6 +139,8 @@ def doctor(cfg: ServeConfig) -> int:
     mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
     print(f"devices: cuda {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}, mps {'yes' if mps else 'no'}, "
           f"cpu yes ({torch.get_num_threads()} threads); --device {cfg.device}")
+    print(f"precision: {cfg.precision}" + (" (CPU only: integer weights)" if cfg.precision in ("int8", "int4") else "")
+          + (", decode step compiled" if cfg.compile else ""))
     weights_dir = cfg.weights_dir or default_weights_dir()
     print(f"weights folder: {weights_dir}")
     for instrument, name in cfg.models.items():

@@ -40,14 +40,6 @@ def decode_precision(name: str) -> tuple[torch.dtype, str | None]:
     return PRECISIONS[name], None
 
 
-def parse_precision(name: str) -> torch.dtype:
-    """A floating-point precision only (`decode_precision` for callers that can quantize)."""
-    dtype, quantize = decode_precision(name)
-    if quantize is not None:
-        raise BadArgument(f"--precision {name} is not offered here; use one of {', '.join(PRECISIONS)}.")
-    return dtype
-
-
 def pick_device(name: str = "auto") -> torch.device:
     """auto: CUDA, then Apple MPS, then CPU. An explicit device that is absent is an error."""
     if name not in DEVICES and not name.startswith("cuda:"):
