@@ -511,6 +511,9 @@ def _run(args: argparse.Namespace) -> int:
                  f"{over_floor(h):.2f}x the floor")
     attn_impl = getattr(hf.config, "_attn_implementation", None)
     hf_cache = None if args.skip_transformers else cache_kwarg(hf)
+    from .engine.machine import decode_report, format_report
+    machine = decode_report(ours)  # what explains a slow run: THP, packing, threads, allocator (engine/machine.py)
+    _log(format_report(machine))
     del hf, ours, decoder, probe
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -548,7 +551,7 @@ def _run(args: argparse.Namespace) -> int:
         "transformers_version": transformers.__version__,
         "transformers_cache_kwarg": hf_cache,
         "transformers_attn_implementation": attn_impl,
-        "machine": {**machine_info(device), "loadavg_1min_at_start": load_start},
+        "machine": {**machine_info(device), "loadavg_1min_at_start": load_start, **machine},
         "model": {"layers": args.layers, "dim": args.dim, "heads": args.heads, "ffn": args.ffn,
                   "codebooks": NUM_CODEBOOKS, "card": CARD, "weights": "random, identical on both sides"},
         "workload": {"context_frames": args.context_frames, "gen_frames": args.gen_frames, "batch": args.batch,
