@@ -266,7 +266,7 @@ def _render_stem(model: StageModel, req: StemRequest, progress: Progress | None,
     t_done = time.perf_counter()
     # generate_s = prefill_s (the prompt, the context window's one forward, the first sampled step)
     # + the decode steps; decode_s is EnCodec's decode and fitting the takes.
-    timings = {"encode_s": t_encoded - t_start, "prefill_s": first_step[0] - t_encoded,
+    timings = {"encode_s": t_encoded - t_start, "prefill_s": (first_step or [t_generated])[0] - t_encoded,
                "generate_s": t_generated - t_encoded, "decode_s": t_done - t_generated, "total_s": t_done - t_start}
     return StemResult(takes, sr_out, n_out, seed, timings, warnings, loudness)
 
