@@ -496,6 +496,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.skip_transformers:
         run_transformers(hf, prompt, warm_steps, args, text, probe)
 
+    from .engine.machine import cpu_snapshot, decode_report, format_report
+    cpu_start = cpu_snapshot()  # who had the CPUs during the timed runs: machine.cpu_use
     ours_runs: list[Run] = []
     hf_runs: list[Run] = []
     over_floor = lambda run: run.ms_per_step / floor_ms(statistics.median(run.copy_gbps))  # noqa: E731
@@ -511,8 +513,7 @@ def _run(args: argparse.Namespace) -> int:
                  f"{over_floor(h):.2f}x the floor")
     attn_impl = getattr(hf.config, "_attn_implementation", None)
     hf_cache = None if args.skip_transformers else cache_kwarg(hf)
-    from .engine.machine import decode_report, format_report
-    machine = decode_report(ours)  # what explains a slow run: THP, packing, threads, allocator (engine/machine.py)
+    machine = decode_report(ours, since=cpu_start)  # what explains a slow run (engine/machine.py)
     _log(format_report(machine))
     del hf, ours, decoder, probe
     if device.type == "cuda":

@@ -104,8 +104,32 @@ def test_bench_prints_the_report_and_puts_it_under_machine(capsys):
     assert main(args) == 0
     captured = capsys.readouterr()
     m = json.loads(captured.out)["machine"]
-    for key in ("thp_enabled", "thp_defrag", "torch_threads", "torch_interop_threads", "affinity", "cpu_flags",
+    for key in ("cpu_use", "thp_enabled", "thp_defrag", "torch_threads", "torch_interop_threads", "affinity", "cpu_flags",
                 "mkldnn_enabled", "weights_packed", "allocator", "numa_nodes", "hints"):
         assert key in m, key
     assert m["weights_packed"] == (1.0 if json.loads(captured.out)["ours_weights_packed"] else 0.0)
     assert "huge pages: THP enabled=" in captured.err
+
+
+def test_cpu_use_splits_the_machine_between_us_others_and_the_hypervisor(tmp_path, monkeypatch):
+    monkeypatch.setattr(M.os, "cpu_count", lambda: 2)
+    # user nice system idle iowait irq softirq steal: 400 ticks in all
+    start = M.CpuSnapshot(wall=0.0, process=0.0, machine=(0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+    end = M.CpuSnapshot(wall=2.0, process=2.0, machine=(280, 0, 20, 60, 0, 0, 0, 40, 0, 0))
+    use = M.cpu_use_since(start, end)
+    assert use == {"this_process": 0.5, "other_processes": 0.25, "steal": 0.1}  # 300/400 busy, we had 2 of 4 s
+    hints = "\n".join(M.hints({**M.decode_report(), "cpu_use": use}))
+    assert "other processes used 25% of the CPU time" in hints and "took 10% of the CPU time (steal)" in hints
+    assert M.cpu_use_since(start, M.CpuSnapshot(2.0, 2.0, None))["steal"] is None  # off Linux: only our share
+
+
+def test_cpu_use_sees_a_busy_process_here():
+    if M.cpu_snapshot().machine is None:
+        import pytest
+        pytest.skip("no /proc/stat")
+    start = M.cpu_snapshot()
+    deadline = M.time.monotonic() + 0.3
+    while M.time.monotonic() < deadline:
+        pass
+    use = M.cpu_use_since(start)
+    assert use["this_process"] > 0 and 0 <= use["steal"] <= 1 and use["other_processes"] >= 0

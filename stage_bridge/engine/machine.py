@@ -9,6 +9,8 @@ which allocator serves the memory. `decode_report` reads them once, so a slow ru
 itself (`stage-bridge bench` prints it and puts it in its JSON under `machine`), and `hints`
 turns what is known to cost speed into one-line notes.
 
+It also says who had the CPUs during a run (`cpu_snapshot` before, `cpu_use_since` after):
+other processes and a hypervisor's steal slow a decode as surely as slow memory does.
 Everything here only reads (sysfs, /proc, environment, torch's settings); nothing is changed.
 Off Linux the Linux-only fields are None.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +132,52 @@ def huge_page_share(spans: list[tuple[int, int]], proc_root: Path = PROC) -> flo
     return round(covered / total, 3) if total else None
 
 
-def decode_report(lm: nn.Module | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """Clocks at one instant, to tell afterwards who had the CPUs meanwhile (`cpu_use_since`)."""
+    wall: float
+    process: float  # this process's user + system seconds
+    machine: tuple[int, ...] | None  # /proc/stat's first line (clock ticks), None off Linux
+
+
+def _proc_stat(proc_root: Path = PROC) -> tuple[int, ...] | None:
+    text = _read(proc_root / "stat")
+    if not text or not text.startswith("cpu "):
+        return None
+    return tuple(int(v) for v in text.splitlines()[0].split()[1:])
+
+
+def cpu_snapshot(proc_root: Path = PROC) -> CpuSnapshot:
+    t = os.times()
+    return CpuSnapshot(time.monotonic(), t.user + t.system, _proc_stat(proc_root))
+
+
+def cpu_use_since(start: CpuSnapshot, end: CpuSnapshot | None = None) -> dict[str, float | None]:
+    """Who used the CPUs between two snapshots, as shares of all CPU time of the machine:
+    this process, other processes, and the hypervisor (`steal`: time a virtual CPU wanted to
+    run but the host ran someone else). Why: with 2 cores, one other busy process halves a
+    decode's compute, which no bandwidth probe shows; on a VM, steal does the same."""
+    end = end or cpu_snapshot()
+    cpus = os.cpu_count() or 1
+    wall = end.wall - start.wall
+    mine = (end.process - start.process) / (wall * cpus) if wall > 0 else None
+    out: dict[str, float | None] = {"this_process": mine, "other_processes": None, "steal": None}
+    if start.machine and end.machine:
+        d = [b - a for a, b in zip(start.machine, end.machine)]
+        total = sum(d[:8])  # user nice system idle iowait irq softirq steal (guest time is inside user)
+        if total > 0:
+            busy = (d[0] + d[1] + d[2] + d[5] + d[6]) / total
+            out["steal"] = round(d[7] / total, 3)
+            out["other_processes"] = round(max(0.0, busy - (mine or 0.0)), 3)
+    out["this_process"] = None if mine is None else round(mine, 3)
+    return out
+
+
+def decode_report(lm: nn.Module | None = None, since: CpuSnapshot | None = None) -> dict[str, Any]:
     """Everything that explains a CPU decode's speed here (see the module docstring), as plain
     JSON values. With `lm` (a StageLM), also whether its decode weights are packed for oneDNN and
-    how much of them lies on huge pages."""
+    how much of them lies on huge pages; with `since` (taken before the run), who had the CPUs
+    during the run (`cpu_use`)."""
     model, flags = cpu_model_and_flags()
     try:
         affinity: list[int] | None = sorted(os.sched_getaffinity(0))
@@ -163,6 +209,8 @@ def decode_report(lm: nn.Module | None = None) -> dict[str, Any]:
         report["weights_packed"] = round(sum(w.is_mkldnn for w in weights) / len(weights), 3) if weights else None
         cpu = [w for w in weights if w.device.type == "cpu"]
         report["weights_on_huge_pages"] = huge_page_share([weight_span(w) for w in cpu]) if cpu else None
+    if since is not None:
+        report["cpu_use"] = cpu_use_since(since)
     report["hints"] = hints(report)
     return report
 
@@ -183,6 +231,12 @@ def hints(r: dict[str, Any]) -> list[str]:
         out.append("the decode weights are not packed for oneDNN (compiled or non-fp32 decoder, or packing failed).")
     if not r.get("mkldnn_available"):
         out.append("this torch has no oneDNN (mkldnn): weights stay unpacked, products run slower.")
+    use = r.get("cpu_use") or {}
+    if (use.get("other_processes") or 0) >= 0.1:
+        out.append(f"other processes used {use['other_processes']:.0%} of the CPU time during the run: "
+                   "the decode had fewer cores than it has threads.")
+    if (use.get("steal") or 0) >= 0.05:
+        out.append(f"the hypervisor took {use['steal']:.0%} of the CPU time (steal): the virtual CPUs ran slower.")
     flags = r.get("cpu_flags") or {}
     if flags and not flags.get("avx2"):
         out.append("the CPU has no AVX2: fp32 products run on narrow vector units.")
@@ -213,5 +267,10 @@ def format_report(r: dict[str, Any]) -> str:
         + (f" (LD_PRELOAD={alloc['ld_preload']})" if alloc["ld_preload"] else "")
         + (f", {alloc['env']}" if alloc["env"] else ""),
     ]
+    if r.get("cpu_use"):
+        use = r["cpu_use"]
+        pct = lambda x: "?" if x is None else f"{x:.0%}"  # noqa: E731
+        lines.append(f"CPU time during the run: this process {pct(use['this_process'])}, other processes "
+                     f"{pct(use['other_processes'])}, hypervisor steal {pct(use['steal'])}")
     lines += [f"note: {h}" for h in r["hints"]]
     return "\n".join(lines)
