@@ -22,9 +22,10 @@ What it costs, and why it is not the default:
   tensors unpickleable", counter `fxgraph_cache_bypass`). Turning the packing off
   (`cpp.weight_prepack=False`) makes the graph cacheable but also turns off the CPP GEMM
   template (Inductor only offers it with packing on): the ~3x slower products. So every start
-  compiles. The way left is AOTInductor (export + `aoti_compile_and_package` into a per-machine
-  folder; it serializes packed constants), which needs the step to take the KV caches as inputs
-  so that the eager prefill and the packaged step share them (benchmarks/RESULTS.md).
+  compiles. Measured to be reusable and about as fast: packing off with the products traced as
+  `weight @ x.T` (benchmarks/compile_cache.py; needs a one-line change in `lm.linear`). The
+  other way is AOTInductor, which needs the step to take the KV caches as inputs so that the
+  eager prefill and the packaged step share them (benchmarks/RESULTS.md).
 So it pays off in the resident daemon and in long sessions, not in a one-off CLI call. The
 eager path (oneDNN-packed weights) stays the default.
 
