@@ -499,15 +499,9 @@ def _proc_field(path: str, prefix: str) -> str | None:
 
 
 def machine_info(device: torch.device) -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count()}
-    try:
-        info["cores_available"] = len(os.sched_getaffinity(0))
-    except AttributeError:
-        pass
-    cpu_model = _proc_field("/proc/cpuinfo", "model name")
-    if cpu_model:
-        info["cpu_model"] = cpu_model.split(":", 1)[1].strip()
+    """The run's platform, memory, load and GPU; the CPU itself (model, flags, threads, huge
+    pages, allocator) is engine/machine.py's report, merged in by the caller."""
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine()}
     mem_total = _proc_field("/proc/meminfo", "MemTotal")
     if mem_total:
         info["mem_total_gib"] = round(int(mem_total.split()[1]) / 2**20, 1)
@@ -614,6 +608,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.skip_transformers:
         run_transformers(hf, prompt, warm_steps, args, text, probe)
 
+    from .engine.machine import cpu_snapshot, decode_report, format_report
+    cpu_start = cpu_snapshot()  # who had the CPUs during the timed runs: machine.cpu_use
     ours_runs: list[Run] = []
     fp32_runs: list[Run] = []
     hf_runs: list[Run] = []
@@ -639,6 +635,8 @@ def _run(args: argparse.Namespace) -> int:
         scores = quality(ref_decoder, decoder, context, args.quality_frames, args, text)
     attn_impl = getattr(hf.config, "_attn_implementation", None)
     hf_cache = None if args.skip_transformers else cache_kwarg(hf)
+    machine = decode_report(ours, since=cpu_start)  # what explains a slow run (engine/machine.py)
+    _log(format_report(machine))
     del hf, ours, decoder, ref_decoder, chosen, probe
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -693,7 +691,7 @@ def _run(args: argparse.Namespace) -> int:
         "transformers_version": transformers.__version__,
         "transformers_cache_kwarg": hf_cache,
         "transformers_attn_implementation": attn_impl,
-        "machine": {**machine_info(device), "loadavg_1min_at_start": load_start},
+        "machine": {**machine_info(device), "loadavg_1min_at_start": load_start, **machine},
         "model": {"layers": args.layers, "dim": args.dim, "heads": args.heads, "ffn": args.ffn,
                   "codebooks": NUM_CODEBOOKS, "card": CARD, "weights": "random, identical on both sides"},
         "workload": {"context_frames": args.context_frames, "gen_frames": args.gen_frames, "batch": args.batch,

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
     from ..engine.generate import StemRequest, StemResult
     from ..engine.model import StageModel
     from ..engine.sampling import SamplingParams
+
+log = logging.getLogger("stage_bridge.runner")
 
 EngineProgress = Callable[[int, int], None]  # (steps done, steps in all), as render_stem reports it
 
@@ -161,8 +165,11 @@ def render_and_publish(model: "StageModel", job: StemJob, request: "StemRequest"
     found = dict(interrupted or {})
     missing = [k for k in range(1, len(result.takes) + 1) if k not in found]
     loudness = take_loudness(result)
+    t_write = time.perf_counter()
     new = publish_takes(outbox, job.name, job.instrument, job.bpm, [result.takes[k - 1] for k in missing],
                         result.sample_rate, sidecar, [loudness[k - 1] for k in missing], numbers=missing)
+    result.timings["write_s"] = time.perf_counter() - t_write  # after the sidecars: the log says it
+    log.info("job %s: %s", job.id, ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()))
     found.update(zip(missing, new))
     return [found[k] for k in sorted(found)], result
 

@@ -16,8 +16,16 @@ What it costs, and why it is not the default:
 - memory: Inductor keeps its own packed copy of the weights next to the model's, and the KV
   cache stays allocated between generations (musicgen-small, fp32: 2.1 GB resident before
   compiling, 4.3 GB after, 5.5 GB at the peak while compiling; measured);
-- no reuse across processes: Inductor does not cache graphs that hold oneDNN-packed
-  constants, and without them (cacheable) the products ran ~3x slower, so every start compiles.
+- no reuse across processes (torch 2.13): freezing's weight-pack pass replaces every linear's
+  weight by a packed constant held as an mkldnn-layout tensor (MKL's packed format for these
+  static-row products), and Inductor's FX graph cache refuses any graph holding one ("mkldnn
+  tensors unpickleable", counter `fxgraph_cache_bypass`). Turning the packing off
+  (`cpp.weight_prepack=False`) makes the graph cacheable but also turns off the CPP GEMM
+  template (Inductor only offers it with packing on): the ~3x slower products. So every start
+  compiles. Measured to be reusable and about as fast: packing off with the products traced as
+  `weight @ x.T` (benchmarks/compile_cache.py; needs a one-line change in `lm.linear`). The
+  other way is AOTInductor, which needs the step to take the KV caches as inputs so that the
+  eager prefill and the packaged step share them (benchmarks/RESULTS.md).
 So it pays off in the resident daemon and in long sessions, not in a one-off CLI call. The
 eager path (oneDNN-packed weights) stays the default.
 

@@ -249,15 +249,25 @@ def _render_stem(model: StageModel, req: StemRequest, progress: Progress | None,
         states, mask = model.require_text().encode([req.prompt] * req.takes + [""] * (rows - req.takes))
         cross = model.lm.cross_context(states, mask)
     seed = req.seed if req.seed is not None else random_seed()
+    first_step: list[float] = []  # when the first step was sampled: the prefill's end
+
+    def on_step(done: int, total: int) -> None:
+        if not first_step:
+            first_step.append(time.perf_counter())
+        if progress is not None:
+            progress(done, total)
+
     codes = generate_codes(model.decoder, context_codes, codec.frames_for(n_model), req.takes, req.sampling, seed,
-                           cross, progress=progress, should_cancel=should_cancel)
+                           cross, progress=on_step, should_cancel=should_cancel)
     t_generated = time.perf_counter()
     _check_cancel(should_cancel)
     audio = codec.decode(codes)[:, :n_model].numpy()  # float32, in host memory
     takes, loudness = _match_takes([fit_length(resample(a, sr, sr_out), n_out) for a in audio], sr_out, req, warnings)
     t_done = time.perf_counter()
-    timings = {"encode_s": t_encoded - t_start, "generate_s": t_generated - t_encoded,
-               "decode_s": t_done - t_generated, "total_s": t_done - t_start}
+    # generate_s = prefill_s (the prompt, the context window's one forward, the first sampled step)
+    # + the decode steps; decode_s is EnCodec's decode and fitting the takes.
+    timings = {"encode_s": t_encoded - t_start, "prefill_s": (first_step or [t_generated])[0] - t_encoded,
+               "generate_s": t_generated - t_encoded, "decode_s": t_done - t_generated, "total_s": t_done - t_start}
     return StemResult(takes, sr_out, n_out, seed, timings, warnings, loudness)
 
 
