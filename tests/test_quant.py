@@ -261,3 +261,20 @@ def test_bench_refuses_a_precision_it_cannot_run(capsys):
     assert "--compile" in capsys.readouterr().err
     assert main(BENCH + ["--precision", "int8", "--dtype", "bf16"]) == 2
     assert "fp32" in capsys.readouterr().err
+
+
+def test_the_daemon_serves_integer_precisions_and_drops_compile_for_them(tmp_path, caplog):
+    """`serve --precision int8` loads quantized models (the sidecar and `doctor` then say int8);
+    --compile does not apply to integer kernels: said in the log, and the models still load."""
+    from stage_bridge.bridge import daemon
+    from stage_bridge.bridge.config import ServeConfig
+
+    with caplog.at_level("WARNING", logger="stage_bridge.daemon"):
+        models, _ = daemon.load_models(ServeConfig(home=tmp_path, models={"drums": "tiny-random"}, device="cpu",
+                                                   precision="int8", compile=True))
+    model = models["drums"]
+    assert model.precision == "int8" and model.decoder.mode == "eager"
+    assert "--compile does not apply to --precision int8" in caplog.text
+    models, _ = daemon.load_models(ServeConfig(home=tmp_path, models={"drums": "tiny-random"}, device="cpu",
+                                               precision="int4"))
+    assert models["drums"].precision == "int4"
