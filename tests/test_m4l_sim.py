@@ -14,7 +14,6 @@ real waiting is for UDP replies and the daemon's work, on conditions with genero
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import threading
