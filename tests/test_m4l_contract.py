@@ -30,6 +30,7 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from conftest import require_tool
+from node_lines import NodeLines
 from daemon_util import Daemon
 from stage_bridge.audio.timing import bars_to_samples
 from stage_bridge.bridge import protocol as P
@@ -43,36 +44,14 @@ SAMPLE_RATE = 44100
 ENDS = (P.DONE, P.ERROR, P.CANCELLED)
 
 
-class Logic:
+class Logic(NodeLines):
     """stage_logic.js under Node, one JSON request/answer per line."""
 
     def __init__(self, node: str):
-        self.proc = subprocess.Popen([node, str(DRIVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
-
-    def ask(self, **request: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the Node driver exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(answer["error"])
-        return answer
+        super().__init__(node, DRIVER)
 
     def call(self, fn: str, *args: Any) -> Any:
         return self.ask(cmd="call", fn=fn, args=list(args))["result"]
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 class Replies:
@@ -479,12 +458,12 @@ def test_weights_missing(logic, rig):
 # -- the launcher (stage_launcher.js) starts the real daemon --------------------------------------------
 
 LAUNCHER = REPO / "max_for_live" / "src" / "stage_launcher.js"
-STUB_MAX_API = REPO / "max_for_live" / "tests" / "stub_max_api"
+STUB_MAX_API = REPO / "max_for_live" / "sim" / "node_modules_stub"
 
 
 class Launcher:
     """stage_launcher.js in Node as node.script runs it, with the stand-in max-api module
-    (max_for_live/tests/stub_max_api): messages in as JSON lines, outlet/post lines out."""
+    (max_for_live/sim/node_modules_stub): messages in as JSON lines, outlet/post lines out."""
 
     def __init__(self, node: str, env: dict[str, str]):
         self.proc = subprocess.Popen([node, str(LAUNCHER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

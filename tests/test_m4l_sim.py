@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -26,6 +25,7 @@ from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from conftest import require_tool
+from node_lines import NodeLines
 from daemon_util import Daemon
 
 pytestmark = pytest.mark.slow  # node + a whole daemon
@@ -114,30 +114,20 @@ class Relay:
         self.reply.close()
 
 
-class SimDevice:
+class SimDevice(NodeLines):
     """The simulation under Node, one JSON request/answer per line."""
 
     def __init__(self, node: str, relay: Relay, **options: Any) -> None:
         self.relay = relay
         self.receive_port = free_port()
         relay.device_port = self.receive_port
-        self.proc = subprocess.Popen([node, str(DRIVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, bufsize=1)
+        super().__init__(node, DRIVER, "the simulation")
         params = {"Send port": relay.port(relay.inbound), "Receive port": self.receive_port}
         self.ask("create", options={"parameters": params, **options})
         self.ask("start")
 
     def ask(self, cmd: str, **request: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **request}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the simulation exited: {self.proc.stderr.read() if self.proc.stderr else ''}")
-        answer = json.loads(line)
-        if "error" in answer:
-            raise RuntimeError(answer["error"])
-        return answer
+        return super().ask(cmd=cmd, **request)
 
     def wait(self, until: str, timeout_ms: int = JOB_TIMEOUT_MS) -> None:
         try:
@@ -159,13 +149,7 @@ class SimDevice:
         try:
             self.ask("close")
         finally:
-            if self.proc.stdin:
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            super().close()
 
 
 @pytest.fixture(scope="module")

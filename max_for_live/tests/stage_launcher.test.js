@@ -1,6 +1,6 @@
 'use strict';
 // Tests of src/stage_launcher.js, the Node for Max script that starts `stage-bridge serve`. The script runs
-// for real in a child Node process with a stand-in `max-api` module (tests/stub_max_api, following the
+// for real in a child Node process with a stand-in `max-api` module (sim/node_modules_stub, following the
 // Node for Max API docs) and fake `stage-bridge` commands (shell scripts); tests/test_m4l_contract.py runs
 // it with the real daemon.
 const test = require('node:test');
@@ -12,7 +12,7 @@ const readline = require('node:readline');
 const { spawn } = require('node:child_process');
 
 const SCRIPT = path.join(__dirname, '..', 'src', 'stage_launcher.js');
-const STUB = path.join(__dirname, 'stub_max_api');
+const STUB = path.join(__dirname, '..', 'sim', 'node_modules_stub');
 const launcherLib = require(SCRIPT);
 const posixOnly = process.platform === 'win32' ? 'fake commands are shell scripts' : false;
 
