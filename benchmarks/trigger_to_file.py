@@ -54,9 +54,9 @@ def make_small_checkpoint(folder: Path) -> Path:
     (made once: ~1.5 GB): the decoder at musicgen-small's size, EnCodec at the real 32 kHz
     model's shape, and a one-layer T5 of t5-base's width (prompts are not benchmarked)."""
     import torch
-    from transformers import EncodecModel, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
-    from stage_bridge.engine.checkpoints import NATIVE_CONFIG, NATIVE_WEIGHTS, Checkpoint, save_native
+    from stage_bridge.engine.checkpoints import NATIVE_CONFIG, NATIVE_WEIGHTS, Checkpoint, random_codec, save_native
     from stage_bridge.engine.codec import musicgen_codec_config
     from stage_bridge.engine.lm import LMConfig, StageLM
 
@@ -66,12 +66,7 @@ def make_small_checkpoint(folder: Path) -> Path:
     cfg = LMConfig()
     lm = StageLM(cfg)
     codec_cfg = musicgen_codec_config()
-    codec = EncodecModel(codec_cfg)
-    with torch.no_grad():  # transformers initialises codebooks to zeros: every code would decode alike
-        for layer in codec.quantizer.layers:
-            layer.codebook.embed.normal_()
-            layer.codebook.embed_avg.copy_(layer.codebook.embed)
-            layer.codebook.inited.fill_(1.0)
+    codec = random_codec(codec_cfg)
     text_cfg = T5Config(vocab_size=259, d_model=cfg.text_dim, d_kv=64, d_ff=256, num_layers=1, num_heads=4,
                         feed_forward_proj="relu", is_encoder_decoder=False)
     text = T5EncoderModel(text_cfg)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
+import transformers
 from transformers import EncodecConfig, T5Config
 
 from ..atomic import write_atomic
@@ -440,9 +441,23 @@ def save_native(ckpt: Checkpoint, folder: Path) -> None:
 
 # -- tiny-random -------------------------------------------------------------------------------
 
+def random_codec(codec_cfg: EncodecConfig) -> "transformers.EncodecModel":
+    """EnCodec with random weights AND random codebooks (transformers initialises codebooks to
+    zeros, so every code would decode alike): for random checkpoints of any size."""
+    from transformers import EncodecModel
+
+    codec = EncodecModel(codec_cfg)
+    with torch.no_grad():
+        for layer in codec.quantizer.layers:
+            layer.codebook.embed.normal_()
+            layer.codebook.embed_avg.copy_(layer.codebook.embed)
+            layer.codebook.inited.fill_(1.0)
+    return codec
+
+
 def tiny_random(seed: int = 0) -> Checkpoint:
     """Small dims, fixed seed, random weights: produces noise. For tests and demos only."""
-    from transformers import EncodecModel, T5EncoderModel
+    from transformers import T5EncoderModel
     from .lm import StageLM
 
     torch.manual_seed(seed)
@@ -455,12 +470,7 @@ def tiny_random(seed: int = 0) -> Checkpoint:
                               hidden_size=16, num_filters=4, num_residual_layers=1, upsampling_ratios=[8, 5, 4, 4],
                               use_causal_conv=False, num_lstm_layers=1, codebook_size=64, codebook_dim=16,
                               use_conv_shortcut=False)
-    codec = EncodecModel(codec_cfg)
-    with torch.no_grad():  # transformers initialises codebooks to zeros: every code would decode alike
-        for layer in codec.quantizer.layers:
-            layer.codebook.embed.normal_()
-            layer.codebook.embed_avg.copy_(layer.codebook.embed)
-            layer.codebook.inited.fill_(1.0)
+    codec = random_codec(codec_cfg)
     text_cfg = T5Config(vocab_size=259, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4,
                         feed_forward_proj="relu", is_encoder_decoder=False)
     text = T5EncoderModel(text_cfg)
