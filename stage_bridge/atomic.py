@@ -212,6 +212,8 @@ def opened_path(fd: int, name: str | os.PathLike[str], st: os.stat_result | None
     """Where the open file `fd` really is: the kernel's answer (/proc/self/fd on Linux, F_GETPATH
     on macOS); elsewhere `name` resolved now, accepted only if that is the very file open."""
     if sys.platform.startswith("linux"):
+        # proc_pid_fd(5): each entry "is a symbolic link to the actual file"
+        # (man7.org/linux/man-pages/man5/proc_pid_fd.5.html)
         try:
             return Path(os.readlink(f"/proc/self/fd/{fd}"))
         except OSError:
@@ -219,8 +221,13 @@ def opened_path(fd: int, name: str | os.PathLike[str], st: os.stat_result | None
     if sys.platform == "darwin":
         import fcntl
 
+        # fcntl(2) on macOS: F_GETPATH "Get the path of the file descriptor" into a MAXPATHLEN (1024) buffer;
+        # Python exposes it as fcntl.F_GETPATH on macOS since 3.9 (docs.python.org/3/library/fcntl.html);
+        # 50 is its value in <sys/fcntl.h>.
         raw = fcntl.fcntl(fd, getattr(fcntl, "F_GETPATH", 50), bytes(1024))
         return Path(os.fsdecode(raw.split(b"\0", 1)[0]))
+    # elsewhere (Windows): os.path.samestat compares st_dev/st_ino, which os.fstat and os.stat fill on
+    # Windows too (docs.python.org/3/library/os.html#os.stat_result: st_ino is the file index there)
     real = Path(os.path.realpath(name))
     st = st or os.fstat(fd)
     try:

@@ -149,7 +149,7 @@ def free_memory(device: torch.device) -> Memory:
     platform we cannot read never refuses a job."""
     host = _free_ram()
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+        free, _ = torch.cuda.mem_get_info(device)  # cudaMemGetInfo: free and total bytes (torch.cuda docs)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return Memory(host, int(free + cached))
     return Memory(host)
@@ -167,11 +167,14 @@ def _os_available() -> int:
         try:
             with open("/proc/meminfo") as f:
                 for line in f:
+                    # "An estimate of how much memory is available for starting new applications,
+                    # without swapping" (docs.kernel.org/filesystems/proc.html, /proc/meminfo)
                     if line.startswith("MemAvailable:"):
                         return int(line.split()[1]) * 1024
         except (OSError, ValueError, IndexError):
             pass
-    elif sys.platform == "darwin":  # free + inactive + speculative + purgeable pages (what Activity Monitor counts)
+    elif sys.platform == "darwin":  # free + inactive + speculative + purgeable pages, each "Pages NAME: N" in
+        # vm_stat(1)'s output after "page size of N bytes" (man vm_stat; Activity Monitor counts the same as available)
         try:
             text = subprocess.run(["vm_stat"], capture_output=True, text=True, timeout=5, check=True).stdout
             page = int(re.search(r"page size of (\d+)", text).group(1))  # type: ignore[union-attr]
@@ -189,6 +192,8 @@ def _os_available() -> int:
                         ("ullTotalVirtual", ctypes.c_ulonglong), ("ullAvailVirtual", ctypes.c_ulonglong),
                         ("ullAvailExtendedVirtual", ctypes.c_ulonglong)]
 
+        # GlobalMemoryStatusEx / MEMORYSTATUSEX, dwLength set by the caller; ullAvailPhys: "physical memory
+        # currently available" (learn.microsoft.com/windows/win32/api/sysinfoapi/nf-sysinfoapi-globalmemorystatusex)
         status = MEMORYSTATUSEX(dwLength=ctypes.sizeof(MEMORYSTATUSEX))
         if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):  # type: ignore[attr-defined]
             return int(status.ullAvailPhys)
@@ -196,7 +201,8 @@ def _os_available() -> int:
 
 
 def _cgroup_room() -> int:
-    """A container's (cgroup v2) memory limit minus its use: the OS figure ignores it."""
+    """A container's (cgroup v2) memory limit minus its use: the OS figure ignores it. memory.max is
+    a byte count or "max", memory.current the usage in bytes (docs.kernel.org/admin-guide/cgroup-v2.html)."""
     try:
         with open("/sys/fs/cgroup/memory.max") as f:
             limit = f.read().strip()
