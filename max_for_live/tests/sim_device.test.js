@@ -78,6 +78,16 @@ async function doneJob(d, mode = 1) {
   return { id, take };
 }
 
+// Live playing, Generate pressed, one bar recorded: the /stage/generate the device then sent (as plain values).
+async function recordedGenerate(d) {
+  const { sim, daemon } = d;
+  sim.play();
+  sim.click('Generate');
+  sim.advance(20000);
+  await sim.waitFor(() => daemon.got.some((m) => m.address === '/stage/generate'), 10000, '/stage/generate');
+  return daemon.plain().find((m) => m[0] === '/stage/generate');
+}
+
 test('loads in Live: status, track menu (audio tracks only), tempo and ping over UDP, nothing in the Max window', async (t) => {
   const d = await loadDevice(t);
   assert.equal(d.sim.status, 'Looking for the stage-bridge daemon...');
@@ -207,12 +217,7 @@ test('track names holding spaces show without Live\'s quotes', async (t) => {
 for (const emptyText of ['text', 'nothing']) test(`empty prompt and home fields (an empty textedit outputs ${emptyText}): no prompt, the daemon's bounces folder`, async (t) => {
   const d = await loadDevice(t, { emptyText });
   await connect(d);
-  const { sim, daemon } = d;
-  sim.play();
-  sim.click('Generate');
-  sim.advance(20000);
-  await sim.waitFor(() => daemon.got.some((m) => m.address === '/stage/generate'), 10000, '/stage/generate');
-  const gen = daemon.plain().find((m) => m[0] === '/stage/generate');
+  const gen = await recordedGenerate(d);
   assert.equal(path.dirname(gen[2]), path.join(d.home, 'bounces'));
   assert.ok(!gen.includes('prompt'), JSON.stringify(gen));
 });
@@ -229,11 +234,7 @@ test('Windows: Max paths with forward slashes for the recorder, backslashes for 
   d.bounces = d.home + '\\bounces';
   await connect(d);
   const { sim, daemon } = d;
-  sim.play();
-  sim.click('Generate');
-  sim.advance(20000);
-  await sim.waitFor(() => daemon.got.some((m) => m.address === '/stage/generate'), 10000, '/stage/generate');
-  const gen = daemon.plain().find((m) => m[0] === '/stage/generate');
+  const gen = await recordedGenerate(d);
   assert.match(gen[2], /^C:\\Users\\Bob\\AppData\\Local\\stage-bridge\\bounces\\live-.*\.wav$/);
   assert.equal(sim.recorded[0].file, sim.hostfs.real(gen[2]));
   const take = 'C:\\Users\\Bob\\AppData\\Local\\stage-bridge\\outbox\\x.take1.wav';
