@@ -30,3 +30,14 @@ def test_unknown_and_unavailable_trackers_say_what_to_do():
         track_beats(y, SR, tracker="nope")
     with pytest.raises(TrackerUnavailable, match="--tracker librosa"):
         track_beats(y, SR, tracker="beat_this")
+
+
+def test_beat_f1_known_answers():
+    from stage_bridge.audio.tracking import beat_f1
+
+    grid = np.arange(0.0, 8.0, 0.5)
+    assert beat_f1(grid, grid) == 1.0
+    assert beat_f1(grid, grid + 0.1) == 0.0          # every beat 100 ms late: outside 70 ms
+    assert beat_f1(grid, grid + 0.05) == 1.0         # 50 ms late: inside
+    assert beat_f1(grid, grid[::2]) == pytest.approx(2 * 0.5 / 1.5)  # precision 1, recall 0.5
+    assert beat_f1(grid, np.array([])) == 0.0

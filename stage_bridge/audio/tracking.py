@@ -96,3 +96,17 @@ def track_beats(y: np.ndarray, sr: int, *, tracker: str = "librosa", beats_per_b
     if tracker == "beat_this":
         raise TrackerUnavailable("the Beat This tracker is not set up here; use --tracker librosa")
     raise ValueError(f"unknown beat tracker {tracker!r}; choose one of: {', '.join(TRACKERS)}")
+
+
+F1_TOLERANCE_S = 0.07  # the STAGE paper's (and mir_eval's default) beat-matching window
+
+
+def beat_f1(reference: np.ndarray, estimated: np.ndarray, tolerance_s: float = F1_TOLERANCE_S) -> float:
+    """F-measure of ``estimated`` event times against ``reference`` ones (seconds), each matched
+    at most once within ``tolerance_s``: mir_eval's implementation, without its usual trimming of
+    the first 5 s (a take or an 8-bar context is often only that long)."""
+    import mir_eval
+
+    ref = np.sort(np.asarray(reference, dtype=np.float64))
+    est = np.sort(np.asarray(estimated, dtype=np.float64))
+    return float(mir_eval.beat.f_measure(ref, est, f_measure_threshold=tolerance_s))
