@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -186,3 +188,47 @@ def test_a_step_that_fails_to_compile_runs_eager(caplog, monkeypatch):
         got = generate_codes(decoder, ctx, 6, takes=1, sampling=params, seed=2)
     assert torch.equal(got, want)
     assert len(calls) == 1 and "omp.h" in decoder.compiled.failed and "without --compile" in caplog.text
+
+
+@pytest.mark.slow
+def test_second_process_loads_the_compiled_step_from_the_users_cache(tmp_path):
+    """Compiling is paid once per machine: a second process finds the step in the cache folder
+    under the user's cache dir (XDG_CACHE_HOME here) and does not compile it again; both steps
+    give the eager step's logits."""
+    require_compiler()
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != compiled_mod.CACHE_ENV}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    child = Path(__file__).with_name("compile_cache_child.py")
+
+    def run() -> dict:
+        out = subprocess.run([sys.executable, str(child), "7"], env=env, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    first, second = run(), run()
+    folder = tmp_path / "cache" / "stage-bridge" / "inductor"
+    assert first["cache_dir"] == second["cache_dir"] == str(folder)
+    assert first["failed"] is None and second["failed"] is None
+    assert first["fx"].get("fxgraph_cache_miss", 0) >= 1 and not first["fx"].get("fxgraph_cache_bypass")
+    assert second["fx"].get("fxgraph_cache_hit", 0) >= 1
+    assert not second["fx"].get("fxgraph_cache_miss") and not second["fx"].get("fxgraph_cache_bypass")
+    assert first["max_diff"] < 1e-4 and second["max_diff"] < 1e-4
+    assert any(folder.rglob("*.py"))  # the generated code lives there, not in the temporary folder
+
+
+def test_cache_folder_is_the_users_unless_they_chose_one(monkeypatch, tmp_path):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    ours = tmp_path / "ours"
+    for before, after in [(None, str(ours)), (default_cache_dir(), str(ours)), ("/their/choice", "/their/choice")]:
+        if before is None:
+            monkeypatch.delenv(compiled_mod.CACHE_ENV, raising=False)
+        else:
+            monkeypatch.setenv(compiled_mod.CACHE_ENV, before)
+        compiled_mod.use_cache_dir(ours)
+        assert os.environ[compiled_mod.CACHE_ENV] == after

@@ -3,29 +3,28 @@
 Why: an eager decode step of the 24-layer decoder is ~900 small ops, each a Python call and a
 trip through memory, between 148 weight products. Inductor fuses everything between the products
 (norms, residuals, GELU, the whole single-query attention over the KV cache) into a few C++
-loops, and packs the frozen weights for its own small-row GEMM kernels. Measured on a 2-core
-AMD EPYC (fp32, musicgen-small size): 1.09-1.42x faster per step (median 1.16x) than the eager
-step on oneDNN-packed weights, and 1.07-1.33x the memory floor (benchmarks/RESULTS.md).
+loops.
 
-What it costs, and why it is not the default:
+Compiled once per machine, not once per process: Inductor keeps what it built in its FX graph
+cache, here under the user's cache folder (`inductor_cache_dir`), and a later process that traces
+the same step loads it instead of compiling (measured on a 2-core AMD EPYC, musicgen-small size:
+the first process compiles for ~106 s, a later one is decoding after 22-30 s, which is Dynamo's
+tracing and freezing; the cache folder holds ~3 MB, frozen weights are not stored). For that the
+graph must hold no oneDNN-packed constants, which the cache refuses ("mkldnn tensors
+unpickleable"): Inductor's weight packing is off (`cpp.weight_prepack`), and the small-row
+products are traced as `weight @ x.T` (`lm.linear`), the order that streams the plain weights
+fast. That step measured 1.02-1.29x faster than the eager step on oneDNN-packed weights (median
+1.09x, contended machine; the packed, uncacheable compiled step: median 1.16x).
+
+What it costs, and why it is not the default (benchmarks/RESULTS.md):
 - a C++ compiler on the machine (Inductor writes and builds C++); `compile_problem` says when
   there is none;
-- compiling: ~1-2 minutes on 2 cores, once per process for each kind of step (number of rows,
-  i.e. takes with guidance; with or without a text prompt). Later generations of that kind reuse
-  it; lengths (context, bars, prompt tokens) are symbolic, so they do not recompile;
-- memory: Inductor keeps its own packed copy of the weights next to the model's, and the KV
-  cache stays allocated between generations (musicgen-small, fp32: 2.1 GB resident before
-  compiling, 4.3 GB after, 5.5 GB at the peak while compiling; measured);
-- no reuse across processes (torch 2.13): freezing's weight-pack pass replaces every linear's
-  weight by a packed constant held as an mkldnn-layout tensor (MKL's packed format for these
-  static-row products), and Inductor's FX graph cache refuses any graph holding one ("mkldnn
-  tensors unpickleable", counter `fxgraph_cache_bypass`). Turning the packing off
-  (`cpp.weight_prepack=False`) makes the graph cacheable but also turns off the CPP GEMM
-  template (Inductor only offers it with packing on): the ~3x slower products. So every start
-  compiles. Measured to be reusable and about as fast: packing off with the products traced as
-  `weight @ x.T` (benchmarks/compile_cache.py; needs a one-line change in `lm.linear`). The
-  other way is AOTInductor, which needs the step to take the KV caches as inputs so that the
-  eager prefill and the packaged step share them (benchmarks/RESULTS.md).
+- the first start on a machine compiles for 1-2 minutes on 2 cores (for each kind of step:
+  number of rows, i.e. takes with guidance; with or without a text prompt), later starts 20-30 s
+  of tracing, where eager answers at once, for ~1.1x per step. Lengths (context, bars, prompt
+  tokens) are symbolic, so they do not recompile. A new PyTorch or a changed model recompiles
+  (the cache key holds the torch version and the generated code);
+- memory: the KV cache stays allocated between generations.
 So it pays off in the resident daemon and in long sessions, not in a one-off CLI call. The
 eager path (oneDNN-packed weights) stays the default.
 
@@ -37,18 +36,42 @@ full window), so their shape never changes and never causes a recompile.
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from ..paths import user_cache_dir
 from .lm import CrossContext, StageLM
 from .pattern import StageLayout
 
-# freezing: weights become constants, so Inductor may pack them; max_autotune with the CPP
-# backend: its small-row GEMM kernels (measured 7x faster than MKL's packed linear for 2 rows).
-INDUCTOR_OPTIONS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+# freezing: weights become constants Inductor can fold into the step; weight_prepack off: a
+# packed weight is an mkldnn tensor, which the FX graph cache refuses, so with it on every process
+# compiled again (counter `fxgraph_cache_bypass`); the max_autotune settings are those measured.
+INDUCTOR_OPTIONS = {"freezing": True, "cpp.weight_prepack": False, "max_autotune": True,
+                    "max_autotune_gemm_backends": "CPP,ATEN"}
+CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"  # Inductor reads its cache folder only from this variable
 
 log = logging.getLogger("stage_bridge.engine.compiled")
+
+
+def inductor_cache_dir() -> Path:
+    """Where compiled steps are kept between processes: the user's cache folder, not Inductor's
+    default under the temporary folder, which many systems empty at every boot."""
+    return user_cache_dir() / "inductor"
+
+
+def use_cache_dir(folder: Path) -> None:
+    """Point Inductor's caches at `folder` unless the user chose another with
+    TORCHINDUCTOR_CACHE_DIR. Inductor has no setting for it but this variable, read whenever it
+    looks for its cache; importing torch's compiler already writes Inductor's default into it,
+    so that value counts as unset (tests/test_compiled.py checks the files land in `folder`)."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get(CACHE_ENV)
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ[CACHE_ENV] = str(folder)
 
 
 def compile_problem(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -86,12 +109,13 @@ class CompiledDecoder:
     changed afterwards: Inductor has frozen a copy of its weights.
     """
 
-    def __init__(self, lm: StageLM, window_frames: int = 500):
+    def __init__(self, lm: StageLM, window_frames: int = 500, cache_dir: Path | None = None):
         if any(p.is_mkldnn for p in lm.parameters()):
             raise ValueError("the decoder's weights are packed for the eager CPU path; build the model with compile=True.")
         problem = compile_problem(lm.heads[0].weight.device, lm.heads[0].weight.dtype)
         if problem is not None:
             raise ValueError(problem)
+        use_cache_dir(cache_dir or inductor_cache_dir())
         self.lm = lm
         self.capacity = StageLayout(window_frames, window_frames, lm.cfg.num_codebooks).num_steps
         self._step = torch.compile(_DecodeStep(lm).eval())

@@ -81,16 +81,19 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     the same product as weight @ x.T streams at ~28 GB/s. Same numbers, different loop order.
     Many rows (prefill) without autograd run oneDNN on the plain weight: it reorders the weight
     per call, which hundreds of rows amortize (within ~10-15% of packed, ~2x MKL, measured).
-    Under `torch.compile` it is plain F.linear, which Inductor's weight packing recognizes.
+    Under `torch.compile` the small-row product is traced in the same weight @ x.T order: with
+    Inductor's weight packing off (engine/compiled.py) that order is what keeps the compiled
+    step fast, and an unpacked graph is one Inductor's cache can keep across processes.
     (Fusing the GELU and the residual adds into oneDNN's calls was tried: no measurable gain.)
     """
     if weight.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
-    if x.device.type != "cpu" or torch.compiler.is_compiling():  # Inductor packs F.linear itself
+    if x.device.type != "cpu":
         return F.linear(x, weight)
     rows = x.numel() // x.shape[-1]
     if rows > 16:
-        if weight.dtype == torch.float32 and not torch.is_grad_enabled() and torch.backends.mkldnn.is_available():
+        if (weight.dtype == torch.float32 and not torch.is_grad_enabled() and torch.backends.mkldnn.is_available()
+                and not torch.compiler.is_compiling()):
             return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")  # prefill: ~2x MKL
         return F.linear(x, weight)
     flat = x.reshape(rows, x.shape[-1])
