@@ -33,8 +33,8 @@ PRECISION_HELP = ("decoder precision: fp32 (default), bf16 or fp16 (about 2x fas
                   "(CPU only, not with --compile: int8 decoder weights, about 2.4x faster per step than fp32, "
                   "small logit differences; int4: faster still but far less faithful); the sidecar records which ran")
 COMPILE_HELP = ("CPU, fp32 only: compile the decode step with TorchInductor (needs a C++ compiler); the first "
-                "generation of each kind compiles for a minute or two, later ones in the same process decode "
-                "10-40%% faster (about 15%% typically)")
+                "time on this machine each kind of generation compiles for a minute or two, later processes load "
+                "it from the cache (about half a minute of tracing); then about 10%% faster per step")
 
 
 def build_parser() -> ArgumentParser:

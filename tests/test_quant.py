@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -278,3 +279,20 @@ def test_the_daemon_serves_integer_precisions_and_drops_compile_for_them(tmp_pat
     models, _ = daemon.load_models(ServeConfig(home=tmp_path, models={"drums": "tiny-random"}, device="cpu",
                                                precision="int4"))
     assert models["drums"].precision == "int4"
+
+
+def test_daemon_on_a_gpu_runs_an_integer_precision_config_in_fp32(tmp_path, monkeypatch, caplog):
+    """A config written for a laptop (`precision = "int8"`) still serves on a GPU machine: the
+    integer kernels are CPU ones, so it says so and loads fp32 instead of failing every model."""
+    from stage_bridge.bridge import daemon
+    from stage_bridge.bridge.config import ServeConfig
+    from stage_bridge.engine import model as model_mod
+
+    built, loaded = [], types.SimpleNamespace(is_random=False)
+    monkeypatch.setattr(model_mod, "pick_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(model_mod, "build_model", lambda ckpt, device, dtype, compile, quantize: built.append(
+        (device.type, dtype, quantize)) or loaded)
+    with caplog.at_level("WARNING", logger="stage_bridge.daemon"):
+        models, _ = daemon.load_models(ServeConfig(home=tmp_path, models={"drums": "tiny-random"}, precision="int8"))
+    assert built == [("cuda", torch.float32, None)] and models["drums"] is loaded
+    assert "--precision int8 is for the CPU; on cuda the models run in fp32" in caplog.text

@@ -34,6 +34,10 @@ def load_models(cfg: ServeConfig) -> "tuple[dict[str, StageModel | StageError], 
 
     device = pick_device(cfg.device)
     dtype, quantize = decode_precision(cfg.precision)
+    if quantize is not None and device.type != "cpu":  # a config written for a laptop, run on a GPU
+        log.warning("--precision %s is for the CPU; on %s the models run in fp32 (--precision bf16 is the fast "
+                    "choice there). Each take's sidecar says which precision ran.", quantize, device.type)
+        dtype, quantize = decode_precision("fp32")
     compile = cfg.compile
     if compile and quantize is not None:
         log.warning("--compile does not apply to --precision %s (its integer kernels run eager); continuing "
@@ -139,7 +143,9 @@ def doctor(cfg: ServeConfig) -> int:
     mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
     print(f"devices: cuda {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}, mps {'yes' if mps else 'no'}, "
           f"cpu yes ({torch.get_num_threads()} threads); --device {cfg.device}")
-    print(f"precision: {cfg.precision}" + (" (CPU only: integer weights)" if cfg.precision in ("int8", "int4") else "")
+    on_cpu = not cuda and not mps if cfg.device == "auto" else cfg.device == "cpu"
+    print(f"precision: {cfg.precision}" + ((" (integer weights)" if on_cpu else " (CPU only: fp32 on this device)")
+                                           if cfg.precision in ("int8", "int4") else "")
           + (", decode step compiled" if cfg.compile else ""))
     weights_dir = cfg.weights_dir or default_weights_dir()
     print(f"weights folder: {weights_dir}")
