@@ -30,6 +30,8 @@ from ..errors import StageError
 class TrashUnavailable(StageError):
     """The file cannot be moved to a trash here; it is left where it was."""
 
+    code = "trash_unavailable"
+
 
 def trash(path: Path) -> Path:
     """Move `path` (a file) to the platform's trash; returns where it went."""
