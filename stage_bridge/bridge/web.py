@@ -46,6 +46,7 @@ from typing import Any, Awaitable, Callable, Mapping, Sequence
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers, QueryParams
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -513,7 +514,11 @@ def build_app(ctx: WebContext) -> Starlette:
         Route("/api/takes/{take_id}/delete", _handled(api_delete), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC)),
     ]
-    return Starlette(routes=routes)
+    async def http_error(request: Request, exc: Exception) -> Response:  # no route, wrong method: JSON too
+        code = getattr(exc, "status_code", 500)
+        return _error(code, "not_found" if code == 404 else "bad_request", str(getattr(exc, "detail", exc)))
+
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
 
 # -- the guard: Host, Origin, CSRF header, token ---------------------------------------------------
