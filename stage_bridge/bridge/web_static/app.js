@@ -141,7 +141,8 @@ function takeRow(job, take) {
     take.lufs !== undefined && take.lufs !== null ? `${take.lufs} LUFS` : null,
     take.timings && take.timings.total_s !== undefined ? `made in ${take.timings.total_s.toFixed(1)} s` : null,
     ...fitScores(take.fit)].filter(Boolean).join(' · ');
-  const folders = (state.status ? state.status.keep_folders : []).map((f, i) => el('option', { value: i }, f));
+  const folders = (state.status ? state.status.keep_folders : []).map((f, i) =>
+    el('option', { value: i, title: f }, `to ${f.split(/[\\/]/).filter(Boolean).slice(-2).join('/')}`));
   const folder = el('select', { class: 'keep-folder', title: 'where "Keep" copies the take' }, folders);
   return el('div', { class: 'row take', id: `take-${take.id}`, 'data-take': take.id },
     el('span', { class: 'label' }, `take ${take.take}`),
@@ -245,8 +246,8 @@ function setUpDrop() {
 }
 
 // -- the event stream --------------------------------------------------------------------------------
-function refreshAll() {
-  return Promise.all([refreshStatus(), refreshJobs()]).catch(e => say(e.message, 'bad'));
+function refreshAll() {  // the status first: the take rows offer its keep folders
+  return refreshStatus().then(refreshJobs).catch(e => say(e.message, 'bad'));
 }
 
 function listen() {
