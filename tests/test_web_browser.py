@@ -73,7 +73,7 @@ def artifacts(tmp_path) -> Path:
 def browser():
     chromium = require_tool("chromium")
     chromedriver = require_tool("chromedriver")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver  # in the test extra: a missing one is an error, not a skip
     from selenium.webdriver.chrome.service import Service
 
     os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never fetch a browser or driver
