@@ -92,6 +92,9 @@ def open_midi(cfg: ServeConfig) -> "MidiClockInput | None":
 def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_listen_host(cfg.osc_host, cfg.allow_remote)  # refuse at once, before minutes of model loading
+    if cfg.web:
+        from .web import check_web_host
+        check_web_host(cfg.web_host, cfg.allow_remote)
     models, device = load_models(cfg)
     midi = open_midi(cfg)
     try:

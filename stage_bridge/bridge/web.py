@@ -455,7 +455,7 @@ def build_app(ctx: WebContext) -> Starlette:
     async def api_cancel(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         try:
-            ctx.service.cancel(job_id)
+            await thread(ctx.service.cancel)(job_id)
         except P.ProtocolError as e:
             raise WebError(404, e.code, str(e)) from None
         return JSONResponse({"cancelling": job_id})
@@ -611,7 +611,8 @@ class WebServer:
     @property
     def url(self) -> str:
         """The page's address (with the token when one is needed): printed once, in the ready line."""
-        shown = "127.0.0.1" if self.host in ("127.0.0.1", "localhost") else self.host
+        shown = {"localhost": "127.0.0.1", "0.0.0.0": socket.gethostname(), "::": socket.gethostname()}.get(
+            self.host, self.host)  # every interface: the name other computers reach this one by
         shown = f"[{shown}]" if ":" in shown else shown
         return f"http://{shown}:{self.port}/" + (f"?token={self.ctx.token}" if self.ctx.token else "")
 
