@@ -121,9 +121,10 @@ def test_drop_watch_cancel_and_hear_a_take(tmp_path, browser, artifacts):
         set_field(browser, "f-bpm", "120")
         set_field(browser, "f-bars", "64")
         browser.execute_script(DROP, wav_b64(3.0, seed=1), "long verse.wav")
-        bar = wait_until("a progress bar", lambda: browser.find_elements("css selector", "#queue progress"))[0]
-        first = wait_until("progress starts", lambda: float(bar.get_attribute("value") or 0))
-        wait_until("progress moves", lambda: float(bar.get_attribute("value") or 0) > first)
+        progress = lambda: browser.execute_script(  # looked up each time: the queue is redrawn as jobs change
+            "const bar = document.querySelector('#queue progress'); return bar ? bar.value : 0;")
+        first = wait_until("progress starts", progress)
+        wait_until("progress moves", lambda: progress() > first)
         browser.save_screenshot(str(artifacts / "02-progress.png"))
         browser.find_element("css selector", "#queue button.cancel").click()
         wait_until("cancelled", lambda: browser.find_elements("css selector", "article.job .state.cancelled"))
@@ -142,6 +143,18 @@ def test_drop_watch_cancel_and_hear_a_take(tmp_path, browser, artifacts):
         assert browser.find_element("css selector", "article.job .state").text == "done"
         assert "chorus" in browser.find_element("css selector", "article.job h3").text
         browser.save_screenshot(str(artifacts / "04-take.png"))
+
+        # heard with its song, in sync (Web Audio), then kept
+        together = lambda: browser.find_element("css selector", "article.job .take button.together")
+        together().click()
+        wait_until("playing together", lambda: together().text == "Stop")
+        browser.save_screenshot(str(artifacts / "05-playing.png"))
+        together().click()
+        wait_until("stopped", lambda: together().text == "Play with context")
+        browser.find_element("css selector", "article.job .take button.keep").click()
+        wait_until("kept", lambda: "Kept as" in browser.find_element("id", "message").text)
+        kept = list((daemon.home / "kept").glob("chorus - drums take 1 (120 bpm, seed *).wav"))
+        assert len(kept) == 1, list((daemon.home / "kept").iterdir())
 
         # the same job service as OSC: the journal lists both jobs, from the web
         assert daemon.home.joinpath("bounces").is_dir()
