@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
 import socket
 import threading
 import time
@@ -92,7 +91,8 @@ class Room:
         self.osc = Recorder()
         self.events = WebEvents()
         self.tempo = TempoSource()
-        self.service = JobService(Journal(home / "jobs.sqlite3"), self.runner, FanOut(self.osc, self.events),
+        # the page's events first: once the recorder has seen an event, the page has too
+        self.service = JobService(Journal(home / "jobs.sqlite3"), self.runner, FanOut(self.events, self.osc),
                                   self.tempo, home, folders=(home / "inbox", self.outbox, self.bounces))
         self.service.start()
         self.ctx = WebContext(self.service, self.tempo, self.events, ("drums", "bass"),
@@ -281,20 +281,20 @@ def test_events_stream_hello_then_the_job_s_life(room):
 
 def test_event_streams_end_when_the_daemon_stops(tmp_path):
     r = Room(tmp_path / "home")
-    done = threading.Event()
+    opened, ended = threading.Event(), threading.Event()
 
     def listen() -> None:
         try:
-            read_events(r, 2)
+            read_events(r, 2, after_hello=opened.set)
         except AssertionError:
-            done.set()  # the stream ended after its hello
+            ended.set()  # the stream ended after its hello
 
     t = threading.Thread(target=listen)
     t.start()
-    time.sleep(0.5)  # let the stream open (not a pass/fail threshold: the stream ending is)
+    assert opened.wait(TIMEOUT)
     r.stop()
     t.join(TIMEOUT)
-    assert done.is_set()
+    assert ended.is_set()
 
 
 def test_fan_out_delivers_to_every_front_end_even_when_one_fails(room):
