@@ -598,3 +598,27 @@ def test_web_settings_from_the_command_line_environment_and_file(tmp_path):
 def test_a_taken_port_is_a_clear_error(room):
     with pytest.raises(StageError, match="--web-port"):
         WebServer(room.ctx, "127.0.0.1", room.server.port)
+
+
+def test_keep_into_a_folder_that_cannot_be_made_is_a_clear_refusal(room):
+    import dataclasses
+
+    from stage_bridge.bridge.web import WebError, keep
+    _, job = room.upload(wav_bytes())
+    take_id = finished(room, job["id"])["results"][0]["id"]
+    blocker = room.home / "a file, not a folder"
+    blocker.write_text("")
+    from stage_bridge.bridge.takes import find_take
+    with pytest.raises(WebError, match="pick another folder") as refused:
+        keep(dataclasses.replace(room.ctx, keep_folders=[blocker / "kept"]), find_take(room.outbox, take_id), 0)
+    assert refused.value.code == "output_not_writable"
+
+
+def test_delete_where_there_is_no_trash_refuses_and_keeps_the_take(room, monkeypatch):
+    import sys
+    _, job = room.upload(wav_bytes())
+    take_id = finished(room, job["id"])["results"][0]["id"]
+    monkeypatch.setattr(sys, "platform", "win32")  # the Recycle Bin is not supported yet
+    status, body = room.json("POST", f"/api/takes/{take_id}/delete")
+    assert status == 400 and body["error"] == "trash_unavailable" and "Explorer" in body["message"]
+    assert (room.outbox / take_id).exists() and (room.outbox / take_id).with_suffix(".json").exists()

@@ -52,7 +52,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..atomic import copy_atomic
+from ..atomic import copy_atomic, is_disk_full
 from ..audio.io import load_audio
 from ..audio.waveform import waveform_png
 from ..errors import StageError
@@ -267,7 +267,11 @@ def keep(ctx: WebContext, take: Take, folder_index: Any) -> Path:
             or not 0 <= folder_index < len(ctx.keep_folders):
         raise WebError(400, "bad_request", f"folder must be a number from 0 to {len(ctx.keep_folders) - 1}.")
     folder = ctx.keep_folders[folder_index]
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WebError(400, "output_not_writable", f"cannot make {folder} ({e.strerror or e}); pick another "
+                                                   "folder.") from None
     base = take.readable_name()[:-len(".wav")]
     for n in range(1, 1000):
         target = folder / (base + (f" ({n})" if n > 1 else "") + ".wav")
@@ -287,7 +291,11 @@ def keep(ctx: WebContext, take: Take, folder_index: Any) -> Path:
 
 def delete(take: Take) -> list[str]:
     """The take, then its sidecar, to the platform's trash; returns where they went."""
-    moved = [str(trash(take.path))]
+    try:
+        moved = [str(trash(take.path))]
+    except OSError as e:
+        raise WebError(500, "trash_failed", f"{take.id} could not be moved to the trash ({e.strerror or e}); "
+                                            "it is still there.") from None
     try:
         moved.append(str(trash(take.meta_path)))
     except (OSError, StageError) as e:  # the take itself is in the trash: say so, do not fail
@@ -345,6 +353,12 @@ async def receive_upload(request: Request, folder: Path, limit: int) -> Path:
                 await run_in_threadpool(f.write, chunk)
         if size == 0:
             raise WebError(400, "empty_audio", "the file is empty.")
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise WebError(507, "disk_full", f"the disk is full ({e.strerror}); free some space, then drop the "
+                                             "file again.") from None
+        raise WebError(500, "output_not_writable", f"the upload could not be saved in {folder}: {e}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
