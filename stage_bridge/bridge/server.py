@@ -20,7 +20,7 @@ from ..errors import StageError
 from . import protocol as P
 from .config import ServeConfig
 from .jobs import FanOut, Job, JobService, Journal, readable_roots
-from .osc import OscContext, OscEvents, UdpTransport, build_dispatcher, check_listen_host, dispatch
+from .osc import LOOPBACK, OscContext, OscEvents, UdpTransport, build_dispatcher, check_listen_host, dispatch
 from .runner import RenderSettings, StemRunner
 from .tempo import Clock, TempoSource
 from .writer import remove_orphan_sidecars
@@ -81,7 +81,7 @@ class Server:
              inputs: dict[str, str]) -> "WebServer | None":
         """The control room, bound now; a taken port is logged and the daemon runs without it
         (the OSC side is what the device needs)."""
-        from .web import LOOPBACK, WebContext, WebServer, new_token
+        from .web import WebContext, WebServer, new_token
 
         cfg = self.cfg
         token = cfg.web_token or (None if cfg.web_host in LOOPBACK else new_token())
