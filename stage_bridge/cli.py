@@ -104,6 +104,13 @@ def build_parser() -> ArgumentParser:
     s.add_argument("--weights-dir", type=Path, default=None)
     s.add_argument("--config", type=Path, default=None, help="TOML config file (default: the platform's config folder)")
     s.add_argument("--log-level", default="INFO")
+    s.add_argument("--web-port", type=whole_number(), default=None,
+                   help="port of the control room page (default 9002; 0: any free port, the ready line tells)")
+    s.add_argument("--web-host", default=None,
+                   help="address of the control room (default 127.0.0.1; another needs --allow-remote and then a "
+                        "token, printed once in the ready line; set your own with web_token in the config file)")
+    s.add_argument("--no-web", dest="web", action="store_const", const=False, default=None,
+                   help="no control room page")
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("doctor", help="show devices, MIDI ports, weights and settings")
@@ -206,6 +213,7 @@ class ProgressBar:
 def _serve_settings(args: argparse.Namespace) -> dict:
     keys = ("model", "device", "precision", "compile", "osc_host", "osc_port", "reply_host", "reply_port", "allow_remote", "midi",
             "midi_in", "midi_api", "watch", "home", "allow_root", "queue_size", "weights_dir")
+    keys += ("web", "web_host", "web_port")
     return {k: getattr(args, k, None) for k in keys}
 
 

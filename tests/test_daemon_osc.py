@@ -49,15 +49,15 @@ def _noise(path: Path, seconds: float, sr: int, channels: int = 2, seed: int = 0
 def rigs(tmp_path_factory) -> tuple[Rig, Rig]:
     """Both daemons of this module, started in parallel (each start costs seconds of torch import):
     - main: tiny-random for drums and bass, default queue;
-    - small: --queue-size 2, drums=stage-drums with an empty weights folder (weights_missing),
+    - small: --queue-size 2, --no-web, drums=stage-drums with an empty weights folder (weights_missing),
       bass=tiny-random, loudness matching off (from the environment); it never receives /stage/tempo, so no_tempo stays provokable.
     """
     root = tmp_path_factory.mktemp("osc")
     weights = root / "empty-weights"
     weights.mkdir()
-    main = dict(home=root / "home")
+    main = dict(home=root / "home", extra_args=["--web-port", "0"])
     small = dict(home=root / "small-home", models=["drums=stage-drums", "bass=tiny-random"],
-                 extra_args=["--queue-size", "2"],
+                 extra_args=["--queue-size", "2", "--no-web"],
                  env={"STAGE_BRIDGE_WEIGHTS": str(weights), "STAGE_BRIDGE_LOUDNESS_OFFSET": "off"})
     with running_daemons(main, small) as (main_rig, small_rig):
         home = main_rig.home
@@ -145,12 +145,22 @@ def test_ping_pong_echoes_token(rig):
     assert bare.args == ()
 
 
-def test_info_tells_home_and_bounces(rig):
+def test_info_tells_home_bounces_and_the_control_room(rig):
     mark = rig.dump.mark()
     rig.send(P.INFO)
     info = rig.dump.wait_for(lambda m: m.address == P.INFO and m.types, 10, since=mark)
-    assert info.types == "ss"
-    assert info.args == (str(rig.home.resolve()), str(rig.home.resolve() / "bounces"))
+    assert info.types == "sss"
+    assert info.args[:2] == (str(rig.home.resolve()), str(rig.home.resolve() / "bounces"))
+    ready = rig.daemon.wait_log(lambda line: line.startswith("stage-bridge ready:"), 5)
+    assert info.args[2] == ready.rsplit(", web ", 1)[1].strip()  # the page's address, as the ready line says
+    assert info.args[2].startswith("http://127.0.0.1:")
+
+
+def test_info_says_no_control_room_when_it_is_off(small):
+    mark = small.dump.mark()
+    small.send(P.INFO)
+    info = small.dump.wait_for(lambda m: m.address == P.INFO and m.types, 10, since=mark)
+    assert info.args[2] == P.NO_WEB
 
 
 def test_generate_exact_length_wav_sidecar_and_events(rig):

@@ -13,6 +13,7 @@ lives in the platform's config folder (`stage-bridge doctor` prints where), e.g.
     midi_in = "IAC Driver Bus 1"
     allow_root = ["~/Music/Ableton"]
     loudness_offset = 6      # takes arrive 6 LU under the song; "off" keeps them as generated
+    web_port = 9002          # the control room page; web = false turns it off
     [model]
     drums = "stage-drums"
     bass = "~/models/my-bass-run"
@@ -66,6 +67,10 @@ class ServeConfig:
     watch: bool = True
     sample_rate: int = 48000  # output rate of click-only jobs (no context file to follow)
     loudness_offset: float | None = field(default_factory=_default_loudness_offset)  # LU under the context; None: off
+    web: bool = True  # the control room (bridge/web.py)
+    web_host: str = "127.0.0.1"  # beyond loopback only with allow_remote, and then always with a token
+    web_port: int = 9002
+    web_token: str | None = None  # required on every request when set (generated when web_host is not loopback)
 
     @property
     def inbox(self) -> Path:
@@ -92,6 +97,8 @@ KEYS = {  # key: (type, ServeConfig field)
     "allow_root": (list, "allow_roots"), "queue_size": (int, "queue_size"), "weights_dir": (Path, "weights_dir"),
     "watch": (bool, "watch"), "sample_rate": (int, "sample_rate"), "loudness_offset": (float, "loudness_offset"),
 }
+KEYS.update({"web": (bool, "web"), "web_host": (str, "web_host"), "web_port": (int, "web_port"),
+             "web_token": (str, "web_token")})
 OFF = ("off", "none", "false", "no")  # how a float setting (loudness_offset) is turned off
 
 
@@ -188,4 +195,6 @@ def load_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
     if not 1 <= cfg.queue_size <= 1000:
         raise BadArgument(f"queue size {cfg.queue_size} must be 1-1000.")
     validate_loudness_offset(cfg.loudness_offset)
+    if not 0 <= cfg.web_port <= 65535:
+        raise BadArgument(f"web port {cfg.web_port} must be 0-65535.")
     return cfg

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import StageError
 from .config import ServeConfig
-from .osc import check_listen_host
+from .osc import LOOPBACK, check_listen_host
 from .server import Server
 
 if TYPE_CHECKING:
@@ -96,10 +96,14 @@ def open_midi(cfg: ServeConfig) -> "MidiClockInput | None":
 def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_listen_host(cfg.osc_host, cfg.allow_remote)  # refuse at once, before minutes of model loading
+    if cfg.web:
+        from .web import check_web_host
+        check_web_host(cfg.web_host, cfg.allow_remote)
     models, device = load_models(cfg)
     midi = open_midi(cfg)
     try:
-        server = Server(cfg, models, device, clock=midi)
+        inputs = {"MIDI clock": f"{midi.port_name} ({midi.api})"} if midi else {}
+        server = Server(cfg, models, device, clock=midi, inputs=inputs)
     except StageError:
         if midi:
             midi.close()
@@ -115,8 +119,9 @@ def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
         from .watcher import InboxWatcher
         server.add_thread(InboxWatcher(server.service, cfg.inbox, tuple(models)).run, "stage-bridge-inbox")
     host, port = server.osc_address
+    web = f"web {server.web.url}" if server.web else "web off"  # the only place a token is printed
     print(f"stage-bridge ready: OSC {host}:{port}, replies to {cfg.reply_host}:{cfg.reply_port}, "
-          f"device {device}, home {cfg.home}", file=sys.stderr, flush=True)
+          f"device {device}, home {cfg.home}, {web}", file=sys.stderr, flush=True)
     try:
         while not stop.wait(0.5):
             pass
@@ -129,6 +134,13 @@ def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
     return 0
 
 
+def web_address(cfg: ServeConfig) -> str:
+    """The control room's address as `doctor` tells it (the token, when one is needed, only `serve` prints)."""
+    host = f"[{cfg.web_host}]" if ":" in cfg.web_host else cfg.web_host
+    needs_token = cfg.web_token is not None or cfg.web_host not in LOOPBACK
+    return f"http://{host}:{cfg.web_port}/" + (" (add ?token=... as `serve` prints it)" if needs_token else "")
+
+
 def doctor(cfg: ServeConfig) -> int:
     """Print what the daemon would find: devices, MIDI ports, weights, folders and settings."""
     import torch
@@ -139,6 +151,7 @@ def doctor(cfg: ServeConfig) -> int:
     print(f"config file: {default_config_file()} ({'present' if default_config_file().exists() else 'not present'})")
     print(f"home: {cfg.home}  (inbox/, outbox/, bounces/, jobs.sqlite3)")
     print(f"OSC: listen {cfg.osc_host}:{cfg.osc_port}, reply to {cfg.reply_host}:{cfg.reply_port}")
+    print(f"control room: {web_address(cfg)}" if cfg.web else "control room: off (web = false / --no-web)")
     cuda = torch.cuda.is_available()
     mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
     print(f"devices: cuda {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}, mps {'yes' if mps else 'no'}, "

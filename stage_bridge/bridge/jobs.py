@@ -178,6 +178,11 @@ class Journal:
     def history(self, limit: int = 50) -> list[Job]:
         return self._rows("", (), f"seq DESC LIMIT {int(limit)}")[::-1]
 
+    def latest(self, job_id: str) -> Job | None:
+        """The latest job called `job_id` (ids may be reused after a job ended), or None."""
+        rows = self._rows("WHERE id=?", (job_id,), "seq DESC LIMIT 1")
+        return rows[0] if rows else None
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -189,6 +194,36 @@ class Events(Protocol):
     def done(self, job: Job) -> None: ...
     def failed(self, job: Job) -> None: ...
     def cancelled(self, job: Job) -> None: ...
+
+
+class FanOut:
+    """Events for several front ends at once (the OSC replies, the control room's stream): one
+    that fails is logged and never keeps the others, or the worker, from going on."""
+
+    def __init__(self, *targets: Events):
+        self.targets = targets
+
+    def _each(self, name: str, *args: object) -> None:
+        for target in self.targets:
+            try:
+                getattr(target, name)(*args)
+            except Exception:
+                log.exception("the %s event of %s could not be delivered", name, type(target).__name__)
+
+    def accepted(self, job: Job, position: int) -> None:
+        self._each("accepted", job, position)
+
+    def progress(self, job: Job, percent: float) -> None:
+        self._each("progress", job, percent)
+
+    def done(self, job: Job) -> None:
+        self._each("done", job)
+
+    def failed(self, job: Job) -> None:
+        self._each("failed", job)
+
+    def cancelled(self, job: Job) -> None:
+        self._each("cancelled", job)
 
 
 Runner = Callable[[StemJob, Callable[[float], None], Callable[[], bool]], list[str]]  # -> output paths
@@ -288,6 +323,11 @@ class JobQueue:
     def queue_length(self) -> int:
         with self._cond:
             return len(self._queue)
+
+    def queued(self) -> list[Job]:
+        """The waiting jobs, next first (a snapshot)."""
+        with self._cond:
+            return list(self._queue)
 
     # -- the worker -----------------------------------------------------------------------
     def _next(self) -> Job | None:
@@ -468,6 +508,18 @@ class JobService:
     @property
     def queue_length(self) -> int:
         return self.queue.queue_length
+
+    def queued(self) -> list[Job]:
+        """The waiting jobs, next first (the control room's queue)."""
+        return self.queue.queued()
+
+    def history(self, limit: int = 50) -> list[Job]:
+        """The journal's latest `limit` jobs, oldest first (read-only; the control room's take history)."""
+        return self.journal.history(limit)
+
+    def find(self, job_id: str) -> Job | None:
+        """The journal's latest job called `job_id` (read-only), or None."""
+        return self.journal.latest(job_id)
 
     def job_ids(self, source: str, limit: int = 100_000) -> set[str]:
         """Ids of the journal's latest `limit` jobs from `source` (the inbox's once-only memory)."""

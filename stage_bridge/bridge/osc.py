@@ -46,6 +46,7 @@ class OscContext:
     device: str
     home: Path
     bounces: Path
+    web_url: str = P.NO_WEB  # the control room's address, "-" when it is off
 
 
 # -- handlers: (context, address, *osc_args) -----------------------------------------------------
@@ -74,8 +75,9 @@ def on_status(ctx: OscContext, address: str, *args: Any) -> None:
 
 
 def on_info(ctx: OscContext, address: str, *args: Any) -> None:
-    """Where the daemon lives, so the device writes its recordings where they may be read."""
-    ctx.send(P.INFO, str(ctx.home), str(ctx.bounces))
+    """Where the daemon lives, so the device writes its recordings where they may be read, and
+    the control room's address, so the device can show it."""
+    ctx.send(P.INFO, str(ctx.home), str(ctx.bounces), ctx.web_url)
 
 
 def on_generate(ctx: OscContext, address: str, *args: Any) -> None:

@@ -21,7 +21,7 @@ Outbound (to reply-host:reply-port):
     /stage/job/error <job_id> <code:s> <message:s>
     /stage/job/cancelled <job_id>
     /stage/status <state:s> <queue_length:i> <bpm:f> <tempo_source:s> <device:s> <model:s>
-    /stage/info <home:s> <bounces:s>
+    /stage/info <home:s> <bounces:s> <web_url:s>   (web_url "-" when the control room is off)
 """
 
 from __future__ import annotations
@@ -227,6 +227,7 @@ def make_request(job_id: str, context_path: str, instrument: str, bars: int,
 # `context_path` value meaning "no context" (click mode). An empty OSC string also works, but Max may drop an
 # empty symbol between [js] and [udpsend], so the Max device sends this; no absolute path can be "-".
 NO_CONTEXT = "-"
+NO_WEB = "-"  # /stage/info's web_url when the daemon serves no control room page
 
 
 def parse_generate(args: Sequence[Any], instruments: Sequence[str] = INSTRUMENTS) -> GenerateRequest:

@@ -6,7 +6,8 @@ the stem runner and sends events through the transport), and this is where they 
 together and started and stopped in the right order.
 
 Threads: the OSC receive loop (parses, validates, queues: never touches the model), the job
-worker (the only user of the models), the inbox watcher, and the MIDI input callback.
+worker (the only user of the models), the inbox watcher, the MIDI input callback, and the
+control room's web server (its own event loop; a front end like OSC, on the same job service).
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ import threading
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from ..errors import StageError
+from . import protocol as P
 from .config import ServeConfig
-from .jobs import Job, JobService, Journal, readable_roots
-from .osc import OscContext, OscEvents, UdpTransport, build_dispatcher, check_listen_host, dispatch
+from .jobs import FanOut, Job, JobService, Journal, readable_roots
+from .osc import LOOPBACK, OscContext, OscEvents, UdpTransport, build_dispatcher, check_listen_host, dispatch
 from .runner import RenderSettings, StemRunner
 from .tempo import Clock, TempoSource
 from .writer import remove_orphan_sidecars
 
 if TYPE_CHECKING:
     from ..engine.model import StageModel
+    from .jobs import Events
+    from .web import WebServer
 
 log = logging.getLogger("stage_bridge.server")
 
@@ -45,22 +49,53 @@ class Server:
     why it could not load (its jobs then fail with that error)."""
 
     def __init__(self, cfg: ServeConfig, models: Mapping[str, "StageModel | StageError"], device_name: str,
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, inputs: Mapping[str, str] | None = None):
+        """`inputs`: what feeds the daemon besides OSC, shown on the control room (e.g. the MIDI clock port)."""
         self.cfg = cfg
         host = check_listen_host(cfg.osc_host, cfg.allow_remote)
+        if cfg.web:
+            from .web import check_web_host
+            check_web_host(cfg.web_host, cfg.allow_remote)
         prepare_home(cfg)
         self.transport = UdpTransport(host, cfg.osc_port, cfg.reply_host, cfg.reply_port)
         self.tempo = TempoSource(clock)
         settings = RenderSettings(sample_rate=cfg.sample_rate, loudness_offset_lu=cfg.loudness_offset)
         runner = StemRunner(models, cfg.outbox, settings, roots=readable_roots(cfg.home, cfg.allow_roots))
-        self.service = JobService(Journal(cfg.journal_path), runner, OscEvents(self.transport.send), self.tempo,
+        events: Events = OscEvents(self.transport.send)
+        if cfg.web:
+            from .web import WebEvents
+            self.web_events = WebEvents()
+            events = FanOut(events, self.web_events)
+        self.service = JobService(Journal(cfg.journal_path), runner, events, self.tempo,
                                   cfg.home, cfg.allow_roots, cfg.queue_size,
                                   folders=(cfg.inbox, cfg.outbox, cfg.bounces), admit=runner.admit)
         summary = ",".join(f"{i}={getattr(m, 'name', 'missing')}" for i, m in models.items())
+        self.web = self._web(models, device_name, dict(inputs or {})) if cfg.web else None
         self.dispatcher = build_dispatcher(OscContext(self.service, self.tempo, self.transport.send, tuple(models),
-                                                      summary, device_name, cfg.home, cfg.bounces))
+                                                      summary, device_name, cfg.home, cfg.bounces,
+                                                      self.web.url if self.web else P.NO_WEB))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    def _web(self, models: Mapping[str, "StageModel | StageError"], device_name: str,
+             inputs: dict[str, str]) -> "WebServer | None":
+        """The control room, bound now; a taken port is logged and the daemon runs without it
+        (the OSC side is what the device needs)."""
+        from .web import WebContext, WebServer, new_token
+
+        cfg = self.cfg
+        token = cfg.web_token or (None if cfg.web_host in LOOPBACK else new_token())
+        described = [{"instrument": i, "model": m.name, "random_weights": m.is_random, "precision": m.precision,
+                      "decode_mode": m.decoder.mode} if not isinstance(m, StageError)
+                     else {"instrument": i, "error": str(m), "code": m.code} for i, m in models.items()]
+        ctx = WebContext(self.service, self.tempo, self.web_events, tuple(models), described, device_name,
+                         cfg.precision, cfg.home, cfg.outbox, cfg.bounces, self.service.roots,
+                         [cfg.home / "kept", *cfg.allow_roots], inputs, token)
+        try:
+            return WebServer(ctx, cfg.web_host, cfg.web_port)
+        except StageError as e:
+            log.warning("%s The daemon runs without it.", e)
+            return None
 
     @property
     def osc_address(self) -> tuple[str, int]:
@@ -72,6 +107,8 @@ class Server:
         for job in resumed:
             log.info("resuming job %s", job.id)
         self.add_thread(lambda stop: self.transport.serve(stop, self.handle_datagram), "stage-bridge-osc")
+        if self.web is not None:
+            self.web.start()
         return resumed
 
     def handle_datagram(self, data: bytes, sender: object = None) -> None:
@@ -85,6 +122,8 @@ class Server:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.web is not None:
+            self.web.stop()
         self.service.stop()
         for t in self._threads:
             t.join(timeout=5)
