@@ -269,7 +269,7 @@ class Daemon:
         for m in self.models:
             cmd += ["--model", m]
         cmd += ["--device", "cpu", "--home", str(self.home), "--osc-port", str(self.osc_port),
-                "--reply-port", str(self.reply_port)]
+                "--reply-port", str(self.reply_port), "--web-port", "0"]  # 0: no two test daemons fight over 9002
         if not self.midi:
             cmd.append("--no-midi")
         if not self.watch:

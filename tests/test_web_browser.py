@@ -107,7 +107,7 @@ def set_field(driver, element_id: str, value: str) -> None:
 
 
 def test_drop_watch_cancel_and_hear_a_take(tmp_path, browser, artifacts):
-    daemon = Daemon(tmp_path / "home", reply_port=free_udp_port(), extra_args=["--web-port", "0"]).start()
+    daemon = Daemon(tmp_path / "home", reply_port=free_udp_port()).start()
     try:
         url = web_url(daemon)
         assert url.startswith("http://127.0.0.1:") and "token" not in url
