@@ -20,9 +20,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
-from pythonosc.osc_packet import OscPacket
 from pythonosc.udp_client import SimpleUDPClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from osc_replies import OscReplies  # noqa: E402 - the daemon tests' reply recorder
 
 
 def free_port() -> int:
@@ -31,24 +34,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Replies:
-    def __init__(self, port: int):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", port))
-
-    def wait(self, address: str, first_arg: str | None = None, timeout: float = 5.0) -> tuple[float, list]:
-        deadline = time.perf_counter() + timeout
-        while True:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                raise TimeoutError(f"no {address} {first_arg or ''} within {timeout} s")
-            self.sock.settimeout(left)
-            data, _ = self.sock.recvfrom(65536)
-            now = time.perf_counter()
-            for m in OscPacket(data).messages:
-                msg = m.message
-                if msg.address == address and (first_arg is None or (msg.params and msg.params[0] == first_arg)):
-                    return now, list(msg.params)
+def reply(address: str, job_or_token: str) -> Callable[[str, list[Any]], bool]:
+    return lambda a, p: a == address and p[:1] == [job_or_token]
 
 
 def percentiles(xs: list[float]) -> dict[str, float]:
@@ -57,13 +44,13 @@ def percentiles(xs: list[float]) -> dict[str, float]:
     return {"p50_ms": 1e3 * statistics.median(xs), "p99_ms": 1e3 * pick(0.99), "max_ms": 1e3 * xs[-1]}
 
 
-def ping_series(client: SimpleUDPClient, replies: Replies, n: int, tag: str) -> list[float]:
+def ping_series(client: SimpleUDPClient, replies: OscReplies, n: int, tag: str) -> list[float]:
     out = []
     for i in range(n):
         token = f"{tag}{i}"
-        t0 = time.perf_counter()
+        t0 = time.monotonic()  # the recorder stamps arrivals on this clock
         client.send_message("/stage/ping", [token])
-        t1, _ = replies.wait("/stage/pong", token)
+        t1, _, _ = replies.wait_timed(reply("/stage/pong", token), 5.0)
         out.append(t1 - t0)
         time.sleep(0.002)
     return out
@@ -75,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="stage-bridge-bench-"))
-    osc_port, reply_port = free_port(), free_port()
-    replies = Replies(reply_port)
+    osc_port, replies = free_port(), OscReplies()
+    reply_port = replies.port
     proc = subprocess.Popen([sys.executable, "-m", "stage_bridge.cli", "serve", "--model", "tiny-random", "--home",
                              str(home), "--osc-port", str(osc_port), "--reply-port", str(reply_port), "--no-midi",
                              "--no-watch", "--log-level", "WARNING"],
@@ -92,14 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         idle = ping_series(client, replies, args.pings, "idle")
 
         client.send_message("/stage/generate", ["busy", "", "drums", 256, "bpm", 120.0, "context_mode", "click"])
-        replies.wait("/stage/job/progress", "busy", timeout=60)
+        replies.wait(reply("/stage/job/progress", "busy"), 60)
         busy = ping_series(client, replies, args.pings, "busy")
         client.send_message("/stage/cancel", ["busy"])
-        replies.wait("/stage/job/cancelled", "busy", timeout=60)
+        replies.wait(reply("/stage/job/cancelled", "busy"), 60)
 
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         client.send_message("/stage/generate", ["t2f", "", "drums", 4, "bpm", 120.0, "context_mode", "click"])
-        t_done, paths = replies.wait("/stage/job/done", "t2f", timeout=120)
+        t_done, _, paths = replies.wait_timed(reply("/stage/job/done", "t2f"), 120)
         t_file = t_done if Path(paths[1]).exists() else None
         result = {
             "idle": percentiles(idle), "busy": percentiles(busy),
@@ -109,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        replies.close()
     if args.json:
         print(json.dumps(result))
         return 0

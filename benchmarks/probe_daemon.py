@@ -25,22 +25,22 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import soundfile as sf
-from pythonosc.osc_packet import OscPacket
 from pythonosc.udp_client import SimpleUDPClient
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from osc_replies import OscReplies  # noqa: E402 - the daemon tests' reply recorder
+
 READY = "stage-bridge ready: OSC "
 START_TIMEOUT = 120.0
 JOB_TIMEOUT = 120.0
@@ -48,58 +48,13 @@ ENDS = ("/stage/job/done", "/stage/job/error", "/stage/job/cancelled")
 SR = 48000  # the daemon's output rate for click-only jobs
 
 
-class Replies:
-    """The UDP socket the daemon replies to; a thread records every message."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.messages: list[tuple[str, list[Any]]] = []
-        self.cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            with self.cond:
-                self.messages.extend((m.message.address, list(m.message.params)) for m in OscPacket(data).messages)
-                self.cond.notify_all()
-
-    def wait(self, pred: Callable[[str, list[Any]], bool], timeout: float, what: str) -> tuple[str, list[Any]]:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for a, p in self.messages:
-                    if pred(a, p):
-                        return a, p
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no {what} within {timeout:.0f} s")
-                self.cond.wait(min(left, 0.2))
-
-    def ends(self) -> dict[str, tuple[str, list[Any]]]:
-        """The last word about each job id."""
-        with self.cond:
-            return {p[0]: (a, p) for a, p in self.messages if a in ENDS}
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
+def last_words(replies: OscReplies) -> dict[str, tuple[str, list[Any]]]:
+    """The last word about each job id."""
+    return {p[0]: (a, p) for a, p in replies.find(lambda a, p: a in ENDS)}
 
 
 class Daemon:
-    def __init__(self, home: Path, replies: Replies, watch: bool = False):
+    def __init__(self, home: Path, replies: OscReplies, watch: bool = False):
         self.home, self.replies = home, replies
         home.mkdir(parents=True, exist_ok=True)
         private = home.parent / f".{home.name}-env"
@@ -160,7 +115,7 @@ class Daemon:
 
 
 def soak(base: Path, jobs: int, warmup: int = 5) -> dict[str, Any]:
-    replies = Replies()
+    replies = OscReplies()
     d = Daemon(base / "soak", replies)
     samples: list[tuple[int | None, int | None]] = []
     t0 = time.monotonic()
@@ -168,7 +123,7 @@ def soak(base: Path, jobs: int, warmup: int = 5) -> dict[str, Any]:
         for i in range(jobs):
             job_id = f"soak-{i}"
             d.generate(job_id, 1)
-            a, p = replies.wait(lambda a, p, j=job_id: a in ENDS and p[:1] == [j], JOB_TIMEOUT, f"end of {job_id}")
+            a, p = replies.wait(lambda a, p, j=job_id: a in ENDS and p[:1] == [j], JOB_TIMEOUT, what=f"end of {job_id}")
             if a != "/stage/job/done":
                 raise RuntimeError(f"{job_id}: {a} {p}")
             samples.append(d.usage())
@@ -194,7 +149,7 @@ def burst(base: Path, files: int) -> dict[str, Any]:
     audio = (0.3 * np.sin(2 * np.pi * 110 * t)).astype(np.float32)
     for i in range(files):
         sf.write(staging / f"b{i:03d}.drums.wav", audio, 32000, subtype="PCM_16")
-    replies = Replies()
+    replies = OscReplies()
     d = Daemon(home, replies, watch=True)
     ends: dict[str, tuple[str, list[Any]]] = {}
     try:
@@ -205,7 +160,7 @@ def burst(base: Path, files: int) -> dict[str, Any]:
             os.replace(f, inbox / f.name)  # each appears complete, all within milliseconds
         deadline = t0 + JOB_TIMEOUT + files * 5.0
         while time.monotonic() < deadline:
-            ends = {k: v for k, v in replies.ends().items() if k.startswith("inbox-")}
+            ends = {k: v for k, v in last_words(replies).items() if k.startswith("inbox-")}
             if len(ends) >= files:
                 break
             time.sleep(0.2)
@@ -252,7 +207,7 @@ def kills(base: Path, count: int, rng: random.Random) -> dict[str, Any]:
     home = base / "kill"
     jobs = {f"k{i}": 2 for i in range(4)}  # id -> takes
     bars = 16  # long enough that most kills land mid-job
-    replies = Replies()
+    replies = OscReplies()
     delays: list[float] = []
     active: list[int] = []  # jobs the journal held queued or running at each kill
     try:
@@ -267,7 +222,7 @@ def kills(base: Path, count: int, rng: random.Random) -> dict[str, Any]:
             active.append(journal_active(home))
             d = Daemon(home, replies)
         deadline = time.monotonic() + JOB_TIMEOUT * len(jobs)
-        while time.monotonic() < deadline and not set(jobs) <= set(replies.ends()):
+        while time.monotonic() < deadline and not set(jobs) <= set(last_words(replies)):
             time.sleep(0.2)
         rc = d.stop()
     finally:

@@ -14,12 +14,10 @@ import os
 import random
 import re
 import signal
-import socket
 import sqlite3
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,6 +27,7 @@ import soundfile as sf
 from pythonosc.osc_packet import OscPacket
 from pythonosc.udp_client import SimpleUDPClient
 
+from osc_replies import UNPARSEABLE, OscReplies
 from stage_bridge.bridge import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,65 +41,6 @@ pytestmark = [pytest.mark.slow,  # whole daemons started, killed and flooded
 
 # -- plumbing --------------------------------------------------------------------------------------
 
-class Replies:
-    """A UDP socket the daemon replies to; a thread parses and records every message."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.messages: list[tuple[float, str, list[Any]]] = []
-        self.cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                msgs = [(m.message.address, list(m.message.params)) for m in OscPacket(data).messages]
-            except Exception:  # the daemon must only send valid OSC
-                msgs = [("<unparseable>", [data[:64]])]
-            with self.cond:
-                self.messages.extend((time.monotonic(), a, p) for a, p in msgs)
-                self.cond.notify_all()
-
-    def mark(self) -> int:
-        with self.cond:
-            return len(self.messages)
-
-    def find(self, pred: Callable[[str, list[Any]], bool], since: int = 0) -> list[tuple[str, list[Any]]]:
-        with self.cond:
-            return [(a, p) for _, a, p in self.messages[since:] if pred(a, p)]
-
-    def wait(self, pred: Callable[[str, list[Any]], bool], timeout: float, since: int = 0,
-             what: str = "a reply") -> tuple[str, list[Any]]:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                for _, a, p in self.messages[since:]:
-                    if pred(a, p):
-                        return a, p
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    tail = [(a, p) for _, a, p in self.messages[max(since, len(self.messages) - 8):]]
-                    raise AssertionError(f"no {what} within {timeout:.0f} s; last replies: {tail}")
-                self.cond.wait(min(left, 0.2))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
-
-
 def job_event(address: str, job_id: str) -> Callable[[str, list[Any]], bool]:
     return lambda a, p: a == address and p[:1] == [job_id]
 
@@ -112,7 +52,7 @@ def progress_at_least(job_id: str, percent: float) -> Callable[[str, list[Any]],
 class Daemon:
     """One `stage-bridge serve` process; its stdout+stderr go to a log file (never a pipe that fills)."""
 
-    def __init__(self, home: Path, replies: Replies, log: Path, *extra: str, queue_size: int | None = None):
+    def __init__(self, home: Path, replies: OscReplies, log: Path, *extra: str, queue_size: int | None = None):
         self.home, self.replies, self.log_path = home, replies, log
         args = [sys.executable, "-m", "stage_bridge.cli", "serve", "--model", "tiny-random", "--home", str(home),
                 "--osc-port", "0", "--reply-port", str(replies.port), "--no-midi", "--no-watch", *extra]
@@ -164,7 +104,7 @@ class Daemon:
                 left = min(resend, t0 + timeout - time.monotonic())
                 self.replies.wait(lambda a, p: a == P.PONG and p == [token], left, since=mark, what=f"pong {token}")
                 return time.monotonic() - t0
-            except AssertionError:
+            except TimeoutError:
                 if time.monotonic() - t0 >= timeout:
                     raise
                 assert self.alive(), f"daemon died:\n{self.log()[-3000:]}"
@@ -205,7 +145,7 @@ def daemon_env(base: Path) -> dict[str, str]:
 
 @pytest.fixture
 def replies():
-    r = Replies()
+    r = OscReplies()
     yield r
     r.close()
 
@@ -494,7 +434,7 @@ def would_queue(data: bytes) -> set[str]:
 def shared(tmp_path_factory):
     base = tmp_path_factory.mktemp("shared")
     home = base / "home"
-    r = Replies()
+    r = OscReplies()
     d = Daemon(home, r, base / "daemon.log")
     try:
         d.wait_ready()
@@ -559,7 +499,7 @@ def test_fuzz_10000_packets(shared):
     log = d.log()
     errors = tracebacks(log)
     assert not errors, f"handler errors (the sender got no reply): {sorted(set(errors))}"
-    assert not replies.find(lambda a, p: a == "<unparseable>")
+    assert not replies.find(lambda a, p: a == UNPARSEABLE)
     print(f"\nfuzz: {N_PACKETS} packets ({sum(sizes) / 1e6:.1f} MB) in {sent_s:.1f} s, "
           f"{log.count('dropped a malformed')} malformed, {log.count('ignored unknown OSC')} unknown address, "
           f"{log.count('refused ')} refused, {len(allowed)} valid by chance; "
