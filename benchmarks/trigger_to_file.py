@@ -37,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from osc_latency import Replies, free_port
+from osc_latency import OscReplies, free_port, reply
 from pythonosc.udp_client import SimpleUDPClient
 
 PARTS = ("encode", "prefill", "decode", "codec_decode", "write", "osc_queue")
@@ -141,12 +141,12 @@ class Daemon:
             self.proc.wait()
 
 
-def run_job(client: SimpleUDPClient, replies: Replies, daemon: Daemon, job_id: str, context: Path, bars: int,
+def run_job(client: SimpleUDPClient, replies: OscReplies, daemon: Daemon, job_id: str, context: Path, bars: int,
             bpm: float, timeout: float) -> dict:
     """Send one job; time it to `done` and split it with the daemon's own timings."""
-    t0 = time.perf_counter()
+    t0 = time.monotonic()  # the recorder stamps arrivals on this clock
     client.send_message("/stage/generate", [job_id, str(context), "drums", bars, "bpm", bpm])
-    t_done, params = replies.wait("/stage/job/done", job_id, timeout=timeout)
+    t_done, _, params = replies.wait_timed(reply("/stage/job/done", job_id), timeout, what=f"done {job_id}")
     wav = Path(params[1])
     if not wav.is_file():
         raise RuntimeError(f"{job_id}: done arrived before {wav} was on disk")
@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     model = "tiny-random" if args.size == "tiny" else str(make_small_checkpoint(args.cache))
     home = Path(tempfile.mkdtemp(prefix="stage-bridge-t2f-"))
     context = write_context(home / "context.wav", args.context_s, args.bpm)
-    osc_port, reply_port = free_port(), free_port()
-    replies = Replies(reply_port)
+    osc_port, replies = free_port(), OscReplies()
+    reply_port = replies.port
     daemon = Daemon(model, home, osc_port, reply_port, args.device, args.precision, args.compile)
     t_start = time.perf_counter()
     try:
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 for i in range(args.runs)]
     finally:
         daemon.stop()
+        replies.close()
     med = {p: statistics.median(r["parts_s"][p] for r in runs) for p in PARTS}
     result = {"size": args.size, "model": model, "device": args.device, "precision": args.precision,
               "compile": args.compile, "bars": args.bars, "bpm": args.bpm, "context_s": args.context_s,
