@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 TRAIN_CONFIG = "train_config.json"
 # Options that define the run: on --resume they come from train_config.json, not the command line.
 RUN_DEFINING = ("data", "instrument", "base", "batch", "grad_accum", "seed", "phase1_steps", "warmup_steps", "lr",
-                "sep_lr", "context_dropout", "text_dropout", "weight_decay", "clip")
+                "sep_lr", "context_dropout", "text_dropout", "word_dropout", "weight_decay", "clip", "clip_mode",
+                "loss_mask", "split", "valid_per_song")
+# Settings of runs made before an option existed: what those runs did.
+OLD_RUN_DEFAULTS = {"word_dropout": 0.0, "clip_mode": "norm", "loss_mask": "all", "split": "hash", "valid_per_song": 4}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -44,7 +47,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--base", default="facebook/musicgen-small",
                    help="model to start from: facebook/musicgen-small, a STAGE .safetensors or a run folder")
     p.add_argument("--out", type=Path, required=True, help="run folder (must be new or empty unless --resume)")
-    p.add_argument("--steps", type=whole_number(1), default=10_000, help="optimizer steps in all (default 10000)")
+    p.add_argument("--steps", type=whole_number(1), default=1_000,
+                   help="optimizer steps in all (default 1000, the paper's)")
     p.add_argument("--batch", type=whole_number(1), default=2, help="examples per micro-batch and process (default 2)")
     p.add_argument("--grad-accum", type=whole_number(1), default=4, help="micro-batches per optimizer step (default 4)")
     p.add_argument("--precision", default="auto", type=precision_choice,
@@ -52,9 +56,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "(auto: bf16 on a GPU that has it, else fp32)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (torchrun: one GPU per process)")
-    p.add_argument("--valid-every", type=whole_number(1), default=500, help="validation loss every K steps")
-    p.add_argument("--valid-batches", type=whole_number(0), default=50, help="validation micro-batches per evaluation (0: all)")
-    p.add_argument("--save-every", type=whole_number(1), default=1000, help="checkpoint every K steps (and at the end)")
+    p.add_argument("--valid-every", type=whole_number(1), default=100, help="validation loss every K steps (default 100)")
+    p.add_argument("--valid-per-song", type=whole_number(1), default=4,
+                   help="validation windows per validation song, fixed for the whole run (default 4)")
+    p.add_argument("--save-every", type=whole_number(1), default=250,
+                   help="checkpoint every K steps, at the end and on Ctrl-C/SIGTERM (default 250)")
     p.add_argument("--keep-checkpoints", type=whole_number(1), default=1, help="how many checkpoints to keep")
     p.add_argument("--log-every", type=whole_number(1), default=10, help="metrics row every K steps")
     p.add_argument("--seed", type=int, default=0, help="data order, split and dropout draws")
@@ -65,8 +71,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--context-dropout", type=real(0.0, 1.0), default=0.1, help="P(context replaced by padding)")
     p.add_argument("--text-dropout", type=real(0.0, 1.0), default=0.5,
                    help="P(prompt dropped); 1 trains without prompts (no T5 needed)")
+    p.add_argument("--word-dropout", type=real(0.0, 1.0), default=0.3, help="P(a word of a kept prompt dropped)")
     p.add_argument("--weight-decay", type=real(0.0), default=1e-3)
-    p.add_argument("--clip", type=real(0.0), default=1.0, help="gradient-norm clipping (0: off)")
+    p.add_argument("--clip", type=real(0.0), default=1.0, help="gradient clipping threshold (0: off)")
+    p.add_argument("--clip-mode", choices=("value", "norm"), default="value",
+                   help="value: each gradient element clipped to [-clip, clip], as the STAGE paper trained "
+                        "(default); norm: the global gradient norm")
+    p.add_argument("--loss-mask", choices=("valid", "all"), default="valid",
+                   help="valid: score only the delay pattern's valid steps, as STAGE (default); all: every "
+                        "target code")
+    p.add_argument("--split", choices=("hash", "artist", "reference"), default="hash",
+                   help="song split: hash of the name (default), artist-aware, or the reference's last 24 "
+                        "songs by name for validation")
     p.add_argument("--num-workers", type=whole_number(0), default=0, help="DataLoader worker processes")
     p.add_argument("--cache", type=Path, default=None,
                    help="token cache folder, shared by runs (default: the per-user data folder's train-cache)")
@@ -142,7 +158,7 @@ def resolve_precision(name: str, device) -> str:
 
 
 def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    keys = RUN_DEFINING + ("precision", "steps", "valid_every", "valid_batches", "save_every", "keep_checkpoints",
+    keys = RUN_DEFINING + ("precision", "steps", "valid_every", "save_every", "keep_checkpoints",
                            "log_every", "num_workers")
     out = {k: getattr(args, k) for k in keys}
     out["data"] = str(Path(args.data).expanduser().resolve()) if args.data is not None else None
@@ -160,8 +176,9 @@ def _train_config(s: dict[str, Any], precision: str, progress: bool, meta: dict)
         steps=s["steps"], batch=s["batch"], grad_accum=s["grad_accum"], precision=precision,
         schedule=ScheduleConfig(phase1_steps=s["phase1_steps"], warmup_steps=s["warmup_steps"], sep_lr=s["sep_lr"],
                                 lr=s["lr"], sep_final_lr=s["lr"]),
-        weight_decay=s["weight_decay"], clip=s["clip"], context_dropout=s["context_dropout"],
-        text_dropout=s["text_dropout"], valid_every=s["valid_every"], valid_batches=s["valid_batches"],
+        weight_decay=s["weight_decay"], clip=s["clip"], clip_mode=s["clip_mode"], context_dropout=s["context_dropout"],
+        text_dropout=s["text_dropout"], word_dropout=s["word_dropout"], valid_steps_only=s["loss_mask"] == "valid",
+        valid_every=s["valid_every"],
         save_every=s["save_every"], keep_checkpoints=s["keep_checkpoints"], log_every=s["log_every"], seed=s["seed"],
         num_workers=s["num_workers"], progress=progress, meta=meta)
 
@@ -259,7 +276,8 @@ def run_training(args: argparse.Namespace) -> int:
                       + ", ".join(f"--{k.replace('_', '-')} {old[k]}" for k in changed) + f" ({TRAIN_CONFIG})",
                       file=sys.stderr)
             moved_data = settings["data"]  # an explicit --data may point to where the songs are now
-            settings.update({k: old[k] for k in RUN_DEFINING if k in old})
+            settings.update({k: old.get(k, OLD_RUN_DEFAULTS.get(k)) for k in RUN_DEFINING
+                             if k in old or k in OLD_RUN_DEFAULTS})
             if moved_data is not None:
                 settings["data"] = moved_data
             if args.precision == "auto":  # an explicit --precision may change (exactness needs the same one)
@@ -308,12 +326,14 @@ def run_training(args: argparse.Namespace) -> int:
         if info.main:
             print(f"trained {trainer.step} steps; the model is {run_dir} (stage-bridge generate --model {run_dir})")
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", None)  # trainer.Interrupted: the last completed step was saved
         if info.main:
             last = ckpt_io.latest_checkpoint(run_dir) if run_dir.is_dir() else None
-            where = f"the last checkpoint ({last.name}) is intact" if last else "no checkpoint was written yet"
+            where = (f"saved {last.name}" if signum is not None and last else
+                     f"the last checkpoint ({last.name}) is intact" if last else "no checkpoint was written yet")
             print(f"\ninterrupted: {where}; continue with --resume", file=sys.stderr)
-        return 130
+        return 128 + (signum or 2)
     except StageError as e:
         if info.main:
             print(f"error: {e}", file=sys.stderr)
