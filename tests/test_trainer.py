@@ -535,14 +535,19 @@ def test_run_training_end_to_end(tmp_path, capsys):
               "--device", "cpu", "--batch", "2", "--grad-accum", "1", "--phase1-steps", "1", "--warmup-steps", "1",
               "--lr", "1e-3", "--valid-every", "2", "--save-every", "2", "--log-every", "1", "--quiet",
               "--cache", str(tmp_path / "cache")]
+    assert _train_cli("prepare", "--data", str(data), "--cache", str(tmp_path / "cache"), "--quiet") == 0
+    assert len(list((tmp_path / "cache" / "analysis").glob("*.npz"))) == 4  # the broken song is skipped
+    assert "prepared 4 songs" in capsys.readouterr().out
     assert _train_cli(*common, "--steps", "3") == 0
+    assert len(list((tmp_path / "cache" / "analysis").glob("*.npz"))) == 4  # training reused the analysis
     split = json.loads((out / "split.json").read_text())
     assert sorted(n for part in split.values() for n in part) == [f"song{i:02d}" for i in range(4)]
     assert split["train"] and split["valid"]
     stored = json.loads((out / "train_config.json").read_text())
     assert stored["settings"]["instrument"] == "drums" and stored["train_config"]["precision"] == "fp32"
     assert ckpt_io.latest_checkpoint(out).name == "step-00000003"
-    assert list((tmp_path / "cache" / "tokens").rglob("*.npy"))  # the pairs' codes were cached
+    assert list((tmp_path / "cache" / "tokens").rglob("*.npy"))  # the validation pairs' codes were cached
+    assert (out / "best" / "best.json").is_file()
     err = capsys.readouterr().err
     assert "4 songs found, 1 skipped" in err and "random weights" in err
     assert any(r["valid_loss"] for r in read_metrics(out / "metrics.csv"))  # the valid song gave examples

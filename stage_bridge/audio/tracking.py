@@ -154,6 +154,13 @@ def beat_this_checkpoint() -> Path:
     return Path(env).expanduser() if env else user_data_dir() / "beat_this" / "final0.ckpt"
 
 
+def beat_this_ready() -> bool:
+    """Whether the Beat This tracker can run here (package importable, checkpoint on disk)."""
+    import importlib.util
+
+    return importlib.util.find_spec("beat_this") is not None and beat_this_checkpoint().is_file()
+
+
 @functools.lru_cache(maxsize=2)
 def _beat_this_model(path: str):
     from beat_this.inference import Audio2Beats

@@ -1,5 +1,6 @@
 """`stage-bridge train`: fine-tune MusicGen into a STAGE model for one instrument.
 
+    stage-bridge train prepare --data DIR            (optional: analyse the songs ahead, resumable)
     stage-bridge train --data DIR --instrument drums --base facebook/musicgen-small --out RUN_DIR
 
 Single process by default; launched by `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK set) it trains
@@ -10,6 +11,7 @@ See docs/training.md.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -33,20 +35,35 @@ TRAIN_CONFIG = "train_config.json"
 # Options that define the run: on --resume they come from train_config.json, not the command line.
 RUN_DEFINING = ("data", "instrument", "base", "batch", "grad_accum", "seed", "phase1_steps", "warmup_steps", "lr",
                 "sep_lr", "context_dropout", "text_dropout", "word_dropout", "weight_decay", "clip", "clip_mode",
-                "loss_mask", "split", "valid_per_song")
+                "loss_mask", "split", "valid_per_song", "tracker")
 # Settings of runs made before an option existed: what those runs did.
-OLD_RUN_DEFAULTS = {"word_dropout": 0.0, "clip_mode": "norm", "loss_mask": "all", "split": "hash", "valid_per_song": 4}
+OLD_RUN_DEFAULTS = {"word_dropout": 0.0, "clip_mode": "norm", "loss_mask": "all", "split": "hash", "valid_per_song": 4,
+                    "tracker": "librosa"}
+CODEC_RATE, CODEC_HOP = 32000, 640  # MusicGen's EnCodec: what `train prepare` analyses for without a model
+
+
+# How long a process may wait for the others at a barrier or collective. Song preparation is
+# shared by all processes (each analyses every world-th song), so the longest wait is one
+# share of it; an hour covers thousands of songs. torch's default (10 min for NCCL) does not.
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=1)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser
+    p.add_argument("action", nargs="?", choices=("prepare",),
+                   help="prepare: only analyse the songs of --data (decode, activity, beats) into the cache, "
+                        "with a progress bar; resumable. `train` does it first anyway")
     p.add_argument("--data", type=Path, default=None,
                    help="folder of songs with separated stems (see docs/training.md); required unless --resume")
     p.add_argument("--instrument", default=None, help="the stem to learn to generate (drums, bass, ...); "
                    "required unless --resume")
     p.add_argument("--base", default="facebook/musicgen-small",
                    help="model to start from: facebook/musicgen-small, a STAGE .safetensors or a run folder")
-    p.add_argument("--out", type=Path, required=True, help="run folder (must be new or empty unless --resume)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (must be new or empty unless --resume); "
+                   "required to train")
+    p.add_argument("--tracker", choices=("auto", "librosa", "beat_this"), default="auto",
+                   help="beat tracker for songs without beats: auto = Beat This when its package and local "
+                        "checkpoint are here (what the STAGE paper used), else librosa")
     p.add_argument("--steps", type=whole_number(1), default=1_000,
                    help="optimizer steps in all (default 1000, the paper's)")
     p.add_argument("--batch", type=whole_number(1), default=2, help="examples per micro-batch and process (default 2)")
@@ -116,7 +133,7 @@ def init_distributed(device_arg: str) -> tuple[DistInfo, torch.device]:
     else:
         raise BadArgument(f"multi-process training runs on CUDA GPUs (or CPU), not {base.type}")
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
     return DistInfo(rank, world, local_rank), device
 
 
@@ -203,51 +220,100 @@ def default_cache_dir() -> Path:
     return user_data_dir() / "train-cache"
 
 
-def build_datasets(settings: dict[str, Any], model, run_dir: Path, resume: bool, write: bool):
+def prepare_songs(data: Path, cache: Path, tracker: str, progress: bool, info=None, sr: int = CODEC_RATE,
+                  hop: int = CODEC_HOP) -> list:
+    """Discover the songs of ``data`` and analyse each once into ``cache`` (resumable; with several
+    processes each analyses its share, then all wait for the others). Returns the songs."""
+    from .dataset import discover_songs, prepare
+
+    songs, warnings = discover_songs(Path(data))  # logs each warning itself
+    rank, world = (info.rank, info.world) if info is not None else (0, 1)
+    done, failed = prepare(songs, sr, hop, Path(cache), tracker, progress=progress, rank=rank, world=world)
+    if warnings and rank == 0:
+        print(f"note: {len(songs)} songs found, {len(warnings)} skipped (see the warnings above)", file=sys.stderr)
+    if info is not None:
+        _barrier(info)
+    return songs
+
+
+def build_datasets(settings: dict[str, Any], model, run_dir: Path, resume: bool, write: bool, songs: list):
     """Songs -> split (split.json; re-read on --resume) -> the train and valid datasets."""
     import copy
 
-    from .dataset import SPLIT_FILE, StemPairDataset, discover_songs, read_split, split_songs, write_split
+    from .dataset import SPLIT_FILE, StemPairDataset, normalize_stem, read_split, split_songs, write_split
 
-    songs, warnings = discover_songs(Path(settings["data"]))  # logs each warning itself
     by_name = {s.name: s for s in songs}
     if resume and (run_dir / SPLIT_FILE).exists():
         split = read_split(run_dir)
     else:
-        split = split_songs(songs, settings["seed"])
+        mode = settings["split"]
+        eligible = [s for s in songs if normalize_stem(settings["instrument"]) in s.stems] if mode == "reference" \
+            else songs  # the reference splits the songs that have the target stem
+        split = split_songs(eligible, settings["seed"], mode=mode)
         if write:
             write_split(run_dir, split)
     gone = [n for part in ("train", "valid") for n in split[part] if n not in by_name]
     if gone:
         print(f"warning: {len(gone)} song(s) of the run's split are no longer usable in {settings['data']} "
               f"(e.g. {gone[0]})", file=sys.stderr)
-    if warnings:
-        print(f"note: {len(songs)} songs found, {len(warnings)} skipped (see the warnings above)", file=sys.stderr)
     codec = model.codec
     if settings["num_workers"] > 0 and codec.device.type != "cpu":  # workers encode on the CPU
         from ..engine.codec import Codec
         codec = Codec(copy.deepcopy(codec.model).cpu(), codec.num_codebooks)
     cache = Path(settings["cache"])
 
-    def make(part: str, augment: bool):
+    def make(part: str, fixed: bool):
         chosen = [by_name[n] for n in split[part] if n in by_name]
         if not chosen:
             return None
-        return StemPairDataset(chosen, settings["instrument"], codec, cache, seed=settings["seed"], augment=augment)
+        per_epoch = settings["valid_per_song"] * len(chosen) if fixed else None
+        return StemPairDataset(chosen, settings["instrument"], codec, cache, seed=settings["seed"], augment=not fixed,
+                               fixed=fixed, examples_per_epoch=per_epoch, tracker=settings["tracker"])
 
-    train = make("train", True)
+    train = make("train", False)
     if train is None:
         raise BadArgument(f"no training songs: the split of {len(songs)} song(s) left none for training.")
     try:
-        valid = make("valid", False)
+        valid = make("valid", True)
     except StageError as e:  # e.g. no audible window in the few validation songs
         print(f"warning: no validation set ({e}); the validation loss is not computed", file=sys.stderr)
         valid = None
     return train, valid
 
 
+def run_prepare(args: argparse.Namespace) -> int:
+    """`stage-bridge train prepare --data DIR`: the analysis `train` starts with, on its own."""
+    try:
+        if args.data is None:
+            raise BadArgument("train prepare needs --data DIR (the songs to analyse).")
+        cache = Path(args.cache).expanduser() if args.cache else default_cache_dir()
+        _warn_without_rubberband()
+        songs = prepare_songs(args.data, cache, args.tracker, progress=not args.quiet)
+        print(f"prepared {len(songs)} songs in {cache}")
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: songs analysed so far are kept; run the same command again to continue",
+              file=sys.stderr)
+        return 130
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _warn_without_rubberband() -> None:
+    from .augment import rubberband_available
+
+    if not rubberband_available():
+        print("warning: pedalboard is not installed: speed/pitch augmentation uses the phase-vocoder fallback, "
+              "which smears attacks by about 15 ms (targets too). Install the train extra: "
+              "pip install 'stage-bridge[train]' (pedalboard is GPL-3.0).", file=sys.stderr)
+
+
 def run_training(args: argparse.Namespace) -> int:
-    """Entry point of `stage-bridge train`. Returns the exit status (0, 2 usage, 130 interrupted)."""
+    """Entry point of `stage-bridge train` (and `train prepare`). Returns the exit status (0, 2 usage,
+    128 + the signal when interrupted)."""
+    if getattr(args, "action", None) == "prepare":
+        return run_prepare(args)
     import torch
 
     from ..engine.checkpoints import resolve
@@ -256,6 +322,9 @@ def run_training(args: argparse.Namespace) -> int:
     from .trainer import DistInfo, Trainer
 
     info = DistInfo()
+    if args.out is None:
+        print("error: --out RUN_DIR is required to train (the run folder).", file=sys.stderr)
+        return 2
     run_dir = Path(args.out).expanduser()
     try:
         info, device = init_distributed(args.device)
@@ -306,11 +375,12 @@ def run_training(args: argparse.Namespace) -> int:
                       "stage_bridge_version": __version__}
             write_atomic(run_dir / TRAIN_CONFIG, lambda f: f.write(json.dumps(stored, indent=2).encode()),
                          replace=True)
-        if not info.main:  # rank 0 analyses the songs first; the others then read its cache
-            _barrier(info)
-        train_set, valid_set = build_datasets(settings, model, run_dir, args.resume, write=info.main)
         if info.main:
-            _barrier(info)
+            _warn_without_rubberband()
+        songs = prepare_songs(Path(settings["data"]), Path(settings["cache"]), settings["tracker"],
+                              progress=info.main and not args.quiet, info=info, sr=model.codec.sample_rate,
+                              hop=model.codec.hop_length)
+        train_set, valid_set = build_datasets(settings, model, run_dir, args.resume, write=info.main, songs=songs)
 
         trainer = Trainer(model, base_ckpt, train_set, valid_set, run_dir, config, info)
         if step_dir is not None:
