@@ -354,8 +354,8 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
     """DistributedSampler's order (a seeded permutation per epoch, padded to a multiple of the
     world size, every world-th index for this rank) that can start part-way into an epoch."""
 
-    def __init__(self, size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True):
-        self.size, self.seed, self.rank, self.world, self.shuffle = size, seed, rank, world, shuffle
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world: int = 1):
+        self.size, self.seed, self.rank, self.world = size, seed, rank, world
         self.epoch = 0
         self.start = 0
 
@@ -366,11 +366,8 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         self.start = start
 
     def rank_indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.size, generator=g).tolist()
-        else:
-            order = list(range(self.size))
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
         per_rank = math.ceil(self.size / self.world) if self.size else 0
         total = per_rank * self.world
         if order and total > len(order):
@@ -572,7 +569,7 @@ class Trainer:
                                          config.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.dropout_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + dist.rank)
-        self.sampler = ResumableSampler(len(train_set), config.seed, dist.rank, dist.world, shuffle=True)
+        self.sampler = ResumableSampler(len(train_set), config.seed, dist.rank, dist.world)
         self.step = 0  # optimizer steps done
         self.epoch = 0
         self.micro_in_epoch = 0  # micro-batches of this epoch consumed (data position)
