@@ -93,13 +93,12 @@ def test_meter_and_phase_from_accents():
 @pytest.fixture(scope="module")
 def fluidsynth_songs(tmp_path_factory):
     """Six 16 s songs (drums, bass, piano, guitar) at six tempi, every other one in 3/4."""
+    from conftest import require_tool
     from train_fixtures import find_soundfont, make_moisesdb
-    import shutil
 
-    if shutil.which("fluidsynth") is None or find_soundfont() is None:
-        if __import__("os").environ.get("STAGE_BRIDGE_CI") == "1":
-            pytest.fail("CI must have fluidsynth and a GM soundfont (scripts/test installs them)")
-        pytest.skip("needs fluidsynth and a GM soundfont (apt-get install fluidsynth fluid-soundfont-gm)")
+    require_tool("fluidsynth")
+    if find_soundfont() is None:
+        require_tool("FluidR3_GM.sf2 (apt-get install fluid-soundfont-gm)")
     root = tmp_path_factory.mktemp("songs")
     truth = make_moisesdb(root, songs=6, seconds=16, bpm_list=(100, 120, 90, 132, 110, 75), meters=(4, 3),
                           silent_until={})
