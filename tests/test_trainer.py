@@ -523,6 +523,20 @@ def _train_cli(*extra: str) -> int:
     return run_training(parser.parse_args(list(extra)))
 
 
+def test_prepare_warns_without_pedalboard(tmp_path, capsys, monkeypatch):
+    from stage_bridge.train import augment
+
+    data = tmp_path / "songs"
+    make_plain(data, songs=1, seconds=11)
+    monkeypatch.setattr(augment, "rubberband_available", lambda: False)
+    assert _train_cli("prepare", "--data", str(data), "--cache", str(tmp_path / "cache"), "--quiet") == 0
+    err = capsys.readouterr().err
+    assert "pedalboard is not installed" in err and "[train]" in err and "GPL" in err
+    monkeypatch.setattr(augment, "rubberband_available", lambda: True)
+    assert _train_cli("prepare", "--data", str(data), "--cache", str(tmp_path / "cache"), "--quiet") == 0
+    assert "pedalboard" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_run_training_end_to_end(tmp_path, capsys):
     """`stage-bridge train` on songs made here: discovery, split, pairs, token cache, checkpoints."""

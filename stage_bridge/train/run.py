@@ -306,7 +306,7 @@ def _warn_without_rubberband() -> None:
     if not rubberband_available():
         print("warning: pedalboard is not installed: speed/pitch augmentation uses the phase-vocoder fallback, "
               "which smears attacks by about 15 ms (targets too). Install the train extra: "
-              "pip install 'stage-bridge[train]' (pedalboard is GPL-3.0).", file=sys.stderr)
+              "pip install -e '.[train]' (pedalboard is GPL-3.0).", file=sys.stderr)
 
 
 def run_training(args: argparse.Namespace) -> int:
