@@ -385,6 +385,13 @@ def _list_collate(examples: list) -> list:
     return examples
 
 
+def _worker_ignores_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops at a safe point and
+    saves (a terminal's Ctrl-C reaches every process of its group). SIGTERM is left alone: the
+    DataLoader itself ends stuck workers with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 # -- logging ---------------------------------------------------------------------------------------
 
 class MetricsLog:
@@ -621,7 +628,7 @@ class Trainer:
         return torch.utils.data.DataLoader(
             dataset, batch_size=self.cfg.batch, sampler=sampler, collate_fn=_list_collate,
             num_workers=self.cfg.num_workers, generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
-            pin_memory=False)
+            pin_memory=False, worker_init_fn=_worker_ignores_stop_signals if self.cfg.num_workers else None)
 
     def _all_mean(self, value: float, weight: float = 1.0) -> float:
         if not self.dist.enabled:
