@@ -13,10 +13,8 @@ import torch
 
 from stage_bridge.audio import resample, to_mono
 from stage_bridge.errors import StageError
-from stage_bridge.train import augment as aug_mod
 from stage_bridge.train import dataset as ds_mod
 from stage_bridge.train.augment import rubberband_available, stretch
-from stage_bridge.audio.tracking import track_beats
 from stage_bridge.train.dataset import (
     DatasetError,
     StemPairDataset,
