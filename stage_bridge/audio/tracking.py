@@ -158,7 +158,11 @@ def beat_this_ready() -> bool:
     """Whether the Beat This tracker can run here (package importable, checkpoint on disk)."""
     import importlib.util
 
-    return importlib.util.find_spec("beat_this") is not None and beat_this_checkpoint().is_file()
+    try:
+        found = importlib.util.find_spec("beat_this") is not None
+    except (ImportError, ValueError, AttributeError):  # a broken or blocked installation
+        found = False
+    return found and beat_this_checkpoint().is_file()
 
 
 @functools.lru_cache(maxsize=2)
