@@ -648,3 +648,13 @@ def test_stretch_backends(backend):
     gap = np.abs(a - b)  # same time map for every channel (the vocoder smears, so judge its median)
     assert (np.max(gap) if backend == "rubberband" else np.median(gap)) <= 5 * MS
     np.testing.assert_array_equal(stretch(x, SR, 1.0, 0, backend), x)
+
+
+def test_auto_tracker_is_beat_this_only_when_ready(monkeypatch):
+    monkeypatch.setattr(ds_mod, "beat_this_ready", lambda: False)
+    assert ds_mod.pick_tracker("auto") == "librosa"
+    monkeypatch.setattr(ds_mod, "beat_this_ready", lambda: True)
+    assert ds_mod.pick_tracker("auto") == "beat_this"
+    assert ds_mod.pick_tracker("librosa") == "librosa"
+    with pytest.raises(StageError, match="choose one of"):
+        ds_mod.pick_tracker("madmom")
