@@ -172,7 +172,7 @@ def test_loss_mask_is_the_references_rule_on_a_hand_worked_example():
     # the loss: hand-picked logits of exactly those codes; codebook 3 scores nothing and counts 0
     g = torch.Generator().manual_seed(0)
     ex = Example(torch.randint(0, CARD, (K, 2), generator=g), torch.randint(0, CARD, (K, 3), generator=g), "")
-    batch = make_batch([ex], replace(tiny()[1].lm.cfg))
+    batch = make_batch([ex], tiny()[1].lm.cfg)
     logits = torch.randn(1, K, batch.tokens.shape[-1] - 1, CARD, generator=g)
     loss, per_cb = codebook_cross_entropy(logits, batch.tokens, batch.layout)
     want = torch.zeros(K)
