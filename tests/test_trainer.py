@@ -577,6 +577,14 @@ def test_run_training_end_to_end(tmp_path, capsys):
     assert _train_cli("--out", str(out), "--resume", "--steps", "6", "--device", "cpu", "--quiet",
                       "--cache", str(tmp_path / "cache")) == 0  # the run remembers its data and instrument
     assert resolve(str(out)).meta["trained_step"] == 6
+    # a run made before the reference-faithful options existed resumes with what it did then
+    stored = json.loads((out / "train_config.json").read_text())
+    for key in ("word_dropout", "clip_mode", "loss_mask", "split", "valid_per_song", "tracker"):
+        del stored["settings"][key]
+    (out / "train_config.json").write_text(json.dumps(stored))
+    assert _train_cli("--out", str(out), "--resume", "--steps", "7", "--device", "cpu", "--quiet",
+                      "--cache", str(tmp_path / "cache")) == 0
+    assert resolve(str(out)).meta["trained_step"] == 7
     assert _train_cli("--out", str(tmp_path / "new"), "--base", "tiny-random") == 2
     assert "--data and --instrument are required" in capsys.readouterr().err
     assert _train_cli("--data", str(tmp_path), "--instrument", "drums", "--out", str(tmp_path / "none"),
