@@ -644,6 +644,28 @@ def test_ddp_under_torchrun_matches_a_single_process(tmp_path):
     assert not (tmp_path / "ddp" / "checkpoints" / "step-00000003" / "rank1").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_train_command_under_torchrun_shares_the_preparation(tmp_path):
+    """`stage-bridge train` with 2 processes: each analyses its share of the songs, both wait for
+    the other, then they train; every song is analysed once."""
+    data = tmp_path / "songs"
+    make_plain(data, songs=4, seconds=11)
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "stage_bridge.train.run", "--data", str(data), "--instrument", "drums", "--base",
+                           "tiny-random", "--out", str(out), "--device", "cpu", "--batch", "1", "--grad-accum", "1",
+                           "--phase1-steps", "1", "--warmup-steps", "1", "--steps", "3", "--valid-every", "2",
+                           "--save-every", "2", "--quiet", "--cache", str(tmp_path / "cache")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(list((tmp_path / "cache" / "analysis").glob("*.npz"))) == 4
+    assert ckpt_io.latest_checkpoint(out).name == "step-00000003" and (out / "best" / "best.json").is_file()
+
+
 def test_wrapping_twice_continues_from_the_trained_rows():
     _, model = tiny()
     first = SepTokenLM(model.lm)
