@@ -9,12 +9,13 @@ Layouts (`discover_songs`):
                   "tracks": [{"id": TRACK_ID, "trackType": "kick_drum", "extension": "wav",
                               "type": "audio/x-wav", "has_bleed": false}, ...]}, ...]}
 
-  with the audio of each track at ``<song>/<stemName>/<TRACK_ID>.<extension>``. Optional extra
-  keys we read: ``genres``, ``moods``/``mood``, ``bpm``, ``beats``, ``downbeats`` (seconds).
+  with the audio of each track at ``<song>/<stemName>/<TRACK_ID>.<extension>``; ``artist`` is
+  read for the artist-aware split. Optional extra keys we read: ``genres``, ``moods``/``mood``,
+  ``bpm``, ``beats``, ``downbeats`` (seconds).
 - Plain: the root's sub-folders are songs; each audio file ``SONG/STEM.wav`` is a stem named by
   the file name, each folder ``SONG/STEM/*.wav`` a stem whose tracks are summed. Files named
-  mix/mixture/master are not stems. Optional ``SONG/meta.json`` with ``genres``, ``moods``,
-  ``bpm``, ``beats``, ``downbeats``.
+  mix/mixture/master are not stems. Optional ``SONG/meta.json`` with ``artist``, ``genres``,
+  ``moods``, ``bpm``, ``beats``, ``downbeats``.
 In both, a ``beats.json`` next to the audio (``{"beats": [...], "downbeats": [...]}``) also
 provides beats. Stem names are lower-cased with spaces/hyphens as underscores ("other keys" ->
 "other_keys").
