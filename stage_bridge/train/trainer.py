@@ -279,8 +279,8 @@ class TrainConfig:
     (train_stage_drums.py, training/train.py, models/lightning_musicgen.py): ~1,000 steps of
     batch 2 x 4 accumulated = 8, AdamW(1e-5, betas 0.9/0.95, decay 1e-3), gradients clipped by
     value at 1.0, context dropout 0.1, description dropout 0.5, word dropout 0.3, only valid
-    steps scored. The reference trained in fp16 mixed precision; bf16 (no loss scaling) is our
-    GPU default and trains the same model to float rounding."""
+    steps scored. The reference trained in fp16 mixed precision; our GPU default is bf16 (no
+    loss scaling needed), and ``precision="fp16"`` trains as the reference did."""
 
     steps: int = 1_000
     batch: int = 2
