@@ -597,7 +597,7 @@ class StemPairDataset(torch.utils.data.Dataset):
       click is never silent: when no beat falls in its prefix the stems are used, and when no
       other stem is audible either, the example has no context (padding);
     - ``fixed``: for validation, example i's choices do not depend on the epoch, there is no
-      augmentation, ``examples_per_epoch`` defaults to 4 per song and window starts are spread
+      augmentation, ``examples_per_epoch`` defaults to ``per_song`` (4) per usable song and starts are spread
       evenly over each song; its token codes are cached on disk (`cache_dir/tokens`). Training
       examples are encoded when drawn, like the reference's (a random start and a continuous
       stretch are seldom drawn twice, so caching them would only fill the disk).
@@ -611,7 +611,7 @@ class StemPairDataset(torch.utils.data.Dataset):
                  exclude: Sequence[str] = ("vocals",), p_speed: float = 0.5, p_pitch: float = 0.5,
                  speed_range: tuple[float, float] = SPEED_RANGE, pitch_range: int = PITCH_RANGE,
                  stretch_backend: str = "auto", examples_per_epoch: int | None = None, fixed: bool = False,
-                 tracker: str = "auto", silence: float = SILENCE_PEAK):
+                 tracker: str = "auto", silence: float = SILENCE_PEAK, per_song: int = VALID_PER_SONG):
         self.instrument = normalize_stem(instrument)
         self.exclude = frozenset(normalize_stem(e) for e in exclude)
         if self.instrument in self.exclude:
@@ -661,7 +661,7 @@ class StemPairDataset(torch.utils.data.Dataset):
             raise DatasetError(f"No usable {WINDOW_S:g} s windows with an audible '{self.instrument}' stem in "
                                f"{len(songs)} song(s)" + (f": {'; '.join(self.warnings[:5])}"
                                                           if self.warnings else "."))
-        per_epoch = examples_per_epoch or (VALID_PER_SONG * len(self.songs) if fixed else EPOCH_EXAMPLES)
+        per_epoch = examples_per_epoch or (per_song * len(self.songs) if fixed else EPOCH_EXAMPLES)
         self.size = int(per_epoch)
 
     # -- public ---------------------------------------------------------------------------------

@@ -266,9 +266,8 @@ def build_datasets(settings: dict[str, Any], model, run_dir: Path, resume: bool,
         chosen = [by_name[n] for n in split[part] if n in by_name]
         if not chosen:
             return None
-        per_epoch = settings["valid_per_song"] * len(chosen) if fixed else None
         return StemPairDataset(chosen, settings["instrument"], codec, cache, seed=settings["seed"], augment=not fixed,
-                               fixed=fixed, examples_per_epoch=per_epoch, tracker=settings["tracker"])
+                               fixed=fixed, per_song=settings["valid_per_song"], tracker=settings["tracker"])
 
     train = make("train", False)
     if train is None:
