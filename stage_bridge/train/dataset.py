@@ -699,8 +699,9 @@ class StemPairDataset(torch.utils.data.Dataset):
             start = int(starts[min(len(starts) - 1, int((r + 0.5) / n * len(starts)))])
         else:
             start = int(starts[int(u[0] * len(starts))])
-        n_ctx = self.window if u[1] < self.p_full else self.min_context + int(u[2] * (self.window - self.min_context + 1))
-        n_ctx = min(n_ctx, self.window)
+        n_ctx = self.window
+        if u[1] >= self.p_full:
+            n_ctx = min(self.window, self.min_context + int(u[2] * (self.window - self.min_context + 1)))
         others = self._active_others(song, start, span)
         clicks = window_times(song.beats, start / self.sr, n_ctx * speed / self.sr, speed)
         kind = "click" if u[3] < self.p_click else "stems"

@@ -73,7 +73,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "(auto: bf16 on a GPU that has it, else fp32)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (torchrun: one GPU per process)")
-    p.add_argument("--valid-every", type=whole_number(1), default=100, help="validation loss every K steps (default 100)")
+    p.add_argument("--valid-every", type=whole_number(1), default=100,
+                   help="validation loss every K steps (default 100)")
     p.add_argument("--valid-per-song", type=whole_number(1), default=4,
                    help="validation windows per validation song, fixed for the whole run (default 4)")
     p.add_argument("--save-every", type=whole_number(1), default=250,
