@@ -93,7 +93,7 @@ def tiny():
 
 def config(**kw) -> TrainConfig:
     sched = kw.pop("schedule", ScheduleConfig(phase1_steps=2, warmup_steps=2, sep_lr=1e-2, lr=1e-2, sep_final_lr=1e-2))
-    base = dict(steps=4, batch=2, grad_accum=1, schedule=sched, context_dropout=0.0, text_dropout=0.0,
+    base = dict(steps=4, batch=2, grad_accum=1, schedule=sched, context_dropout=0.0, text_dropout=0.0, word_dropout=0.0,
                 valid_every=1000, save_every=1000, log_every=1, progress=False)
     base.update(kw)
     return TrainConfig(**base)
@@ -119,24 +119,85 @@ def test_loss_equals_a_hand_computation_with_left_padded_contexts():
            for tc in (5, 2, 0)]
     batch = make_batch(exs, lm.cfg)
     net = SepTokenLM(lm)
-    with torch.no_grad():
-        loss, per_cb = stage_loss(net, batch)
+    for valid_only in (False, True):
+        with torch.no_grad():
+            loss, per_cb = stage_loss(net, batch, valid_steps_only=valid_only)
 
-    nll = torch.zeros(K)
-    with torch.no_grad():
-        for ex in exs:
-            layout = StageLayout(ex.context.shape[-1], 6, K)
-            tokens, valid = build_sequence(ex.context[None], ex.target[None], layout, CARD)
-            sv = valid.any(1)
-            logits = lm(tokens, step_positions(sv), sv)  # (1, K, S, card)
-            for q in range(K):
-                for f in range(6):
-                    s = layout.target_offset + f + 1 + q  # where codebook q of target frame f sits
-                    assert tokens[0, q, s] == ex.target[q, f]
-                    nll[q] -= F.log_softmax(logits[0, q, s - 1], -1)[ex.target[q, f]]
-    want = nll / (len(exs) * 6)
-    assert torch.allclose(per_cb, want, atol=1e-5), (per_cb, want)
-    assert abs(loss.item() - want.mean().item()) < 1e-5
+        nll = torch.zeros(K)
+        with torch.no_grad():
+            for ex in exs:
+                layout = StageLayout(ex.context.shape[-1], 6, K)
+                tokens, valid = build_sequence(ex.context[None], ex.target[None], layout, CARD)
+                sv = valid.any(1)
+                logits = lm(tokens, step_positions(sv), sv)  # (1, K, S, card)
+                for q in range(K):
+                    for f in range(6 - q if valid_only else 6):  # valid steps: not the last q frames
+                        s = layout.target_offset + f + 1 + q  # where codebook q of target frame f sits
+                        assert tokens[0, q, s] == ex.target[q, f]
+                        nll[q] -= F.log_softmax(logits[0, q, s - 1], -1)[ex.target[q, f]]
+        want = nll / (len(exs) * torch.tensor([6 - q if valid_only else 6 for q in range(K)]))
+        assert torch.allclose(per_cb, want, atol=1e-5), (per_cb, want)
+        assert abs(loss.item() - want.mean().item()) < 1e-5
+
+
+def _reference_scored(tc: int, tt: int, k: int) -> set[tuple[int, int]]:
+    """(codebook, target frame) pairs STAGE scores, derived the way its code does: MusicGen's delay
+    pattern over the T = tc + 1 + tt frames of `[context][context token][target]` has the steps
+    [] then, for s = 0 .. T + k - 2, the codes (q, s - q) that exist; `keep_only_valid_steps`
+    keeps the first len - max_delay steps (audiocraft's `valid_layout`), and the target's codes
+    among them are the ones scored (prompt_processor.py's decode_logits_closure)."""
+    t_all = tc + 1 + tt
+    layout = [[]] + [[(q, s - q) for q in range(k) if 0 <= s - q < t_all] for s in range(t_all + k - 1)]
+    valid = layout[: len(layout) - (k - 1)]
+    return {(q, t - (tc + 1)) for step in valid for q, t in step if t >= tc + 1}
+
+
+def test_loss_mask_is_the_references_rule_on_a_hand_worked_example():
+    """2 context frames, 3 target frames, 4 codebooks: T = 6 frames, 7 valid steps (0..6). Codebook
+    q of frame t sits at step t + 1 + q, so frame t counts when t + 1 + q <= 6, i.e. t <= 5 - q:
+    target frames (t - 3) 0, 1, 2 of codebook 0; 0, 1 of codebook 1; 0 of codebook 2; none of 3."""
+    hand = {(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0)}
+    assert _reference_scored(2, 3, 4) == hand
+    layout = StageLayout(2, 3, 4)
+    mask = target_mask(layout)
+    frame = layout.frame_of()
+    ours = {(q, int(frame[q, s]) - layout.target_offset) for q, s in mask.nonzero().tolist()}
+    assert ours == hand
+    for tc, tt in ((0, 5), (7, 16), (3, 1)):
+        lay = StageLayout(tc, tt, K)
+        fr = lay.frame_of()
+        got = {(q, int(fr[q, s]) - lay.target_offset) for q, s in target_mask(lay).nonzero().tolist()}
+        assert got == _reference_scored(tc, tt, K), (tc, tt)
+
+    # the loss: hand-picked logits of exactly those codes; codebook 3 scores nothing and counts 0
+    g = torch.Generator().manual_seed(0)
+    ex = Example(torch.randint(0, CARD, (K, 2), generator=g), torch.randint(0, CARD, (K, 3), generator=g), "")
+    batch = make_batch([ex], tiny()[1].lm.cfg)
+    logits = torch.randn(1, K, batch.tokens.shape[-1] - 1, CARD, generator=g)
+    loss, per_cb = codebook_cross_entropy(logits, batch.tokens, batch.layout)
+    want = torch.zeros(K)
+    for q, f in hand:
+        want[q] -= F.log_softmax(logits[0, q, layout.target_offset + f + q], -1)[ex.target[q, f]]
+    want /= torch.tensor([3, 2, 1, 1])
+    assert torch.allclose(per_cb, want, atol=1e-6) and per_cb[3] == 0
+    assert torch.isclose(loss, want.sum() / K)
+
+
+def test_word_dropout_drops_words_of_kept_prompts():
+    _, model = tiny()
+    words = [f"w{i}" for i in range(40)]
+    exs = [Example(torch.zeros(K, 0, dtype=torch.long), torch.zeros(K, 2, dtype=torch.long), " ".join(words))
+           for _ in range(50)]
+    b = make_batch(exs, model.lm.cfg, generator=torch.Generator().manual_seed(0), word_dropout=0.3)
+    kept = [p.split(" ") for p in b.prompts if p]
+    share = 1 - sum(len(k) for k in kept) / (len(kept) * len(words))
+    assert 0.25 < share < 0.35, share
+    assert all(k == [w for w in words if w in set(k)] for k in kept)  # order kept, nothing invented
+    same = make_batch(exs, model.lm.cfg, generator=torch.Generator().manual_seed(0), word_dropout=0.3)
+    assert same.prompts == b.prompts
+    none = make_batch(exs, model.lm.cfg, generator=torch.Generator().manual_seed(0), word_dropout=0.0)
+    assert none.prompts == [e.prompt for e in exs]
+    assert make_batch(exs, model.lm.cfg, word_dropout=0.3).prompts == none.prompts  # validation: no draws
 
 
 def test_loss_sees_target_codes_only():
@@ -153,10 +214,11 @@ def test_loss_sees_target_codes_only():
     other = [replace(e, context=torch.randint(0, CARD, (K, 7), generator=g)) for e in exs]
     assert torch.equal(stage_loss(forward, make_batch(other, model.lm.cfg))[0], ref)
     tokens = batch.tokens.clone()
-    outside = ~target_mask(batch.layout)  # (K, S): context, SEP, holes
+    outside = ~target_mask(batch.layout, valid_steps_only=False)  # (K, S): context, SEP, holes
     tokens[:, outside] = torch.randint(0, CARD, (int(outside.sum()),), generator=g)
     assert torch.equal(codebook_cross_entropy(fixed, tokens, batch.layout)[0], ref)
-    assert int(target_mask(batch.layout).sum()) == K * 5
+    assert int(target_mask(batch.layout, valid_steps_only=False).sum()) == K * 5
+    assert int(target_mask(batch.layout).sum()) == 5 + 4 + 3 + 2
     changed = [replace(exs[0], target=(exs[0].target + 1) % CARD), exs[1]]
     assert not torch.equal(stage_loss(forward, make_batch(changed, model.lm.cfg))[0], ref)
 
@@ -270,7 +332,7 @@ def test_sampler_matches_distributed_sampler_and_resumes_mid_epoch():
 
 # -- checkpoints: resume, generate, interruption ---------------------------------------------------
 
-RESUME_CFG = dict(batch=2, grad_accum=2, context_dropout=0.5, text_dropout=0.5, valid_every=3, valid_batches=0,
+RESUME_CFG = dict(batch=2, grad_accum=2, context_dropout=0.5, text_dropout=0.5, valid_every=3,
                   save_every=1000, schedule=ScheduleConfig(phase1_steps=3, warmup_steps=2, sep_lr=1e-2, lr=5e-3,
                                                            sep_final_lr=5e-3))
 
@@ -381,6 +443,75 @@ def test_ctrl_c_during_training_writes_nothing(tmp_path, monkeypatch):
     assert not list(run.glob(".*.part"))
 
 
+def test_sigterm_mid_step_saves_the_last_step_and_resume_is_exact(uninterrupted, tmp_path, monkeypatch):
+    """SIGTERM after the first micro-batch of step 3: step 2 is saved (the half step dropped, data
+    position and random states rewound), and resuming reproduces the uninterrupted run."""
+    import signal
+
+    run_a, records_a, _ = uninterrupted
+    run = tmp_path / "run"
+    ckpt, model = tiny()
+    real = Trainer._micro_step
+    sent = []
+
+    def micro(self, examples, sync):
+        loss = real(self, examples, sync)
+        if self.step == 2 and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(Trainer, "_micro_step", micro)
+    trainer = Trainer(model, ckpt, Synthetic(6), Synthetic(3, seed=9), run, config(steps=8, **RESUME_CFG))
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt) as info:
+        trainer.fit()
+    assert info.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is put back
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000002"]
+    monkeypatch.setattr(Trainer, "_micro_step", real)
+
+    step_dir = ckpt_io.latest_checkpoint(run)
+    ck = resolve(str(step_dir))
+    again = Trainer(build_model(ck, CPU, inference=False), ck, Synthetic(6), Synthetic(3, seed=9), run,
+                    config(steps=8, **RESUME_CFG))
+    again.restore(step_dir)
+    rest = again.fit()
+    assert [r.step for r in rest] == list(range(3, 9))
+    assert [r.loss for r in rest] == [r.loss for r in records_a[2:]]
+    want, got = all_tensors(run_a), all_tensors(run)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_best_validation_model_is_kept(tmp_path):
+    ckpt, model = tiny()
+    cfg = config(steps=6, valid_every=1, save_every=1000,
+                 schedule=ScheduleConfig(phase1_steps=1, warmup_steps=1, sep_lr=3e-2, lr=3e-2, sep_final_lr=3e-2))
+    records = Trainer(model, ckpt, Synthetic(4), Synthetic(2, seed=9), tmp_path / "run", cfg).fit()
+    losses = [r.valid_loss for r in records]
+    best = min(range(len(losses)), key=lambda i: losses[i])
+    info = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+    assert info["step"] == records[best].step and info["valid_loss"] == losses[best]
+    assert resolve(str(tmp_path / "run" / "best")).meta["trained_step"] == records[best].step
+    assert not list((tmp_path / "run").glob(".*.part"))
+
+
+@pytest.mark.parametrize("mode", ["value", "norm"])
+def test_gradient_clipping_modes(tmp_path, mode, monkeypatch):
+    ckpt, model = tiny()
+    trainer = Trainer(model, ckpt, Synthetic(4), None, tmp_path / "run", config(clip=0.5, clip_mode=mode))
+    g = torch.Generator().manual_seed(0)
+    trainer.net.sep_rows.grad = torch.randn(trainer.net.sep_rows.shape, generator=g) * 10
+    seen = {}
+    monkeypatch.setattr(trainer.optimizer, "step", lambda: seen.update(grad=trainer.net.sep_rows.grad.clone()))
+    trainer._optimizer_step()
+    grad = seen["grad"]
+    if mode == "value":  # the reference's: every element into [-0.5, 0.5]
+        assert grad.abs().max() == 0.5 and (grad.abs() < 0.5).any()
+    else:
+        assert torch.isclose(grad.norm(), torch.tensor(0.5), atol=1e-5)
+
+
 # -- run_training ----------------------------------------------------------------------------------
 
 def _train_cli(*extra: str) -> int:
@@ -390,6 +521,20 @@ def _train_cli(*extra: str) -> int:
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
     return run_training(parser.parse_args(list(extra)))
+
+
+def test_prepare_warns_without_pedalboard(tmp_path, capsys, monkeypatch):
+    from stage_bridge.train import augment
+
+    data = tmp_path / "songs"
+    make_plain(data, songs=1, seconds=11)
+    monkeypatch.setattr(augment, "rubberband_available", lambda: False)
+    assert _train_cli("prepare", "--data", str(data), "--cache", str(tmp_path / "cache"), "--quiet") == 0
+    err = capsys.readouterr().err
+    assert "pedalboard is not installed" in err and "[train]" in err and "GPL" in err
+    monkeypatch.setattr(augment, "rubberband_available", lambda: True)
+    assert _train_cli("prepare", "--data", str(data), "--cache", str(tmp_path / "cache"), "--quiet") == 0
+    assert "pedalboard" not in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -404,14 +549,19 @@ def test_run_training_end_to_end(tmp_path, capsys):
               "--device", "cpu", "--batch", "2", "--grad-accum", "1", "--phase1-steps", "1", "--warmup-steps", "1",
               "--lr", "1e-3", "--valid-every", "2", "--save-every", "2", "--log-every", "1", "--quiet",
               "--cache", str(tmp_path / "cache")]
+    assert _train_cli("prepare", "--data", str(data), "--cache", str(tmp_path / "cache"), "--quiet") == 0
+    assert len(list((tmp_path / "cache" / "analysis").glob("*.npz"))) == 4  # the broken song is skipped
+    assert "prepared 4 songs" in capsys.readouterr().out
     assert _train_cli(*common, "--steps", "3") == 0
+    assert len(list((tmp_path / "cache" / "analysis").glob("*.npz"))) == 4  # training reused the analysis
     split = json.loads((out / "split.json").read_text())
     assert sorted(n for part in split.values() for n in part) == [f"song{i:02d}" for i in range(4)]
     assert split["train"] and split["valid"]
     stored = json.loads((out / "train_config.json").read_text())
     assert stored["settings"]["instrument"] == "drums" and stored["train_config"]["precision"] == "fp32"
     assert ckpt_io.latest_checkpoint(out).name == "step-00000003"
-    assert list((tmp_path / "cache" / "tokens").rglob("*.npy"))  # the pairs' codes were cached
+    assert list((tmp_path / "cache" / "tokens").rglob("*.npy"))  # the validation pairs' codes were cached
+    assert (out / "best" / "best.json").is_file()
     err = capsys.readouterr().err
     assert "4 songs found, 1 skipped" in err and "random weights" in err
     assert any(r["valid_loss"] for r in read_metrics(out / "metrics.csv"))  # the valid song gave examples
@@ -427,6 +577,14 @@ def test_run_training_end_to_end(tmp_path, capsys):
     assert _train_cli("--out", str(out), "--resume", "--steps", "6", "--device", "cpu", "--quiet",
                       "--cache", str(tmp_path / "cache")) == 0  # the run remembers its data and instrument
     assert resolve(str(out)).meta["trained_step"] == 6
+    # a run made before the reference-faithful options existed resumes with what it did then
+    stored = json.loads((out / "train_config.json").read_text())
+    for key in ("word_dropout", "clip_mode", "loss_mask", "split", "valid_per_song", "tracker"):
+        del stored["settings"][key]
+    (out / "train_config.json").write_text(json.dumps(stored))
+    assert _train_cli("--out", str(out), "--resume", "--steps", "7", "--device", "cpu", "--quiet",
+                      "--cache", str(tmp_path / "cache")) == 0
+    assert resolve(str(out)).meta["trained_step"] == 7
     assert _train_cli("--out", str(tmp_path / "new"), "--base", "tiny-random") == 2
     assert "--data and --instrument are required" in capsys.readouterr().err
     assert _train_cli("--data", str(tmp_path), "--instrument", "drums", "--out", str(tmp_path / "none"),
@@ -445,10 +603,11 @@ DDP_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     info, device = init_distributed("cpu")
     ckpt, model = tiny()
-    cfg = config(steps=3, batch={batch}, grad_accum=2)
-    records = Trainer(model, ckpt, Synthetic(8), Synthetic(3, seed=9), Path({out!r}), cfg, info).fit()
+    cfg = config(steps=3, batch={batch}, grad_accum=2, valid_every=2)
+    records = Trainer(model, ckpt, Synthetic(8), Synthetic(5, seed=9), Path({out!r}), cfg, info).fit()
     if info.rank == 0:
         print("LOSSES", [r.loss for r in records])
+        print("VALID", [r.valid_loss for r in records])
     import torch.distributed as dist
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -458,24 +617,53 @@ DDP_SCRIPT = textwrap.dedent("""
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 def test_ddp_under_torchrun_matches_a_single_process(tmp_path):
-    """2 processes x 1 example == 1 process x 2 examples (same samples, averaged gradients)."""
+    """2 processes x 1 example == 1 process x 2 examples (same samples, averaged gradients), and the
+    validation loss is the same mean over all 5 validation examples (an odd count: none twice)."""
     tests = str(Path(__file__).parent)
     ckpt, model = tiny()
-    ref = Trainer(model, ckpt, Synthetic(8), Synthetic(3, seed=9), tmp_path / "single",
-                  config(steps=3, batch=2, grad_accum=2)).fit()
+    ref = Trainer(model, ckpt, Synthetic(8), Synthetic(5, seed=9), tmp_path / "single",
+                  config(steps=3, batch=2, grad_accum=2, valid_every=2)).fit()
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT.format(tests=tests, batch=1, out=str(tmp_path / "ddp")))
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    root = str(Path(__file__).resolve().parent.parent)  # the package under test, not an installed copy
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     losses = json.loads(proc.stdout.split("LOSSES", 1)[1].strip().splitlines()[0])
     assert np.allclose(losses, [r.loss for r in ref], atol=1e-5), (losses, [r.loss for r in ref])
+    valid = json.loads(proc.stdout.split("VALID", 1)[1].strip().splitlines()[0].replace("None", "null"))
+    assert [v is None for v in valid] == [r.valid_loss is None for r in ref]
+    assert np.allclose([v for v in valid if v is not None], [r.valid_loss for r in ref if r.valid_loss is not None],
+                       atol=1e-5), (valid, [r.valid_loss for r in ref])
     want, got = all_tensors(tmp_path / "single"), all_tensors(tmp_path / "ddp")
     for k in want:
         if k.startswith("lm."):
             assert torch.allclose(want[k], got[k], atol=1e-5), k
     assert not (tmp_path / "ddp" / "checkpoints" / "step-00000003" / "rank1").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+def test_train_command_under_torchrun_shares_the_preparation(tmp_path):
+    """`stage-bridge train` with 2 processes: each analyses its share of the songs, both wait for
+    the other, then they train; every song is analysed once."""
+    data = tmp_path / "songs"
+    make_plain(data, songs=4, seconds=11)
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "stage_bridge.train.run", "--data", str(data), "--instrument", "drums", "--base",
+                           "tiny-random", "--out", str(out), "--device", "cpu", "--batch", "1", "--grad-accum", "1",
+                           "--phase1-steps", "1", "--warmup-steps", "1", "--steps", "3", "--valid-every", "2",
+                           "--save-every", "2", "--quiet", "--cache", str(tmp_path / "cache")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(list((tmp_path / "cache" / "analysis").glob("*.npz"))) == 4
+    assert ckpt_io.latest_checkpoint(out).name == "step-00000003" and (out / "best" / "best.json").is_file()
 
 
 def test_wrapping_twice_continues_from_the_trained_rows():

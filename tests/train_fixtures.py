@@ -44,10 +44,11 @@ def find_soundfont() -> str | None:
     return next((p for p in SOUNDFONTS if Path(p).is_file()), None)
 
 
-def beat_grid(bpm: float, seconds: float, first: float = FIRST_BEAT_S) -> tuple[list[float], list[float]]:
+def beat_grid(bpm: float, seconds: float, first: float = FIRST_BEAT_S,
+              beats_per_bar: int = 4) -> tuple[list[float], list[float]]:
     beat = 60.0 / bpm
     beats = [first + k * beat for k in range(int((seconds - first) / beat) + 1) if first + k * beat < seconds]
-    return beats, beats[::4]
+    return beats, beats[::beats_per_bar]
 
 
 def _uuid(rng: np.random.Generator) -> str:
@@ -56,21 +57,26 @@ def _uuid(rng: np.random.Generator) -> str:
 
 # -- MoisesDB layout, FluidSynth-rendered ---------------------------------------------------------
 
-def _parts(bpm: float, seconds: float, silent: dict[str, float]) -> dict[str, list[tuple]]:
-    """Notes per track: (track, channel, program, [(start_s, dur_s, note, velocity), ...])."""
+def _parts(bpm: float, seconds: float, silent: dict[str, float], meter: int = 4) -> dict[str, list[tuple]]:
+    """Notes per track: (track, channel, program, [(start_s, dur_s, note, velocity), ...]).
+
+    4/4: kick on 1 and 3, snare on 2 and 4, guitar on 1 and 3. 3/4 (a waltz): kick on 1, snare
+    on 2 and 3, guitar on 1. Hi-hats on every half beat, bass on every beat, a new chord (piano)
+    on every bar."""
     beats, _ = beat_grid(bpm, seconds)
     beat = 60.0 / bpm
     notes: dict[str, list] = {"kick_snare": [], "hats": [], "bass": [], "piano": [], "guitar": []}
     for k, t in enumerate(beats):
-        chord = PROGRESSION[(k // 4) % 4]
-        notes["kick_snare"].append((t, 0.1, 36 if k % 2 == 0 else 38, 110))
+        chord = PROGRESSION[(k // meter) % 4]
+        strong = k % 2 == 0 if meter == 4 else k % meter == 0
+        notes["kick_snare"].append((t, 0.1, 36 if strong else 38, 110))
         for half in (0.0, 0.5):
             if t + half * beat < seconds - 0.05:
                 notes["hats"].append((t + half * beat, 0.05, 42, 80))
         notes["bass"].append((t, 0.8 * beat, 36 + chord[0], 100))
-        if k % 4 == 0:
-            notes["piano"] += [(t, 3.8 * beat, 60 + n, 70) for n in chord]
-        if k % 2 == 0:
+        if k % meter == 0:
+            notes["piano"] += [(t, (meter - 0.2) * beat, 60 + n, 70) for n in chord]
+        if strong:
             notes["guitar"] += [(t + 0.01 * i, 1.8 * beat, 52 + n, 75) for i, n in enumerate(chord)]
     for track in ("kick_snare", "hats"):
         notes[track] = [n for n in notes[track] if n[0] >= silent.get("drums", 0.0)]
@@ -124,7 +130,7 @@ def _write_midi(path: Path, segments: list[tuple[int, int, list[tuple]]], slot_s
 
 
 def make_moisesdb(root: Path, songs: int = 3, seconds: float = 24, bpm_list=(100, 120, 90), seed: int = 0,
-                  with_beats: bool = True) -> list[dict]:
+                  with_beats: bool = True, meters=(4,), silent_until: dict | None = None) -> list[dict]:
     """Render a MoisesDB-layout dataset into ``root``; returns the ground truth per song."""
     fluidsynth = shutil.which("fluidsynth")
     soundfont = find_soundfont()
@@ -138,9 +144,11 @@ def make_moisesdb(root: Path, songs: int = 3, seconds: float = 24, bpm_list=(100
     with tempfile.TemporaryDirectory() as tmp:
         for s in range(songs):
             bpm = float(bpm_list[s % len(bpm_list)])
+            meter = int(meters[s % len(meters)])
             folder = root / _uuid(rng)
-            silent = {stem: t for (i, stem), t in SILENT_UNTIL.items() if i == s}
-            parts = _parts(bpm, seconds, silent)
+            silences = SILENT_UNTIL if silent_until is None else silent_until
+            silent = {stem: t for (i, stem), t in silences.items() if i == s}
+            parts = _parts(bpm, seconds, silent, meter)
             stems_json: dict[str, dict] = {}
             files: dict[str, list[Path]] = {}
             for track, notes in parts.items():
@@ -154,15 +162,15 @@ def make_moisesdb(root: Path, songs: int = 3, seconds: float = 24, bpm_list=(100
                 entry["tracks"].append({"trackType": track_type, "id": track_id, "type": "audio/x-wav",
                                         "extension": "wav", "has_bleed": False})
                 files.setdefault(stem, []).append(out)
-            beats, downbeats = beat_grid(bpm, seconds)
-            data = {"song": f"Test Song {s}", "artist": "stage-bridge tests", "genre": ", ".join(GENRES[s % 3]),
+            beats, downbeats = beat_grid(bpm, seconds, beats_per_bar=meter)
+            data = {"song": f"Test Song {s}", "artist": f"Test Artist {s % 2}", "genre": ", ".join(GENRES[s % 3]),
                     "stems": list(stems_json.values())}
             if MOODS[s % 3]:
                 data["moods"] = MOODS[s % 3]
             if with_beats:
                 data["beats"], data["downbeats"] = beats, downbeats
             (folder / "data.json").write_text(json.dumps(data, indent=2))
-            truth.append({"name": folder.name, "folder": folder, "bpm": bpm, "beats": beats,
+            truth.append({"name": folder.name, "folder": folder, "bpm": bpm, "meter": meter, "beats": beats,
                           "downbeats": downbeats, "genres": GENRES[s % 3], "moods": MOODS[s % 3],
                           "stems": files, "silent_until": silent, "seconds": seconds})
         _render_all(fluidsynth, soundfont, jobs, seconds, Path(tmp))

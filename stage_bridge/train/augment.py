@@ -1,8 +1,9 @@
 """Speed and pitch augmentation, applied identically to every stem of a training pair.
 
-STAGE augments with Rubber Band (speed in [0.8, 1.2], pitch in [-4, +4] semitones, each with
-p = 0.5). We draw the speed from a small grid and the pitch from integers so a window has only
-a few augmented versions, whose codec tokens can then be cached and reused across epochs.
+STAGE augments with Rubber Band, each with p = 0.5 (data/stemmed_dataset.py `__getitem__`): a time
+ratio drawn uniformly from [0.8, 1.2] and rounded to two decimals, and an integer pitch shift
+uniformly in [-4, +4] semitones; the dataset draws the same (`StemPairDataset.plan`).
+``Augmentation.speed`` is the playback speed, the inverse of Rubber Band's time ratio.
 
 Keeping stems aligned: all stems of a window are stretched in ONE call, as the channels of one
 multichannel buffer. Rubber Band stretches every channel with the same time map, so a
@@ -34,7 +35,7 @@ import soxr
 from stage_bridge.audio import fit_length
 from stage_bridge.errors import BadArgument
 
-SPEED_GRID = (0.8, 0.9, 1.0, 1.1, 1.2)
+SPEED_RANGE = (0.8, 1.2)  # Rubber Band time ratios STAGE draws from
 PITCH_RANGE = 4
 BACKENDS = ("auto", "rubberband", "phase-vocoder")
 

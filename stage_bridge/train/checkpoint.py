@@ -10,6 +10,8 @@ Layout of a run folder:
                                                merged, EnCodec, T5): a native stage-bridge model
         trainer_state.pt                       optimizer, schedule, GradScaler, RNG states, step,
                                                epoch and data position
+      best/                                  the model of the step with the lowest validation loss
+        model.safetensors, stage_bridge.json, best.json (its step and loss)
 
 A checkpoint is written into a hidden temporary folder next to the others, fsynced, then renamed
 to its final name in one atomic step: a `step-*` folder exists complete or not at all. Only then
@@ -20,6 +22,7 @@ always continues from the newest complete `step-*` folder.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -36,6 +39,8 @@ from ..engine.checkpoints import NATIVE_CONFIG, NATIVE_WEIGHTS, Checkpoint, save
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
+BEST = "best"
+BEST_INFO = "best.json"
 STATE_VERSION = 1
 DIR_MODE = 0o755  # readable by the daemon whatever user it runs as; mkdtemp alone gives 0700
 _STEP_RX = re.compile(r"^step-(\d+)$")
@@ -69,8 +74,8 @@ def remove_stale_temporaries(run_dir: Path) -> None:
     for p in list(root.iterdir()) if root.is_dir() else []:
         if p.name.startswith(".") and p.name.endswith(".part"):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    for p in Path(run_dir).glob(".*.part"):
-        p.unlink(missing_ok=True)
+    for p in Path(run_dir).glob(".*.part"):  # .best.*.part is a folder
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def save_checkpoint(run_dir: Path, step: int, model: Checkpoint, trainer_state: dict[str, Any],
@@ -96,6 +101,29 @@ def save_checkpoint(run_dir: Path, step: int, model: Checkpoint, trainer_state: 
     publish(run_dir, final)
     prune(run_dir, keep)
     return final
+
+
+def save_best(run_dir: Path, step: int, valid_loss: float, model: Checkpoint) -> Path:
+    """Make ``run_dir/best`` the model of `step` (the lowest validation loss so far).
+
+    Written like a checkpoint into a hidden temporary folder, then each file is moved into
+    ``best/`` by an atomic rename (weights, then the config, then ``best.json`` naming the step
+    and loss last): a crash leaves either the old best model or the new one loadable."""
+    run_dir = Path(run_dir)
+    best = run_dir / BEST
+    best.mkdir(parents=True, exist_ok=True)
+    os.chmod(best, DIR_MODE)
+    tmp = Path(tempfile.mkdtemp(prefix=".best.", suffix=".part", dir=run_dir))
+    try:
+        save_native(model, tmp)
+        for name in (NATIVE_WEIGHTS, NATIVE_CONFIG):
+            os.replace(tmp / name, best / name)
+        info = json.dumps({"step": step, "valid_loss": valid_loss}).encode()
+        write_atomic(best / BEST_INFO, lambda f: f.write(info), replace=True)
+        fsync_folder(best)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return best
 
 
 def publish(run_dir: Path, step_dir: Path) -> None:

@@ -9,24 +9,24 @@ Layouts (`discover_songs`):
                   "tracks": [{"id": TRACK_ID, "trackType": "kick_drum", "extension": "wav",
                               "type": "audio/x-wav", "has_bleed": false}, ...]}, ...]}
 
-  with the audio of each track at ``<song>/<stemName>/<TRACK_ID>.<extension>``. Optional extra
-  keys we read: ``genres``, ``moods``/``mood``, ``bpm``, ``beats``, ``downbeats`` (seconds).
+  with the audio of each track at ``<song>/<stemName>/<TRACK_ID>.<extension>``; ``artist`` is
+  read for the artist-aware split. Optional extra keys we read: ``genres``, ``moods``/``mood``,
+  ``bpm``, ``beats``, ``downbeats`` (seconds).
 - Plain: the root's sub-folders are songs; each audio file ``SONG/STEM.wav`` is a stem named by
   the file name, each folder ``SONG/STEM/*.wav`` a stem whose tracks are summed. Files named
-  mix/mixture/master are not stems. Optional ``SONG/meta.json`` with ``genres``, ``moods``,
-  ``bpm``, ``beats``, ``downbeats``.
+  mix/mixture/master are not stems. Optional ``SONG/meta.json`` with ``artist``, ``genres``,
+  ``moods``, ``bpm``, ``beats``, ``downbeats``.
 In both, a ``beats.json`` next to the audio (``{"beats": [...], "downbeats": [...]}``) also
 provides beats. Stem names are lower-cased with spaces/hyphens as underscores ("other keys" ->
 "other_keys").
 
-Pairs (`StemPairDataset`), as in the STAGE paper: for each non-silent 10 s window of the target
-stem, the context is a random non-empty subset of the other non-silent stems summed, or (with
-probability ``p_click``) STAGE's click at the song's beats; the context is a prefix of the window
-(5-10 s, the whole window with probability 0.05), sample-aligned with the target. Speed/pitch
-augmentation (see `augment`) is applied to all stems of the window together. Everything is mono
-at the codec rate (32 kHz). Codec tokens are cached on disk per (song, window, context variant,
-augmentation) so later epochs only read small files. Context and text dropout belong to the
-trainer.
+A ``labels.json`` at the dataset's root, ``{"SONG": {"genres": [...], "moods": [...]}}`` (SONG: the
+song folder's name), adds labels the data lacks (MoisesDB gives only a genre; STAGE's prompts have
+genres and moods).
+
+Pairs (`StemPairDataset`) are drawn as STAGE's reference code draws them; see the class. Song
+analysis (`analyse_song`, `prepare`: activity per codec frame, beats) is cached per song.
+Everything is mono at the codec rate (32 kHz). Context and text dropout belong to the trainer.
 """
 
 from __future__ import annotations
@@ -46,23 +46,29 @@ from torch import Tensor
 
 from stage_bridge.atomic import write_atomic
 from stage_bridge.audio import fit_length, load_audio, resample, to_mono
+from stage_bridge.audio.tracking import TRACKERS, beat_accents, beat_this_ready, estimate_downbeats, track_beats
 from stage_bridge.errors import BadArgument, StageError
-from stage_bridge.train.augment import PITCH_RANGE, SPEED_GRID, Augmentation, resolve_backend, stretch, window_times
-from stage_bridge.train.beats import click_at, downbeats_every, track_beats
+from stage_bridge.train.augment import PITCH_RANGE, SPEED_RANGE, Augmentation, resolve_backend, stretch, window_times
+from stage_bridge.train.clicks import click_at
 
 log = logging.getLogger("stage_bridge.train")
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg")
 MIX_NAMES = frozenset({"mix", "mixture", "master", "full_mix"})
 LENGTH_TOLERANCE_S = 0.1
-BLOCK_S = 0.25  # resolution of the per-stem activity map used to find silent windows
-WINDOW_S = 10.0  # STAGE's training examples: 10 s target windows, back to back
+WINDOW_S = 10.0  # STAGE's training examples: 10 s target windows
 MIN_CONTEXT_S = 5.0  # shortest context prefix of a window
-ANALYSIS_VERSION = 1
-TOKENS_VERSION = 1
+SILENCE_PEAK = 0.01  # a stem is silent in a window whose peak stays below this (stemmed_dataset.py `is_silent`)
+EPOCH_EXAMPLES = 10_000  # the reference's n_samples_per_epoch (train_stage_drums.py)
+VALID_PER_SONG = 4  # validation windows per song
+ANALYSIS_VERSION = 2
+TOKENS_VERSION = 2
 SPLIT_FILE = "split.json"
 SPLITS = ("train", "valid", "test")
+SPLIT_MODES = ("hash", "artist", "reference")
+REFERENCE_VALID_SONGS = 24  # stemmed_dataset.py N_VALID_SAMPLES: the last 24 songs by name validate
 LAYOUTS = ("auto", "moisesdb", "plain")
+LABELS_FILE = "labels.json"
 
 
 class DatasetError(StageError):
@@ -80,6 +86,7 @@ class SongSource:
     name: str
     folder: Path
     stems: dict[str, list[Path]]
+    artist: str | None = None
     genres: list[str] = field(default_factory=list)
     moods: list[str] = field(default_factory=list)
     beats: list[float] | None = None
@@ -127,6 +134,7 @@ def discover_songs(root: Path, layout: str = "auto") -> tuple[list[SongSource], 
         songs.append(song)
     _unique_names(songs)
     songs.sort(key=lambda s: s.name)
+    _apply_labels(root, songs, warnings)
     for w in warnings:
         log.warning(w)
     if not songs:
@@ -243,7 +251,29 @@ def _times(value, source: Path, key: str) -> list[float] | None:
     return [float(v) for v in t]
 
 
+def _apply_labels(root: Path, songs: list[SongSource], warnings: list[str]) -> None:
+    """Genres and moods from ``root/labels.json`` (keyed by song folder name) where present."""
+    path = root / LABELS_FILE
+    if not path.is_file():
+        return
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(labels, dict):
+            raise ValueError("it must hold an object of song name -> labels")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        warnings.append(f"ignored {path}: not readable labels ({exc})")
+        log.warning(warnings[-1])
+        return
+    for song in songs:
+        entry = labels.get(song.name, labels.get(song.folder.name))
+        if isinstance(entry, dict):
+            song.genres = _words(entry.get("genres", entry.get("genre"))) or song.genres
+            song.moods = _words(entry.get("moods", entry.get("mood"))) or song.moods
+
+
 def _apply_meta(song: SongSource, meta: dict, source: Path) -> None:
+    artist = meta.get("artist")
+    song.artist = str(artist).strip() or None if artist is not None else None
     song.genres = _words(meta.get("genres", meta.get("genre")))
     song.moods = _words(meta.get("moods", meta.get("mood")))
     bpm = meta.get("bpm")
@@ -266,8 +296,6 @@ def _read_sidecar_beats(song: SongSource) -> None:
         song.downbeats = _times(data.get("downbeats") if isinstance(data, dict) else None, sidecar, "downbeats")
     if song.downbeats is not None and song.beats is None:
         song.downbeats = None
-    if song.beats is not None and song.downbeats is None:
-        song.downbeats = [float(t) for t in downbeats_every(song.beats)]
 
 
 def _check_tracks(song: SongSource) -> float:
@@ -311,31 +339,44 @@ def describe(genres: Sequence[str], moods: Sequence[str], max_items: int = 3) ->
 # -- split -------------------------------------------------------------------------------------
 
 def split_songs(songs: Iterable[SongSource | str], seed: int = 0, valid: float = 0.1,
-                test: float = 0.1) -> dict[str, list[str]]:
+                test: float = 0.1, mode: str = "hash") -> dict[str, list[str]]:
     """Deterministic song-level train/valid/test split.
 
-    Each song goes by a hash of (seed, name) to a bucket in [0, 1): test below ``test``, valid
-    below ``test + valid``, train above; a song keeps its split when others are added. With 3
-    or more songs every split with a non-zero share gets at least one song (the songs whose
-    hash is nearest are moved).
+    ``hash``: each song goes by a hash of (seed, name) to a bucket in [0, 1): test below
+    ``test``, valid below ``test + valid``, train above; a song keeps its split when others are
+    added. With 3 or more songs every split with a non-zero share gets at least one song (the
+    songs whose hash is nearest are moved).
+    ``artist``: the same, by a hash of the artist (songs without one count as their own artist),
+    so no artist is in two splits and validation measures generalisation to unheard artists.
+    ``reference``: as STAGE's code (data/stemmed_dataset.py): songs sorted by name, the last 24
+    validate (at most all but one), the others train, no test songs; results compare with the
+    paper's. Pass only songs that have the target stem, as the reference filters first.
     """
+    if mode not in SPLIT_MODES:
+        raise BadArgument(f"Unknown split {mode!r}; choose one of: {', '.join(SPLIT_MODES)}.")
     if not (0 <= valid < 1 and 0 <= test < 1 and valid + test < 1):
         raise BadArgument(f"valid ({valid}) and test ({test}) shares must be in [0, 1) and sum below 1.")
-    names = sorted({s if isinstance(s, str) else s.name for s in songs})
-    bucket = {n: int(hashlib.sha256(f"{seed}\0{n}".encode()).hexdigest()[:16], 16) / 2.0**64 for n in names}
+    group = {(s if isinstance(s, str) else s.name):
+             (s if isinstance(s, str) else (s.artist or s.name) if mode == "artist" else s.name) for s in songs}
+    names = sorted(group)
+    if mode == "reference":
+        n_valid = min(REFERENCE_VALID_SONGS, max(0, len(names) - 1))
+        return {"train": names[: len(names) - n_valid], "valid": names[len(names) - n_valid:], "test": []}
+    units = sorted(set(group.values()))
+    bucket = {u: int(hashlib.sha256(f"{seed}\0{u}".encode()).hexdigest()[:16], 16) / 2.0**64 for u in units}
     bounds = {"test": (0.0, test), "valid": (test, test + valid), "train": (test + valid, 1.0)}
-    split = {k: [n for n in names if bounds[k][0] <= bucket[n] < bounds[k][1]] for k in SPLITS}
-    if len(names) >= 3:
+    split = {k: [u for u in units if bounds[k][0] <= bucket[u] < bounds[k][1]] for k in SPLITS}
+    if len(units) >= 3:
         wanted = [k for k in SPLITS if k == "train" or (valid if k == "valid" else test) > 0]
         for k in wanted:
             if split[k]:
                 continue
             donor = max((d for d in SPLITS if d != k and len(split[d]) >= 2), key=lambda d: len(split[d]))
             lo, hi = bounds[k]
-            song = min(split[donor], key=lambda n: (max(lo - bucket[n], bucket[n] - hi, 0.0), n))
-            split[donor].remove(song)
-            split[k].append(song)
-    return {k: sorted(v) for k, v in split.items()}
+            unit = min(split[donor], key=lambda u: (max(lo - bucket[u], bucket[u] - hi, 0.0), u))
+            split[donor].remove(unit)
+            split[k].append(unit)
+    return {k: sorted(n for n in names if group[n] in set(v)) for k, v in split.items()}
 
 
 def write_split(run_dir: Path, split: dict[str, list[str]]) -> Path:
@@ -361,12 +402,128 @@ def read_split(run_dir: Path) -> dict[str, list[str]]:
     return {k: [str(n) for n in data[k]] for k in SPLITS}
 
 
+# -- song analysis (`stage-bridge train prepare`) -----------------------------------------------
+
+@dataclass
+class SongAnalysis:
+    """What pairs need of a song besides its audio: each stem's loudest sample per codec frame
+    (to tell silent windows at frame resolution) and the song's beats and downbeats."""
+
+    key: str  # fingerprint: name, file sizes and mtimes, rate, tracker
+    length: int  # samples at the codec rate (the shortest track)
+    stems: list[str]  # rows of `peaks`, sorted
+    peaks: np.ndarray  # (len(stems), frames) float32: max |sample| of the summed tracks per frame
+    beats: np.ndarray  # seconds
+    downbeats: np.ndarray
+    tracker: str  # "metadata" when the beats came with the data
+    tracks: dict[str, list[tuple[Path, int]]]  # stem -> (file, sample rate)
+
+
+def pick_tracker(name: str = "auto") -> str:
+    """"auto": Beat This (what the STAGE paper used) when its package and local checkpoint are
+    here, else librosa; a named tracker is used as is."""
+    if name == "auto":
+        return "beat_this" if beat_this_ready() else "librosa"
+    if name not in TRACKERS:
+        raise BadArgument(f"Unknown beat tracker {name!r}; choose one of: auto, {', '.join(TRACKERS)}.")
+    return name
+
+
+def analyse_song(src: SongSource, sr: int, hop: int, cache_dir: Path, tracker: str = "librosa") -> SongAnalysis:
+    """A song's `SongAnalysis`, from ``cache_dir/analysis`` when it is there (keyed by the files'
+    sizes and mtimes, so an edited song is analysed again), else decoded, tracked and cached."""
+    tracks: dict[str, list[tuple[Path, int]]] = {}
+    stats = []
+    for stem in sorted(src.stems):
+        for path in src.stems[stem]:
+            try:
+                info = sf.info(str(path))
+                st = path.stat()
+            except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+                raise DatasetError(f"cannot read {path} ({exc})") from None
+            tracks.setdefault(stem, []).append((path, int(info.samplerate)))
+            stats.append([stem, path.name, st.st_size, st.st_mtime_ns])
+    known = src.beats is not None
+    key = _hash({"name": src.name, "files": stats, "sr": sr, "hop": hop, "v": ANALYSIS_VERSION, "bpm": src.bpm,
+                 "beats": known, "downbeats": src.downbeats is not None, "tracker": None if known else tracker})
+    cached = Path(cache_dir) / "analysis" / f"{key}.npz"
+    try:
+        with np.load(cached, allow_pickle=False) as z:
+            stems, peaks, length = [str(s) for s in z["stems"]], z["peaks"], int(z["length"])
+            beats, downbeats, used = z["beats"], z["downbeats"], str(z["tracker"])
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        stems, peaks, length, beats, downbeats, used = _analyse_audio(src, tracks, sr, hop, tracker)
+        payload = {"stems": np.array(stems), "peaks": peaks, "length": np.array(length), "beats": beats,
+                   "downbeats": downbeats, "tracker": np.array(used)}
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cached, lambda f: np.savez(f, **payload), replace=True)
+    if known:  # the data's own beats win; downbeats estimated from the audio when it gives none
+        beats = np.asarray(src.beats, dtype=np.float64)
+        if src.downbeats is not None:
+            downbeats = np.asarray(src.downbeats, dtype=np.float64)
+    return SongAnalysis(key, length, stems, peaks, beats, downbeats, used, tracks)
+
+
+def _analyse_audio(src: SongSource, tracks, sr: int, hop: int, tracker: str):
+    lengths = {p: round(sf.info(str(p)).frames * sr / r) for ts in tracks.values() for p, r in ts}
+    length = min(lengths.values())
+    stems = sorted(tracks)
+    frames = -(-length // hop)
+    peaks = np.zeros((len(stems), frames), dtype=np.float32)
+    mix = np.zeros(length, dtype=np.float64)
+    for r, stem in enumerate(stems):
+        audio = np.zeros(length, dtype=np.float64)
+        for path, rate in tracks[stem]:
+            wav = load_audio(path)
+            audio += fit_length(resample(to_mono(wav.samples), wav.sample_rate, sr), length)
+        mix += audio
+        peaks[r] = np.abs(fit_length(audio, frames * hop)).reshape(frames, hop).max(axis=1)
+    mix32 = mix.astype(np.float32)
+    if src.beats is None:
+        found = track_beats(mix32, sr, tracker=tracker, beats_per_bar=None, bpm=src.bpm)
+        return stems, peaks, length, found.beats, found.downbeats, found.tracker
+    beats = np.asarray(src.beats, dtype=np.float64)
+    if src.downbeats is None and len(beats):  # beats given without downbeats: the bar phase from the audio
+        meter, phase = estimate_downbeats(beat_accents(mix32, sr, beats))
+        return stems, peaks, length, beats, beats[phase::meter], "metadata"
+    return stems, peaks, length, beats, np.asarray(src.downbeats or [], dtype=np.float64), "metadata"
+
+
+def prepare(songs: Sequence[SongSource], sr: int, hop: int, cache_dir: Path, tracker: str = "auto",
+            progress: bool = True, rank: int = 0, world: int = 1) -> tuple[list[str], list[str]]:
+    """Analyse every song once (decode, activity, beats) into the cache; resumable: songs already
+    analysed are only read. With several processes each takes every world-th song.
+    Returns (names analysed or found, warnings about songs that could not be)."""
+    tracker = pick_tracker(tracker)
+    mine = list(songs)[rank::world]
+    done, warnings = [], []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(mine), unit="song", desc="preparing songs", dynamic_ncols=True)
+    try:
+        for src in mine:
+            try:
+                analyse_song(src, sr, hop, cache_dir, tracker)
+                done.append(src.name)
+            except (StageError, OSError, ValueError, RuntimeError) as exc:
+                warnings.append(f"skipped song {src.name}: {exc}")
+                log.warning(warnings[-1])
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return done, warnings
+
+
 # -- pairs -------------------------------------------------------------------------------------
 
 @dataclass
 class TrainExample:
     """One training pair. ``context`` (K, Tc) codes cover the first Tc frames of the window
-    that ``target`` (K, Tt) codes cover; frame t of both is the same instant."""
+    that ``target`` (K, Tt) codes cover; frame t of both is the same instant. Tc = 0: no
+    context (the padding STAGE's unconditional branch sees)."""
 
     context: Tensor
     target: Tensor
@@ -380,12 +537,11 @@ class PairPlan:
     """Every random choice behind one example (a function of seed, epoch and index)."""
 
     song: int
-    start: int  # window start, samples at the codec rate
+    start: int  # window start, samples at the codec rate (a whole number of codec frames)
     aug: Augmentation
-    kind: str
+    kind: str  # "stems", "click" or "none" (no stem audible and no beat in the context: padding)
     stems: tuple[str, ...]  # the summed context stems ('stems' kind)
     context_samples: int
-    mix_stems: tuple[str, ...]  # target first, then every active other stem: stretched together
 
 
 @dataclass
@@ -402,28 +558,60 @@ class RenderedPair:
 @dataclass
 class _Song:
     src: SongSource
-    key: str  # fingerprint: name + file sizes and mtimes
-    length: int  # samples at the codec rate
-    stems: list[str]  # stem names usable in pairs (target included)
-    energy: np.ndarray  # (len(stems), blocks) mean square per block
-    beats: np.ndarray
-    downbeats: np.ndarray
-    tracks: dict[str, list[tuple[Path, int]]] = field(default_factory=dict)  # stem -> (file, rate)
+    analysis: SongAnalysis
+    stems: list[str]  # stem names usable in pairs (target first)
+    active: np.ndarray  # (len(stems), frames) bool: the stem is audible in that codec frame
+
+    @property
+    def key(self) -> str:
+        return self.analysis.key
+
+    @property
+    def length(self) -> int:
+        return self.analysis.length
+
+    @property
+    def beats(self) -> np.ndarray:
+        return self.analysis.beats
+
+    @property
+    def downbeats(self) -> np.ndarray:
+        return self.analysis.downbeats
 
 
 class StemPairDataset(torch.utils.data.Dataset):
-    """(context, target) token pairs for one target instrument; see the module docstring.
+    """(context, target) token pairs for one target instrument, drawn as STAGE draws them
+    (giorgioskij/stage data/stemmed_dataset.py, `__getitem__` and `find_good_chunk`):
 
-    ``__getitem__(i)`` depends only on (seed, epoch, i): call `set_epoch` before each epoch (the
-    choices are redrawn; windows stay). Works in DataLoader workers (keep the codec on the CPU
-    there, or fill the cache first); cache files are written atomically.
+    - example i is of song ``i % len(songs)`` (songs equally likely, as the reference cycles its
+      song list), ``examples_per_epoch`` examples per epoch (the reference's 10,000,
+      train_stage_drums.py);
+    - speed with p = 0.5, a time ratio r drawn uniformly from [0.8, 1.2] and rounded to two
+      decimals (Rubber Band stretches r x longer, so ``Augmentation.speed`` = 1 / r); pitch with
+      p = 0.5, integer semitones uniformly in [-4, 4] (0 included), as the reference;
+    - a window start, at codec-frame resolution, uniformly among every start where the target
+      stem and at least one other stem are audible (peak >= 0.01, the reference's `is_silent`)
+      or, for a song with beats, the target and a beat: song tails are used like any other part;
+    - context: with p = 0.5 STAGE's click at the beats, else a random non-empty subset of the
+      audible other stems summed; cut to a prefix of 5-10 s (the whole window with p = 0.05). A
+      click is never silent: when no beat falls in its prefix the stems are used, and when no
+      other stem is audible either, the example has no context (padding);
+    - ``fixed``: for validation, example i's choices do not depend on the epoch, there is no
+      augmentation, ``examples_per_epoch`` defaults to ``per_song`` (4) per usable song and starts are spread
+      evenly over each song; its token codes are cached on disk (`cache_dir/tokens`). Training
+      examples are encoded when drawn, like the reference's (a random start and a continuous
+      stretch are seldom drawn twice, so caching them would only fill the disk).
+
+    ``__getitem__(i)`` depends only on (seed, epoch, i): call `set_epoch` before each epoch.
+    Songs are analysed by `analyse_song` (cached; `prepare` fills the cache ahead).
     """
 
     def __init__(self, songs: Sequence[SongSource], instrument: str, codec, cache_dir: Path,
                  seed: int = 0, augment: bool = True, p_click: float = 0.5, p_full_context: float = 0.05,
-                 exclude: Sequence[str] = ("vocals",), silence_db: float = -50.0, p_speed: float = 0.5,
-                 p_pitch: float = 0.5, speeds: Sequence[float] = SPEED_GRID, pitch_range: int = PITCH_RANGE,
-                 stretch_backend: str = "auto"):
+                 exclude: Sequence[str] = ("vocals",), p_speed: float = 0.5, p_pitch: float = 0.5,
+                 speed_range: tuple[float, float] = SPEED_RANGE, pitch_range: int = PITCH_RANGE,
+                 stretch_backend: str = "auto", examples_per_epoch: int | None = None, fixed: bool = False,
+                 tracker: str = "auto", silence: float = SILENCE_PEAK, per_song: int = VALID_PER_SONG):
         self.instrument = normalize_stem(instrument)
         self.exclude = frozenset(normalize_stem(e) for e in exclude)
         if self.instrument in self.exclude:
@@ -438,17 +626,16 @@ class StemPairDataset(torch.utils.data.Dataset):
         self.hop = int(codec.hop_length)
         self.window = int(round(WINDOW_S * self.sr))
         self.min_context = int(round(MIN_CONTEXT_S * self.sr))
-        self.seed, self.epoch = int(seed), 0
-        self.augment, self.p_click, self.p_full = augment, p_click, p_full_context
+        self.seed, self.epoch, self.fixed = int(seed), 0, bool(fixed)
+        self.augment = augment and not fixed
+        self.p_click, self.p_full = p_click, p_full_context
         self.p_speed, self.p_pitch = p_speed, p_pitch
-        self.speeds = tuple(float(s) for s in speeds if float(s) != 1.0)
-        self.pitches = tuple(p for p in range(-int(pitch_range), int(pitch_range) + 1) if p != 0)
-        self.silence_db = silence_db
-        self.backend = resolve_backend(stretch_backend) if augment else "none"
+        self.speed_range, self.pitch_range = (float(speed_range[0]), float(speed_range[1])), int(pitch_range)
+        self.backend = resolve_backend(stretch_backend) if self.augment else "none"
+        self.tracker = pick_tracker(tracker)
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.codec_id = codec_fingerprint(codec)
-        self.block = int(round(BLOCK_S * self.sr))
         self.warnings: list[str] = []
         self.songs: list[_Song] = []
         for src in songs:
@@ -457,30 +644,30 @@ class StemPairDataset(torch.utils.data.Dataset):
                 self._warn(f"skipped song {src.name}: it has no '{self.instrument}' stem (stems: {have})")
                 continue
             try:
-                self.songs.append(self._analyse(src))
+                a = analyse_song(src, self.sr, self.hop, self.cache_dir, self.tracker)
             except (StageError, OSError, ValueError, RuntimeError) as exc:
                 self._warn(f"skipped song {src.name}: {exc}")
-        self.windows: list[tuple[int, int]] = []
-        for si, song in enumerate(self.songs):
-            before = len(self.windows)
-            for start in range(0, song.length - self.window + 1, self.window):
-                if not self._active(song, 0, start, start + self.window):
-                    continue
-                if not song.beats.size and not self._active_others(song, start, start + self.window):
-                    continue  # neither a stems nor a click context is possible
-                self.windows.append((si, start))
-            if len(self.windows) == before:
-                self._warn(f"song {song.src.name} has no {WINDOW_S:g} s window where '{self.instrument}' is "
-                           f"audible (song length {song.length / self.sr:.1f} s); it adds no examples")
-        if not self.windows:
+                continue
+            usable = [self.instrument] + [s for s in a.stems if s != self.instrument and s not in self.exclude]
+            active = a.peaks[[a.stems.index(s) for s in usable]] >= silence
+            song = _Song(src, a, usable, active)
+            if not self._starts(song, self.window).size:
+                self._warn(f"song {src.name} has no {WINDOW_S:g} s window where '{self.instrument}' and another "
+                           f"stem (or a beat) are audible (song length {a.length / self.sr:.1f} s); it adds no "
+                           "examples")
+                continue
+            self.songs.append(song)
+        if not self.songs:
             raise DatasetError(f"No usable {WINDOW_S:g} s windows with an audible '{self.instrument}' stem in "
-                               f"{len(self.songs)} song(s)" + (f": {'; '.join(self.warnings[:5])}"
-                                                                if self.warnings else "."))
+                               f"{len(songs)} song(s)" + (f": {'; '.join(self.warnings[:5])}"
+                                                          if self.warnings else "."))
+        per_epoch = examples_per_epoch or (per_song * len(self.songs) if fixed else EPOCH_EXAMPLES)
+        self.size = int(per_epoch)
 
     # -- public ---------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.windows)
+        return self.size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -490,48 +677,56 @@ class StemPairDataset(torch.utils.data.Dataset):
         return describe(src.genres, src.moods)
 
     def plan(self, i: int) -> PairPlan:
-        """The random choices for example ``i`` of the current epoch."""
-        si, start = self.windows[i]
+        """The random choices for example ``i`` of the current epoch (see the class docstring)."""
+        si = i % len(self.songs)
         song = self.songs[si]
-        rng = np.random.Generator(np.random.PCG64([self.seed, self.epoch, i]))
-        u = rng.random(8)
+        rng = np.random.Generator(np.random.PCG64([self.seed, 0 if self.fixed else self.epoch, i]))
         speed, semitones = 1.0, 0
         if self.augment:
-            if u[0] < self.p_speed:
-                fits = [s for s in self.speeds if start + round(self.window * s) <= song.length
-                        and self._active(song, 0, start, start + round(self.window * s))]
-                if fits:
-                    speed = fits[int(u[1] * len(fits))]
-            if u[2] < self.p_pitch and self.pitches:
-                semitones = self.pitches[int(u[3] * len(self.pitches))]
-        others = self._active_others(song, start, start + round(self.window * speed))
-        if not others and not song.beats.size:  # no context possible on this span: the plain window has one
-            speed = 1.0
-            others = self._active_others(song, start, start + self.window)
-        kind = "click" if (u[4] < self.p_click and song.beats.size) or not others else "stems"
+            apply_speed, apply_pitch = rng.random() < self.p_speed, rng.random() < self.p_pitch
+            lo, hi = self.speed_range
+            ratio = round(rng.random() * (hi - lo) + lo, 2) if apply_speed else 1.0
+            semitones = int(rng.integers(-self.pitch_range, self.pitch_range + 1)) if apply_pitch else 0
+            speed = 1.0 / ratio
+        span = round(self.window * speed)
+        starts = self._starts(song, span)
+        if not starts.size:  # this stretch reaches past the song or into silence: the plain window fits
+            speed, span = 1.0, self.window
+            starts = self._starts(song, span)
+        u = rng.random(5)
+        if self.fixed:  # spread evenly over the song: the r-th of this song's examples at quantile (r + 0.5) / n
+            r, n = i // len(self.songs), max(1, -(-self.size // len(self.songs)))
+            start = int(starts[min(len(starts) - 1, int((r + 0.5) / n * len(starts)))])
+        else:
+            start = int(starts[int(u[0] * len(starts))])
+        n_ctx = self.window
+        if u[1] >= self.p_full:
+            n_ctx = min(self.window, self.min_context + int(u[2] * (self.window - self.min_context + 1)))
+        others = self._active_others(song, start, span)
+        clicks = window_times(song.beats, start / self.sr, n_ctx * speed / self.sr, speed)
+        kind = "click" if u[3] < self.p_click else "stems"
+        if kind == "click" and not clicks.size:
+            kind = "stems"  # a click with no beat in the context would be silence, not a context
+        if kind == "stems" and not others:
+            kind = "click" if clicks.size else "none"
         chosen: tuple[str, ...] = ()
         if kind == "stems":
-            k = 1 + int(u[5] * len(others))
+            k = 1 + int(u[4] * len(others))
             chosen = tuple(sorted(others[j] for j in rng.permutation(len(others))[:k]))
-        if u[6] < self.p_full:
-            n_ctx = self.window
-        else:
-            n_ctx = self.min_context + int(u[7] * (self.window - self.min_context + 1))
-        return PairPlan(si, start, Augmentation(speed, semitones), kind, chosen, min(n_ctx, self.window),
-                        (song.stems[0], *others))
+        return PairPlan(si, start, Augmentation(speed, semitones), kind, chosen, n_ctx if kind != "none" else 0)
 
     def __getitem__(self, i: int) -> TrainExample:
-        if not 0 <= i < len(self.windows):
+        if not 0 <= i < len(self):
             raise IndexError(i)
         last: Exception | None = None
-        for attempt in range(min(10, len(self.windows))):
-            j = (i + attempt * 7919) % len(self.windows)  # on failure, fall back to another window
+        for attempt in range(min(10, len(self))):
+            j = (i + attempt * 7919) % len(self)  # on failure, fall back to another example
             try:
                 return self._example(self.plan(j))
             except (StageError, OSError, sf.SoundFileError) as exc:
                 last = exc
-                song = self.songs[self.windows[j][0]].src.name
-                log.warning("training example %d (song %s) failed, using another window: %s", j, song, exc)
+                song = self.songs[j % len(self.songs)].src.name
+                log.warning("training example %d (song %s) failed, using another one: %s", j, song, exc)
         raise DatasetError(f"Could not build a training example near index {i}: {last}")
 
     def render(self, i: int | PairPlan) -> RenderedPair:
@@ -542,23 +737,27 @@ class StemPairDataset(torch.utils.data.Dataset):
         start_s, span_s = plan.start / self.sr, span / self.sr
         beats = window_times(song.beats, start_s, span_s, plan.aug.speed)
         downbeats = window_times(song.downbeats, start_s, span_s, plan.aug.speed)
-        needed = plan.mix_stems if not plan.aug.identity else (plan.mix_stems[0], *plan.stems)
-        audio = np.stack([self.load_stem(plan.song, s, plan.start, span) for s in needed])
-        audio = stretch(audio, self.sr, plan.aug.speed, plan.aug.semitones, self.backend)
-        audio = fit_length(audio, self.window)
-        target = audio[0]
+        # The target and every audible other stem are the channels of one stretch: one time map,
+        # so attacks stay aligned (Rubber Band keeps them within a few ms this way; stretching
+        # the summed context, or each part alone as the reference does, does not), and the
+        # target is the same whichever context is chosen (Rubber Band's channels interact).
+        needed = (self.instrument, *self._active_others(song, plan.start, span)) if not plan.aug.identity \
+            else (self.instrument, *plan.stems)
+        rows = np.stack([self.load_stem(plan.song, s, plan.start, span) for s in needed])
+        audio = fit_length(stretch(rows, self.sr, plan.aug.speed, plan.aug.semitones, self.backend), self.window)
         if plan.kind == "click":
             context = click_at(beats, downbeats, self.window, self.sr)
+        elif plan.kind == "stems":
+            context = audio[[needed.index(s) for s in plan.stems]].sum(axis=0, dtype=np.float64).astype(np.float32)
         else:
-            rows = [needed.index(s) for s in plan.stems]
-            context = audio[rows].sum(axis=0, dtype=np.float64).astype(np.float32)
-        return RenderedPair(plan, target, context, beats, downbeats)
+            context = np.zeros(self.window, dtype=np.float32)
+        return RenderedPair(plan, audio[0], context, beats, downbeats)
 
     def load_stem(self, song: int, stem: str, start: int, length: int) -> np.ndarray:
         """``length`` samples of one stem (its tracks summed), mono at the codec rate, from
         sample ``start``; zeros past the end of the song."""
         out = np.zeros(length, dtype=np.float64)
-        for path, rate in self.songs[song].tracks[stem]:
+        for path, rate in self.songs[song].analysis.tracks[stem]:
             out += _read_segment(path, rate, self.sr, start, length)
         return out.astype(np.float32)
 
@@ -568,34 +767,55 @@ class StemPairDataset(torch.utils.data.Dataset):
         self.warnings.append(message)
         log.warning(message)
 
+    def _starts(self, song: _Song, span: int) -> np.ndarray:
+        """Every window start (samples, whole codec frames) of ``span`` samples inside the song
+        where the target and another stem, or the target and a beat, are audible."""
+        n = song.active.shape[1]
+        w = -(-span // self.hop)
+        last = (song.length - span) // self.hop
+        if last < 0:
+            return np.zeros(0, dtype=np.int64)
+        target = _window_any(song.active[0], w)[: last + 1]
+        others = (_window_any(song.active[1:].any(axis=0), w)[: last + 1] if song.active.shape[0] > 1
+                  else np.zeros(last + 1, dtype=bool))
+        beat_frames = np.zeros(n, dtype=bool)
+        bf = np.floor(np.asarray(song.beats) * self.sr / self.hop).astype(np.int64)
+        beat_frames[bf[(bf >= 0) & (bf < n)]] = True
+        beats = _window_any(beat_frames, w)[: last + 1]
+        return np.flatnonzero(target & (others | beats)).astype(np.int64) * self.hop
+
+    def _active_others(self, song: _Song, start: int, span: int) -> list[str]:
+        a, b = start // self.hop, -(-(start + span) // self.hop)
+        return [s for r, s in enumerate(song.stems) if r > 0 and song.active[r, a:b].any()]
+
     def _example(self, plan: PairPlan) -> TrainExample:
         song = self.songs[plan.song]
-        base = {"song": song.key, "start": plan.start, "window": self.window, "speed": plan.aug.speed,
-                "codec": self.codec_id, "v": TOKENS_VERSION}
-        if not plan.aug.identity:
-            base.update(semitones=plan.aug.semitones, backend=self.backend, mix=list(plan.mix_stems))
-        t_key = _hash({**base, "target": self.instrument})
-        if plan.kind == "click":
-            c_key = _hash({"song": song.key, "start": plan.start, "window": self.window, "speed": plan.aug.speed,
-                           "codec": self.codec_id, "v": TOKENS_VERSION, "click": _hash(song.beats.tolist()),
-                           "down": _hash(song.downbeats.tolist())})
+        key = None
+        if self.fixed:
+            key = _hash({"song": song.key, "plan": [plan.start, plan.aug.speed, plan.aug.semitones, plan.kind,
+                                                    list(plan.stems), plan.context_samples],
+                         "window": self.window, "codec": self.codec_id, "v": TOKENS_VERSION,
+                         "beats": _hash(song.beats.tolist()) if plan.kind == "click" else None,
+                         "down": _hash(song.downbeats.tolist()) if plan.kind == "click" else None})
+            cached = self._cache_get(key)
+            if cached is not None:
+                return self._to_example(plan, cached[:, :-1], cached[:, -1:])
+        pair = self.render(plan)
+        target = self.codec.encode(torch.from_numpy(pair.target[None])).detach().to("cpu", torch.long)[0]
+        if plan.context_samples:  # the context prefix alone, as STAGE encodes it
+            prefix = torch.from_numpy(np.ascontiguousarray(pair.context[: plan.context_samples])[None])
+            context = self.codec.encode(prefix).detach().to("cpu", torch.long)[0]
         else:
-            c_key = _hash({**base, "context": list(plan.stems)})
-        target, context = self._cache_get(t_key), self._cache_get(c_key)
-        if target is None or context is None:
-            pair = self.render(plan)
-            todo = [(k, wav) for k, wav, have in ((t_key, pair.target, target), (c_key, pair.context, context))
-                    if have is None]
-            codes = self.codec.encode(torch.from_numpy(np.stack([w for _, w in todo])))
-            codes = codes.detach().to("cpu", torch.long)
-            for (k, _), c in zip(todo, codes):
-                self._cache_put(k, c)
-                if k == t_key:
-                    target = c
-                else:
-                    context = c
-        frames = -(-plan.context_samples // self.hop)
-        return TrainExample(context=context[:, :frames].clone(), target=target, prompt=self.prompt(plan.song),
+            context = torch.zeros((target.shape[0], 0), dtype=torch.long)
+        if key is not None:
+            self._cache_put(key, torch.cat([context, target, torch.full_like(target[:, :1], context.shape[1])], 1))
+        return TrainExample(context=context, target=target, prompt=self.prompt(plan.song), song=song.src.name,
+                            start_s=plan.start / self.sr)
+
+    def _to_example(self, plan: PairPlan, codes: Tensor, tc: Tensor) -> TrainExample:
+        n = int(tc[0, 0])
+        song = self.songs[plan.song]
+        return TrainExample(context=codes[:, :n].clone(), target=codes[:, n:].clone(), prompt=self.prompt(plan.song),
                             song=song.src.name, start_s=plan.start / self.sr)
 
     def _cache_path(self, key: str) -> Path:
@@ -620,70 +840,12 @@ class StemPairDataset(torch.utils.data.Dataset):
         # replace: DataLoader workers (or ranks) may encode the same window at the same time
         write_atomic(path, lambda f: np.save(f, arr, allow_pickle=False), replace=True)
 
-    def _active(self, song: _Song, row: int, a: int, b: int) -> bool:
-        blocks = song.energy[row, a // self.block : max(a // self.block + 1, -(-b // self.block))]
-        if blocks.size == 0:
-            return False
-        mean = float(blocks.mean())
-        return mean > 0 and 10.0 * math.log10(mean) > self.silence_db
 
-    def _active_others(self, song: _Song, a: int, b: int) -> list[str]:
-        return [s for r, s in enumerate(song.stems) if r > 0 and self._active(song, r, a, b)]
-
-    def _analyse(self, src: SongSource) -> _Song:
-        """Per-stem activity and (if the data has none) tracked beats; cached per song."""
-        tracks: dict[str, list[tuple[Path, int]]] = {}
-        stats = []
-        for stem in sorted(src.stems):
-            for path in src.stems[stem]:
-                try:
-                    info = sf.info(str(path))
-                    st = path.stat()
-                except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-                    raise DatasetError(f"cannot read {path} ({exc})") from None
-                tracks.setdefault(stem, []).append((path, int(info.samplerate)))
-                stats.append([stem, path.name, st.st_size, st.st_mtime_ns])
-        key = _hash({"name": src.name, "files": stats, "sr": self.sr, "block": self.block, "v": ANALYSIS_VERSION,
-                     "bpm": src.bpm, "beats": src.beats is not None})
-        usable = [self.instrument] + sorted(s for s in src.stems if s != self.instrument and s not in self.exclude)
-        cached = self.cache_dir / "analysis" / f"{key}.npz"
-        try:
-            with np.load(cached, allow_pickle=False) as z:
-                names, energy, length = list(z["stems"]), z["energy"], int(z["length"])
-                beats, downbeats = z["beats"], z["downbeats"]
-        except (FileNotFoundError, OSError, ValueError, KeyError):
-            names, energy, length, beats, downbeats = self._analyse_audio(src, tracks)
-            payload = {"stems": np.array(names), "energy": energy, "length": np.array(length),
-                       "beats": beats, "downbeats": downbeats}
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(cached, lambda f: np.savez(f, **payload), replace=True)
-        rows = [names.index(s) for s in usable]
-        if src.beats is not None:
-            beats = np.asarray(src.beats, dtype=np.float64)
-            downbeats = np.asarray(src.downbeats if src.downbeats is not None else downbeats_every(beats))
-        return _Song(src, key, length, usable, energy[rows], beats, downbeats, tracks)
-
-    def _analyse_audio(self, src: SongSource, tracks) -> tuple[list[str], np.ndarray, int, np.ndarray, np.ndarray]:
-        lengths = {p: round(sf.info(str(p)).frames * self.sr / r) for ts in tracks.values() for p, r in ts}
-        length = min(lengths.values())
-        names = sorted(tracks)
-        n_blocks = -(-length // self.block)
-        energy = np.zeros((len(names), n_blocks))
-        mix = np.zeros(length, dtype=np.float64)
-        for r, stem in enumerate(names):
-            audio = np.zeros(length, dtype=np.float64)
-            for path, rate in tracks[stem]:
-                wav = load_audio(path)
-                audio += fit_length(resample(to_mono(wav.samples), wav.sample_rate, self.sr), length)
-            mix += audio
-            padded = fit_length(audio, n_blocks * self.block)
-            energy[r] = (padded.reshape(n_blocks, self.block) ** 2).mean(axis=1)
-        if src.beats is None:
-            beats, _ = track_beats(mix.astype(np.float32), self.sr, bpm=src.bpm)
-            downbeats = downbeats_every(beats)
-        else:
-            beats = downbeats = np.zeros(0)
-        return names, energy, length, beats, downbeats
+def _window_any(flags: np.ndarray, width: int) -> np.ndarray:
+    """out[k] = flags[k : k + width].any(), for every k (windows running past the end are cut)."""
+    c = np.concatenate([[0], np.cumsum(flags.astype(np.int64))])
+    k = np.arange(len(flags))
+    return (c[np.minimum(k + width, len(flags))] - c[k]) > 0
 
 
 # -- helpers -----------------------------------------------------------------------------------

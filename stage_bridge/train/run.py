@@ -1,5 +1,6 @@
 """`stage-bridge train`: fine-tune MusicGen into a STAGE model for one instrument.
 
+    stage-bridge train prepare --data DIR            (optional: analyse the songs ahead, resumable)
     stage-bridge train --data DIR --instrument drums --base facebook/musicgen-small --out RUN_DIR
 
 Single process by default; launched by `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK set) it trains
@@ -10,6 +11,7 @@ See docs/training.md.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -32,19 +34,38 @@ if TYPE_CHECKING:
 TRAIN_CONFIG = "train_config.json"
 # Options that define the run: on --resume they come from train_config.json, not the command line.
 RUN_DEFINING = ("data", "instrument", "base", "batch", "grad_accum", "seed", "phase1_steps", "warmup_steps", "lr",
-                "sep_lr", "context_dropout", "text_dropout", "weight_decay", "clip")
+                "sep_lr", "context_dropout", "text_dropout", "word_dropout", "weight_decay", "clip", "clip_mode",
+                "loss_mask", "split", "valid_per_song", "tracker")
+# Settings of runs made before an option existed: what those runs did.
+OLD_RUN_DEFAULTS = {"word_dropout": 0.0, "clip_mode": "norm", "loss_mask": "all", "split": "hash", "valid_per_song": 4,
+                    "tracker": "librosa"}
+CODEC_RATE, CODEC_HOP = 32000, 640  # MusicGen's EnCodec: what `train prepare` analyses for without a model
+
+
+# How long a process may wait for the others at a barrier or collective. Song preparation is
+# shared by all processes (each analyses every world-th song), so the longest wait is one
+# share of it; an hour covers thousands of songs. torch's default (10 min for NCCL) does not.
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=1)
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser
+    p.add_argument("action", nargs="?", choices=("prepare",),
+                   help="prepare: only analyse the songs of --data (decode, activity, beats) into the cache, "
+                        "with a progress bar; resumable. `train` does it first anyway")
     p.add_argument("--data", type=Path, default=None,
                    help="folder of songs with separated stems (see docs/training.md); required unless --resume")
     p.add_argument("--instrument", default=None, help="the stem to learn to generate (drums, bass, ...); "
                    "required unless --resume")
     p.add_argument("--base", default="facebook/musicgen-small",
                    help="model to start from: facebook/musicgen-small, a STAGE .safetensors or a run folder")
-    p.add_argument("--out", type=Path, required=True, help="run folder (must be new or empty unless --resume)")
-    p.add_argument("--steps", type=whole_number(1), default=10_000, help="optimizer steps in all (default 10000)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (must be new or empty unless --resume); "
+                   "required to train")
+    p.add_argument("--tracker", choices=("auto", "librosa", "beat_this"), default="auto",
+                   help="beat tracker for songs without beats: auto = Beat This when its package and local "
+                        "checkpoint are here (what the STAGE paper used), else librosa")
+    p.add_argument("--steps", type=whole_number(1), default=1_000,
+                   help="optimizer steps in all (default 1000, the paper's)")
     p.add_argument("--batch", type=whole_number(1), default=2, help="examples per micro-batch and process (default 2)")
     p.add_argument("--grad-accum", type=whole_number(1), default=4, help="micro-batches per optimizer step (default 4)")
     p.add_argument("--precision", default="auto", type=precision_choice,
@@ -52,9 +73,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "(auto: bf16 on a GPU that has it, else fp32)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu (torchrun: one GPU per process)")
-    p.add_argument("--valid-every", type=whole_number(1), default=500, help="validation loss every K steps")
-    p.add_argument("--valid-batches", type=whole_number(0), default=50, help="validation micro-batches per evaluation (0: all)")
-    p.add_argument("--save-every", type=whole_number(1), default=1000, help="checkpoint every K steps (and at the end)")
+    p.add_argument("--valid-every", type=whole_number(1), default=100,
+                   help="validation loss every K steps (default 100)")
+    p.add_argument("--valid-per-song", type=whole_number(1), default=4,
+                   help="validation windows per validation song, fixed for the whole run (default 4)")
+    p.add_argument("--save-every", type=whole_number(1), default=250,
+                   help="checkpoint every K steps, at the end and on Ctrl-C/SIGTERM (default 250)")
     p.add_argument("--keep-checkpoints", type=whole_number(1), default=1, help="how many checkpoints to keep")
     p.add_argument("--log-every", type=whole_number(1), default=10, help="metrics row every K steps")
     p.add_argument("--seed", type=int, default=0, help="data order, split and dropout draws")
@@ -65,8 +89,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     p.add_argument("--context-dropout", type=real(0.0, 1.0), default=0.1, help="P(context replaced by padding)")
     p.add_argument("--text-dropout", type=real(0.0, 1.0), default=0.5,
                    help="P(prompt dropped); 1 trains without prompts (no T5 needed)")
+    p.add_argument("--word-dropout", type=real(0.0, 1.0), default=0.3, help="P(a word of a kept prompt dropped)")
     p.add_argument("--weight-decay", type=real(0.0), default=1e-3)
-    p.add_argument("--clip", type=real(0.0), default=1.0, help="gradient-norm clipping (0: off)")
+    p.add_argument("--clip", type=real(0.0), default=1.0, help="gradient clipping threshold (0: off)")
+    p.add_argument("--clip-mode", choices=("value", "norm"), default="value",
+                   help="value: each gradient element clipped to [-clip, clip], as the STAGE paper trained "
+                        "(default); norm: the global gradient norm")
+    p.add_argument("--loss-mask", choices=("valid", "all"), default="valid",
+                   help="valid: score only the delay pattern's valid steps, as STAGE (default); all: every "
+                        "target code")
+    p.add_argument("--split", choices=("hash", "artist", "reference"), default="hash",
+                   help="song split: hash of the name (default), artist-aware, or the reference's last 24 "
+                        "songs by name for validation")
     p.add_argument("--num-workers", type=whole_number(0), default=0, help="DataLoader worker processes")
     p.add_argument("--cache", type=Path, default=None,
                    help="token cache folder, shared by runs (default: the per-user data folder's train-cache)")
@@ -100,7 +134,7 @@ def init_distributed(device_arg: str) -> tuple[DistInfo, torch.device]:
     else:
         raise BadArgument(f"multi-process training runs on CUDA GPUs (or CPU), not {base.type}")
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
     return DistInfo(rank, world, local_rank), device
 
 
@@ -142,7 +176,7 @@ def resolve_precision(name: str, device) -> str:
 
 
 def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    keys = RUN_DEFINING + ("precision", "steps", "valid_every", "valid_batches", "save_every", "keep_checkpoints",
+    keys = RUN_DEFINING + ("precision", "steps", "valid_every", "save_every", "keep_checkpoints",
                            "log_every", "num_workers")
     out = {k: getattr(args, k) for k in keys}
     out["data"] = str(Path(args.data).expanduser().resolve()) if args.data is not None else None
@@ -160,8 +194,9 @@ def _train_config(s: dict[str, Any], precision: str, progress: bool, meta: dict)
         steps=s["steps"], batch=s["batch"], grad_accum=s["grad_accum"], precision=precision,
         schedule=ScheduleConfig(phase1_steps=s["phase1_steps"], warmup_steps=s["warmup_steps"], sep_lr=s["sep_lr"],
                                 lr=s["lr"], sep_final_lr=s["lr"]),
-        weight_decay=s["weight_decay"], clip=s["clip"], context_dropout=s["context_dropout"],
-        text_dropout=s["text_dropout"], valid_every=s["valid_every"], valid_batches=s["valid_batches"],
+        weight_decay=s["weight_decay"], clip=s["clip"], clip_mode=s["clip_mode"], context_dropout=s["context_dropout"],
+        text_dropout=s["text_dropout"], word_dropout=s["word_dropout"], valid_steps_only=s["loss_mask"] == "valid",
+        valid_every=s["valid_every"],
         save_every=s["save_every"], keep_checkpoints=s["keep_checkpoints"], log_every=s["log_every"], seed=s["seed"],
         num_workers=s["num_workers"], progress=progress, meta=meta)
 
@@ -186,51 +221,99 @@ def default_cache_dir() -> Path:
     return user_data_dir() / "train-cache"
 
 
-def build_datasets(settings: dict[str, Any], model, run_dir: Path, resume: bool, write: bool):
+def prepare_songs(data: Path, cache: Path, tracker: str, progress: bool, info=None, sr: int = CODEC_RATE,
+                  hop: int = CODEC_HOP) -> list:
+    """Discover the songs of ``data`` and analyse each once into ``cache`` (resumable; with several
+    processes each analyses its share, then all wait for the others). Returns the songs."""
+    from .dataset import discover_songs, prepare
+
+    songs, warnings = discover_songs(Path(data))  # logs each warning itself
+    rank, world = (info.rank, info.world) if info is not None else (0, 1)
+    done, failed = prepare(songs, sr, hop, Path(cache), tracker, progress=progress, rank=rank, world=world)
+    if warnings and rank == 0:
+        print(f"note: {len(songs)} songs found, {len(warnings)} skipped (see the warnings above)", file=sys.stderr)
+    if info is not None:
+        _barrier(info)
+    return songs
+
+
+def build_datasets(settings: dict[str, Any], model, run_dir: Path, resume: bool, write: bool, songs: list):
     """Songs -> split (split.json; re-read on --resume) -> the train and valid datasets."""
     import copy
 
-    from .dataset import SPLIT_FILE, StemPairDataset, discover_songs, read_split, split_songs, write_split
+    from .dataset import SPLIT_FILE, StemPairDataset, normalize_stem, read_split, split_songs, write_split
 
-    songs, warnings = discover_songs(Path(settings["data"]))  # logs each warning itself
     by_name = {s.name: s for s in songs}
     if resume and (run_dir / SPLIT_FILE).exists():
         split = read_split(run_dir)
     else:
-        split = split_songs(songs, settings["seed"])
+        mode = settings["split"]
+        eligible = [s for s in songs if normalize_stem(settings["instrument"]) in s.stems] if mode == "reference" \
+            else songs  # the reference splits the songs that have the target stem
+        split = split_songs(eligible, settings["seed"], mode=mode)
         if write:
             write_split(run_dir, split)
     gone = [n for part in ("train", "valid") for n in split[part] if n not in by_name]
     if gone:
         print(f"warning: {len(gone)} song(s) of the run's split are no longer usable in {settings['data']} "
               f"(e.g. {gone[0]})", file=sys.stderr)
-    if warnings:
-        print(f"note: {len(songs)} songs found, {len(warnings)} skipped (see the warnings above)", file=sys.stderr)
     codec = model.codec
     if settings["num_workers"] > 0 and codec.device.type != "cpu":  # workers encode on the CPU
         from ..engine.codec import Codec
         codec = Codec(copy.deepcopy(codec.model).cpu(), codec.num_codebooks)
     cache = Path(settings["cache"])
 
-    def make(part: str, augment: bool):
+    def make(part: str, fixed: bool):
         chosen = [by_name[n] for n in split[part] if n in by_name]
         if not chosen:
             return None
-        return StemPairDataset(chosen, settings["instrument"], codec, cache, seed=settings["seed"], augment=augment)
+        return StemPairDataset(chosen, settings["instrument"], codec, cache, seed=settings["seed"], augment=not fixed,
+                               fixed=fixed, per_song=settings["valid_per_song"], tracker=settings["tracker"])
 
-    train = make("train", True)
+    train = make("train", False)
     if train is None:
         raise BadArgument(f"no training songs: the split of {len(songs)} song(s) left none for training.")
     try:
-        valid = make("valid", False)
+        valid = make("valid", True)
     except StageError as e:  # e.g. no audible window in the few validation songs
         print(f"warning: no validation set ({e}); the validation loss is not computed", file=sys.stderr)
         valid = None
     return train, valid
 
 
+def run_prepare(args: argparse.Namespace) -> int:
+    """`stage-bridge train prepare --data DIR`: the analysis `train` starts with, on its own."""
+    try:
+        if args.data is None:
+            raise BadArgument("train prepare needs --data DIR (the songs to analyse).")
+        cache = Path(args.cache).expanduser() if args.cache else default_cache_dir()
+        _warn_without_rubberband()
+        songs = prepare_songs(args.data, cache, args.tracker, progress=not args.quiet)
+        print(f"prepared {len(songs)} songs in {cache}")
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: songs analysed so far are kept; run the same command again to continue",
+              file=sys.stderr)
+        return 130
+    except StageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _warn_without_rubberband() -> None:
+    from .augment import rubberband_available
+
+    if not rubberband_available():
+        print("warning: pedalboard is not installed: speed/pitch augmentation uses the phase-vocoder fallback, "
+              "which smears attacks by about 15 ms (targets too). Install the train extra: "
+              "pip install -e '.[train]' (pedalboard is GPL-3.0).", file=sys.stderr)
+
+
 def run_training(args: argparse.Namespace) -> int:
-    """Entry point of `stage-bridge train`. Returns the exit status (0, 2 usage, 130 interrupted)."""
+    """Entry point of `stage-bridge train` (and `train prepare`). Returns the exit status (0, 2 usage,
+    128 + the signal when interrupted)."""
+    if getattr(args, "action", None) == "prepare":
+        return run_prepare(args)
     import torch
 
     from ..engine.checkpoints import resolve
@@ -239,6 +322,9 @@ def run_training(args: argparse.Namespace) -> int:
     from .trainer import DistInfo, Trainer
 
     info = DistInfo()
+    if args.out is None:
+        print("error: --out RUN_DIR is required to train (the run folder).", file=sys.stderr)
+        return 2
     run_dir = Path(args.out).expanduser()
     try:
         info, device = init_distributed(args.device)
@@ -259,7 +345,8 @@ def run_training(args: argparse.Namespace) -> int:
                       + ", ".join(f"--{k.replace('_', '-')} {old[k]}" for k in changed) + f" ({TRAIN_CONFIG})",
                       file=sys.stderr)
             moved_data = settings["data"]  # an explicit --data may point to where the songs are now
-            settings.update({k: old[k] for k in RUN_DEFINING if k in old})
+            settings.update({k: old.get(k, OLD_RUN_DEFAULTS.get(k)) for k in RUN_DEFINING
+                             if k in old or k in OLD_RUN_DEFAULTS})
             if moved_data is not None:
                 settings["data"] = moved_data
             if args.precision == "auto":  # an explicit --precision may change (exactness needs the same one)
@@ -288,11 +375,12 @@ def run_training(args: argparse.Namespace) -> int:
                       "stage_bridge_version": __version__}
             write_atomic(run_dir / TRAIN_CONFIG, lambda f: f.write(json.dumps(stored, indent=2).encode()),
                          replace=True)
-        if not info.main:  # rank 0 analyses the songs first; the others then read its cache
-            _barrier(info)
-        train_set, valid_set = build_datasets(settings, model, run_dir, args.resume, write=info.main)
         if info.main:
-            _barrier(info)
+            _warn_without_rubberband()
+        songs = prepare_songs(Path(settings["data"]), Path(settings["cache"]), settings["tracker"],
+                              progress=info.main and not args.quiet, info=info, sr=model.codec.sample_rate,
+                              hop=model.codec.hop_length)
+        train_set, valid_set = build_datasets(settings, model, run_dir, args.resume, write=info.main, songs=songs)
 
         trainer = Trainer(model, base_ckpt, train_set, valid_set, run_dir, config, info)
         if step_dir is not None:
@@ -308,12 +396,14 @@ def run_training(args: argparse.Namespace) -> int:
         if info.main:
             print(f"trained {trainer.step} steps; the model is {run_dir} (stage-bridge generate --model {run_dir})")
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", None)  # trainer.Interrupted: the last completed step was saved
         if info.main:
             last = ckpt_io.latest_checkpoint(run_dir) if run_dir.is_dir() else None
-            where = f"the last checkpoint ({last.name}) is intact" if last else "no checkpoint was written yet"
+            where = (f"saved {last.name}" if signum is not None and last else
+                     f"the last checkpoint ({last.name}) is intact" if last else "no checkpoint was written yet")
             print(f"\ninterrupted: {where}; continue with --resume", file=sys.stderr)
-        return 130
+        return 128 + (signum or 2)
     except StageError as e:
         if info.main:
             print(f"error: {e}", file=sys.stderr)

@@ -8,11 +8,16 @@ what it would alone. Targets all have the same length.
 
 The loss is MusicGen's: the logits at step s - 1 predict the tokens of step s; cross-entropy is
 taken only where step s holds a target frame of that codebook, averaged per codebook, then over
-the codebooks. The context, the context token and pattern holes are never targets.
+the codebooks. The context, the context token and pattern holes are never targets. By default
+only the pattern's *valid* steps are scored, as STAGE trains (`keep_only_valid_steps=True` in
+giorgioskij/stage train_stage_drums.py; the rule is audiocraft's `valid_layout`, the first
+T + 1 steps of a T-frame delayed sequence): codebook q's last q frames are not scored.
 
 Dropout of the conditioning, as STAGE trains it: with probability `context_dropout` an example's
 whole context becomes padding (the unconditional branch of classifier-free guidance), with
-probability `text_dropout` its prompt becomes "" (exactly zero cross-attention).
+probability `text_dropout` its prompt becomes "" (exactly zero cross-attention), and each word
+of a kept prompt is dropped with probability `word_dropout` (STAGE's T5 conditioner:
+conditioning/t5embedder.py, word_dropout=0.3, words split on spaces).
 
 The context token's embedding rows live in a separate parameter during training (`SepTokenLM`)
 so that they can have their own learning rate; they are merged back into the embedding tables
@@ -25,7 +30,9 @@ import contextlib
 import csv
 import io
 import math
+import signal
 import sys
+import threading
 import time
 import weakref
 from dataclasses import asdict, dataclass, field
@@ -76,11 +83,12 @@ class Batch:
 
 def make_batch(examples: Sequence[ExampleLike], cfg: LMConfig, device: torch.device | str = "cpu",
                context_dropout: float = 0.0, text_dropout: float = 0.0,
-               generator: torch.Generator | None = None) -> Batch:
+               generator: torch.Generator | None = None, word_dropout: float = 0.0) -> Batch:
     """Left-pad the contexts, apply conditioning dropout, lay out one STAGE sequence per example.
 
-    The dropout draws come from `generator` (two uniform vectors per batch, always drawn so the
-    generator advances the same way whatever the probabilities).
+    The dropout draws come from `generator` (two uniform vectors per batch, then one uniform per
+    word of every prompt, always drawn so the generator advances the same way whatever the
+    probabilities).
     """
     if not examples:
         raise ValueError("empty batch")
@@ -107,6 +115,7 @@ def make_batch(examples: Sequence[ExampleLike], cfg: LMConfig, device: torch.dev
     if generator is not None:
         drop_ctx = torch.rand(b, generator=generator) < context_dropout
         drop_txt = torch.rand(b, generator=generator) < text_dropout
+        prompts = [drop_words(p, word_dropout, generator) for p in prompts]
     else:
         drop_ctx = torch.zeros(b, dtype=torch.bool)
         drop_txt = torch.zeros(b, dtype=torch.bool)
@@ -117,22 +126,49 @@ def make_batch(examples: Sequence[ExampleLike], cfg: LMConfig, device: torch.dev
     return Batch(tokens, valid, layout, prompts, drop_ctx, drop_txt)
 
 
-def target_mask(layout: StageLayout, device: torch.device | str = "cpu") -> Tensor:
+def drop_words(prompt: str, p: float, generator: torch.Generator) -> str:
+    """Each space-separated word of ``prompt`` dropped with probability ``p`` (STAGE's T5 word
+    dropout: conditioning/t5embedder.py `tokenize`); one uniform drawn per word whatever ``p``."""
+    if not prompt:
+        return prompt
+    words = prompt.split(" ")
+    keep = (torch.rand(len(words), generator=generator) >= p).tolist()
+    return " ".join(w for w, k in zip(words, keep) if k)
+
+
+def scored_frames(layout: StageLayout, q: int, valid_steps_only: bool = True) -> range:
+    """Frame indices of codebook ``q`` the loss scores: the target frames, less the last ``q``
+    when only valid steps count (a T-frame delayed sequence has T + 1 valid steps, and step s
+    holds frame s - 1 - q of codebook q, so frames from T - q on fall outside them)."""
+    end = layout.num_frames - (q if valid_steps_only else 0)
+    return range(layout.target_offset, max(layout.target_offset, end))
+
+
+def target_mask(layout: StageLayout, device: torch.device | str = "cpu", valid_steps_only: bool = True) -> Tensor:
     """(K, S) bool: the positions the loss is taken on (target frames of the delayed sequence)."""
     frame = layout.frame_of(device)
-    return (frame >= layout.target_offset) & (frame < layout.num_frames)
+    q = torch.arange(layout.num_codebooks, device=device)[:, None]
+    end = layout.num_frames - (q if valid_steps_only else 0)
+    return (frame >= layout.target_offset) & (frame < end)
 
 
-def codebook_cross_entropy(logits: Tensor, tokens: Tensor, layout: StageLayout) -> tuple[Tensor, Tensor]:
-    """MusicGen's loss on the target codes only.
+def codebook_cross_entropy(logits: Tensor, tokens: Tensor, layout: StageLayout,
+                           valid_steps_only: bool = True) -> tuple[Tensor, Tensor]:
+    """MusicGen's loss on the target codes only (`scored_frames` of each codebook).
 
-    logits: (B, K, S - 1, card), those of steps 0 .. S - 2 (step s - 1 predicts step s).
-    tokens: (B, K, S). Returns (mean over codebooks, (K,) per-codebook CE, detached).
+    logits: (B, K, >= S' , card) of steps 0, 1, ... (step s - 1 predicts step s); S' is
+    `num_frames` with ``valid_steps_only``, else S - 1. tokens: (B, K, S).
+    Returns (sum over codebooks / K, (K,) per-codebook CE, detached); a codebook with no scored
+    frame counts 0, as in STAGE's models/loss.py.
     Codebook k of target frame f sits at step f + 1 + k, so it is predicted by logits f + k.
     """
-    lo, hi = layout.target_offset, layout.num_frames
     per = []
     for q in range(layout.num_codebooks):
+        frames = scored_frames(layout, q, valid_steps_only)
+        if not len(frames):
+            per.append(logits.new_zeros((), dtype=torch.float32))
+            continue
+        lo, hi = frames.start, frames.stop
         lq = logits[:, q, lo + q: hi + q]
         tq = tokens[:, q, lo + q + 1: hi + q + 1]
         per.append(F.cross_entropy(lq.reshape(-1, lq.shape[-1]).float(), tq.reshape(-1)))
@@ -144,12 +180,17 @@ Forward = Callable[[Tensor, Tensor, Tensor, "Tensor | None", "Tensor | None"], T
 
 
 def stage_loss(forward: Forward, batch: Batch, text_states: Tensor | None = None,
-               text_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """One plain causal forward (no cache) and the target-only cross-entropy."""
+               text_mask: Tensor | None = None, valid_steps_only: bool = True) -> tuple[Tensor, Tensor]:
+    """One plain causal forward (no cache) and the target-only cross-entropy.
+
+    With ``valid_steps_only`` the input stops at the last valid step, as STAGE builds it
+    (`build_pattern_sequence(..., keep_only_valid_steps=True)`): causal attention makes the
+    scored logits the same either way, the shorter input only saves work."""
     step_valid = batch.valid.any(1)
     positions = step_positions(step_valid)
-    logits = forward(batch.tokens[..., :-1], positions[:, :-1], step_valid[:, :-1], text_states, text_mask)
-    return codebook_cross_entropy(logits, batch.tokens, batch.layout)
+    n = batch.layout.num_frames if valid_steps_only else batch.tokens.shape[-1] - 1
+    logits = forward(batch.tokens[..., :n], positions[:, :n], step_valid[:, :n], text_states, text_mask)
+    return codebook_cross_entropy(logits, batch.tokens, batch.layout, valid_steps_only)
 
 
 # -- the context token as a parameter of its own ---------------------------------------------------
@@ -229,9 +270,19 @@ class SepTokenLM(nn.Module):
 
 # -- configuration ---------------------------------------------------------------------------------
 
+CLIP_MODES = ("value", "norm")
+
+
 @dataclass
 class TrainConfig:
-    steps: int = 10_000
+    """One run's settings. Defaults are the STAGE paper's and reference code's
+    (train_stage_drums.py, training/train.py, models/lightning_musicgen.py): ~1,000 steps of
+    batch 2 x 4 accumulated = 8, AdamW(1e-5, betas 0.9/0.95, decay 1e-3), gradients clipped by
+    value at 1.0, context dropout 0.1, description dropout 0.5, word dropout 0.3, only valid
+    steps scored. The reference trained in fp16 mixed precision; our GPU default is bf16 (no
+    loss scaling needed), and ``precision="fp16"`` trains as the reference did."""
+
+    steps: int = 1_000
     batch: int = 2
     grad_accum: int = 4
     precision: str = "fp32"  # a name of engine.model.PRECISIONS (autocast; master weights stay fp32)
@@ -239,11 +290,13 @@ class TrainConfig:
     weight_decay: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.95)
     clip: float = 1.0
+    clip_mode: str = "value"  # "value": each gradient element to [-clip, clip] (the reference's); "norm"
     context_dropout: float = 0.1
     text_dropout: float = 0.5
-    valid_every: int = 500
-    valid_batches: int = 50  # at most this many validation batches (0: all)
-    save_every: int = 1000
+    word_dropout: float = 0.3
+    valid_steps_only: bool = True  # score only the delay pattern's valid steps (the reference's mask)
+    valid_every: int = 100
+    save_every: int = 250
     keep_checkpoints: int = 1
     log_every: int = 10
     seed: int = 0
@@ -257,8 +310,10 @@ class TrainConfig:
                 raise BadArgument(f"{name} must be >= 1")
         if self.precision not in PRECISIONS:
             raise BadArgument(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
-        if not (0.0 <= self.context_dropout <= 1.0 and 0.0 <= self.text_dropout <= 1.0):
+        if not all(0.0 <= p <= 1.0 for p in (self.context_dropout, self.text_dropout, self.word_dropout)):
             raise BadArgument("dropout probabilities must be within [0, 1]")
+        if self.clip_mode not in CLIP_MODES:
+            raise BadArgument(f"unknown clip mode {self.clip_mode!r}; use one of {', '.join(CLIP_MODES)}")
         try:
             self.schedule.validate()
         except ValueError as e:
@@ -299,8 +354,8 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
     """DistributedSampler's order (a seeded permutation per epoch, padded to a multiple of the
     world size, every world-th index for this rank) that can start part-way into an epoch."""
 
-    def __init__(self, size: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True):
-        self.size, self.seed, self.rank, self.world, self.shuffle = size, seed, rank, world, shuffle
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world: int = 1):
+        self.size, self.seed, self.rank, self.world = size, seed, rank, world
         self.epoch = 0
         self.start = 0
 
@@ -311,11 +366,8 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
         self.start = start
 
     def rank_indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.size, generator=g).tolist()
-        else:
-            order = list(range(self.size))
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
         per_rank = math.ceil(self.size / self.world) if self.size else 0
         total = per_rank * self.world
         if order and total > len(order):
@@ -331,6 +383,13 @@ class ResumableSampler(torch.utils.data.Sampler[int]):
 
 def _list_collate(examples: list) -> list:
     return examples
+
+
+def _worker_ignores_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which stops at a safe point and
+    saves (a terminal's Ctrl-C reaches every process of its group). SIGTERM is left alone: the
+    DataLoader itself ends stuck workers with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # -- logging ---------------------------------------------------------------------------------------
@@ -431,6 +490,42 @@ def plot_loss_curve(run_dir: Path) -> Path | None:
 
 # -- the trainer -----------------------------------------------------------------------------------
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on a signal after saving its last completed step (`signum`: which)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _StopSignals:
+    """While active, SIGINT and SIGTERM only set `signum` (the loop stops at a safe point); a
+    second one raises KeyboardInterrupt at once. Only the main thread can own signal handlers:
+    elsewhere nothing is installed and signals behave as before."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this micro-batch and saving the last step "
+              "(again to abort without saving)", file=sys.stderr)
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 @dataclass
 class StepRecord:
     step: int
@@ -481,12 +576,13 @@ class Trainer:
                                          config.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.dropout_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + dist.rank)
-        self.sampler = ResumableSampler(len(train_set), config.seed, dist.rank, dist.world, shuffle=True)
+        self.sampler = ResumableSampler(len(train_set), config.seed, dist.rank, dist.world)
         self.step = 0  # optimizer steps done
         self.epoch = 0
         self.micro_in_epoch = 0  # micro-batches of this epoch consumed (data position)
         self.elapsed = 0.0  # training seconds over all sessions
         self.last_saved_step: int | None = None
+        self.best_valid: float | None = None  # lowest validation loss so far (its model is in best/)
         self._base = base
         self._frozen_states = self._capture_frozen_states()
 
@@ -521,17 +617,18 @@ class Trainer:
     def batch_loss(self, examples: Sequence[ExampleLike], train: bool) -> tuple[Tensor, Batch]:
         batch = make_batch(examples, self.lm_cfg, self.device,
                            self.cfg.context_dropout if train else 0.0, self.cfg.text_dropout if train else 0.0,
-                           self.dropout_gen if train else None)
+                           self.dropout_gen if train else None, self.cfg.word_dropout)
         states, mask = self.encode_text(batch.prompts)
         with self._autocast():
-            loss, _ = stage_loss(self._forward_module() if train else self.net, batch, states, mask)
+            loss, _ = stage_loss(self._forward_module() if train else self.net, batch, states, mask,
+                                 self.cfg.valid_steps_only)
         return loss, batch
 
     def _loader(self, dataset, sampler, epoch: int) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
             dataset, batch_size=self.cfg.batch, sampler=sampler, collate_fn=_list_collate,
             num_workers=self.cfg.num_workers, generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
-            pin_memory=False)
+            pin_memory=False, worker_init_fn=_worker_ignores_stop_signals if self.cfg.num_workers else None)
 
     def _all_mean(self, value: float, weight: float = 1.0) -> float:
         if not self.dist.enabled:
@@ -550,15 +647,18 @@ class Trainer:
     # -- validation --------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> float | None:
+        """Mean loss over every example of the validation set (a fixed sample spread over all
+        its songs, see `dataset.ValidationSet`), whatever the number of processes: each rank
+        takes every world-th example, none twice, and the sums are added up. Every example has
+        the same number of scored codes, so the mean of batch means weighted by batch size is
+        the mean over examples."""
         if self.valid_set is None or len(self.valid_set) == 0:
             return None
         if hasattr(self.valid_set, "set_epoch"):
             self.valid_set.set_epoch(0)
-        sampler = ResumableSampler(len(self.valid_set), 0, self.dist.rank, self.dist.world, shuffle=False)
+        shard = list(range(self.dist.rank, len(self.valid_set), self.dist.world))
         total, count = 0.0, 0
-        for i, examples in enumerate(self._loader(self.valid_set, sampler, 0)):
-            if self.cfg.valid_batches and i >= self.cfg.valid_batches:
-                break
+        for examples in self._loader(self.valid_set, shard, 0):
             loss, batch = self.batch_loss(examples, train=False)
             total += float(loss) * len(batch)
             count += len(batch)
@@ -579,7 +679,10 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         if self.cfg.clip > 0 and params:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.clip)
+            if self.cfg.clip_mode == "value":  # Lightning's gradient_clip_algorithm="value" (training/train.py)
+                torch.nn.utils.clip_grad_value_(params, self.cfg.clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -588,7 +691,11 @@ class Trainer:
     def fit(self) -> list[StepRecord]:
         """Train until `config.steps` optimizer steps are done. Returns this session's records.
 
-        KeyboardInterrupt propagates: nothing is saved then, the last checkpoint stays as it was.
+        Ctrl-C (SIGINT) or SIGTERM stops at the next micro-batch: the unfinished step's
+        gradients are dropped, the data position and random states go back to where that step
+        began, the last completed step is saved (atomically) and `Interrupted` is raised, so
+        `--resume` continues exactly. A second signal, or any other exception, propagates at
+        once and saves nothing (the last checkpoint stays as it was).
         """
         cfg = self.cfg
         if len(self.train_set) == 0:
@@ -606,47 +713,64 @@ class Trainer:
         session: list[StepRecord] = []
         accum, losses = 0, []
         t_last = time.perf_counter()
+        stop = _StopSignals()
         try:
-            while self.step < cfg.steps:
-                self.sampler.set_epoch(self.epoch)
-                self.sampler.set_start(self.micro_in_epoch * cfg.batch)
-                if hasattr(self.train_set, "set_epoch"):
-                    self.train_set.set_epoch(self.epoch)
-                for examples in self._loader(self.train_set, self.sampler, self.epoch):
-                    if accum == 0:
-                        self._set_phase(self.schedule.phase(self.step))
-                        lr_main, lr_sep = self.schedule.apply(self.optimizer, self.step)
-                    losses.append(self._micro_step(examples, sync=accum == cfg.grad_accum - 1))
-                    accum += 1
-                    self.micro_in_epoch += 1
-                    if accum < cfg.grad_accum:
+            with stop:
+                while self.step < cfg.steps:
+                    self.sampler.set_epoch(self.epoch)
+                    self.sampler.set_start(self.micro_in_epoch * cfg.batch)
+                    if hasattr(self.train_set, "set_epoch"):
+                        self.train_set.set_epoch(self.epoch)
+                    for examples in self._loader(self.train_set, self.sampler, self.epoch):
+                        if accum == 0:
+                            step_start = self._position()
+                            self._set_phase(self.schedule.phase(self.step))
+                            lr_main, lr_sep = self.schedule.apply(self.optimizer, self.step)
+                        losses.append(self._micro_step(examples, sync=accum == cfg.grad_accum - 1))
+                        accum += 1
+                        self.micro_in_epoch += 1
+                        if accum < cfg.grad_accum:
+                            if self._stop_requested(stop):
+                                self._rewind(step_start)
+                                raise Interrupted(stop.signum)
+                            continue
+                        self._optimizer_step()
+                        self.step += 1
+                        now = time.perf_counter()
+                        self.elapsed += now - t_last
+                        t_last = now
+                        loss = self._all_mean(sum(losses) / len(losses))
+                        accum, losses = 0, []
+                        valid_loss = (self.validate() if self.step % cfg.valid_every == 0 or self.step == cfg.steps
+                                      else None)
+                        t_last = time.perf_counter()  # validation time is not training time
+                        rec = StepRecord(self.step, self.phase, loss, valid_loss, lr_main, lr_sep,
+                                         round(self.elapsed, 3))
+                        session.append(rec)
+                        if log is not None and (self.step % cfg.log_every == 0 or valid_loss is not None
+                                                or self.step == cfg.steps):
+                            log.log(asdict(rec))
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix(loss=f"{loss:.4f}", phase=self.phase, refresh=False)
+                        if valid_loss is not None and (self.best_valid is None or valid_loss < self.best_valid):
+                            self.best_valid = valid_loss
+                            self.save_best(valid_loss)
+                        if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                            self.save()
+                        if self._stop_requested(stop):
+                            raise Interrupted(stop.signum)
+                        if self.step >= cfg.steps:
+                            break
+                    else:
+                        self.epoch += 1
+                        self.micro_in_epoch = 0
                         continue
-                    self._optimizer_step()
-                    self.step += 1
-                    now = time.perf_counter()
-                    self.elapsed += now - t_last
-                    t_last = now
-                    loss = self._all_mean(sum(losses) / len(losses))
-                    accum, losses = 0, []
-                    valid_loss = self.validate() if self.step % cfg.valid_every == 0 or self.step == cfg.steps else None
-                    t_last = time.perf_counter()  # validation time is not training time
-                    rec = StepRecord(self.step, self.phase, loss, valid_loss, lr_main, lr_sep, round(self.elapsed, 3))
-                    session.append(rec)
-                    if log is not None and (self.step % cfg.log_every == 0 or valid_loss is not None
-                                            or self.step == cfg.steps):
-                        log.log(asdict(rec))
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss:.4f}", phase=self.phase, refresh=False)
-                    if self.step % cfg.save_every == 0 or self.step == cfg.steps:
-                        self.save()
-                    if self.step >= cfg.steps:
-                        break
-                else:
-                    self.epoch += 1
-                    self.micro_in_epoch = 0
-                    continue
-                break
+                    break
+        except Interrupted:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.save()  # the last completed step (a no-op when it is saved already)
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -655,6 +779,32 @@ class Trainer:
         if self.dist.main:
             plot_loss_curve(self.run_dir)
         return session
+
+    def _position(self) -> tuple[int, int, dict[str, Any]]:
+        """Where an optimizer step begins: (epoch, micro-batch in it, every random state)."""
+        return self.epoch, self.micro_in_epoch, ckpt_io.capture_rng({"dropout": self.dropout_gen})
+
+    def _rewind(self, position: tuple[int, int, dict[str, Any]]) -> None:
+        """Back to the start of an unfinished step (its micro-batches will be drawn again)."""
+        self.epoch, self.micro_in_epoch, rng = position
+        ckpt_io.restore_rng(rng, {"dropout": self.dropout_gen})
+
+    def _stop_requested(self, stop: _StopSignals) -> bool:
+        """Whether any process got a stop signal (all processes stop at the same micro-batch)."""
+        if not self.dist.enabled:
+            return stop.signum is not None
+        import torch.distributed as dist
+        flag = torch.tensor([0 if stop.signum is None else stop.signum], dtype=torch.int64,
+                            device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and stop.signum is None:
+            stop.signum = int(flag.item())
+        return bool(flag.item())
+
+    def save_best(self, valid_loss: float) -> None:
+        """The model of the step with the lowest validation loss so far, in ``best/`` (rank 0)."""
+        if self.dist.main:
+            ckpt_io.save_best(self.run_dir, self.step, valid_loss, self.model_checkpoint())
 
     # -- checkpoints -------------------------------------------------------------------------
     def _capture_frozen_states(self) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
@@ -687,7 +837,8 @@ class Trainer:
         return {"version": ckpt_io.STATE_VERSION, "step": self.step, "epoch": self.epoch,
                 "micro_in_epoch": self.micro_in_epoch, "elapsed": self.elapsed, "world": self.dist.world,
                 "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": per_rank, "config": _plain(self.cfg.to_dict())}
+                "scaler": self.scaler.state_dict(), "rng": per_rank, "config": _plain(self.cfg.to_dict()),
+                "best_valid": self.best_valid}
 
     def save(self) -> Path | None:
         """Checkpoint the current step (rank 0 writes; every rank takes part in gathering RNGs)."""
@@ -717,6 +868,7 @@ class Trainer:
         self._set_phase(self.schedule.phase(self.step))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        self.best_valid = state.get("best_valid")
         rngs = state["rng"]
         if int(state.get("world", 1)) == self.dist.world:
             ckpt_io.restore_rng(rngs[self.dist.rank], {"dropout": self.dropout_gen})
