@@ -24,7 +24,7 @@ LAYERS = {
     "audio": 1,
     "engine": 2,
     "bridge": 3, "train": 3,
-    "bench": 4,
+    "bench": 4, "eval": 4,
     "cli": 5,
 }
 
