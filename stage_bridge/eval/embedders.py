@@ -224,7 +224,10 @@ class TransformersEmbedder:
     def embed(self, audio: np.ndarray) -> np.ndarray:
         import torch
 
-        inputs = self.features(np.asarray(audio, np.float32), sampling_rate=self.sample_rate, return_tensors="pt")
+        audio = np.asarray(audio, np.float32)
+        if self.kind == "clap":  # CLAP hears 10 s; longer clips would be cropped at random: take the first 10 s
+            audio = audio[: int(getattr(self.features, "nb_max_samples", audio.size))]
+        inputs = self.features(audio, sampling_rate=self.sample_rate, return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         with torch.inference_mode():
             if self.kind == "clap":
