@@ -80,7 +80,6 @@ def run_eval(args: argparse.Namespace) -> int:
     out = Path(settings.out)
     if out.exists() and not out.is_dir():
         raise BadArgument(f"--out {out} is a file; give a folder for the report.")
-    out.mkdir(parents=True, exist_ok=True)
     result = evaluate(settings, quiet=args.quiet)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)

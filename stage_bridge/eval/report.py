@@ -25,7 +25,7 @@ import numpy as np
 
 from stage_bridge import __version__
 from stage_bridge.atomic import write_atomic
-from stage_bridge.eval.run import REAL, EvalResult
+from stage_bridge.eval.run import REAL, EvalResult, make_folder
 
 PER_SONG_FIELDS = ("song", "mode", "seed", "start_s", "song_bpm", "f1_context", "f1_click", "bpm", "beats")
 _LABELS = {"mix": "mix", "click": "click", "mix+click": "mix + click", REAL: "real stems"}
@@ -137,7 +137,7 @@ def settings_record(result: EvalResult) -> dict[str, Any]:
 def write_report(result: EvalResult, out: Path) -> dict[str, Path]:
     """Write every report file into ``out``; returns them by kind."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     paths = {"table_md": out / "table.md", "table_csv": out / "table.csv", "per_song_csv": out / "per_song.csv",
              "settings_json": out / "settings.json", "beat_f1_png": out / "beat_f1.png",
              "per_song_png": out / "per_song.png"}

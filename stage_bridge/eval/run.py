@@ -32,7 +32,7 @@ import numpy as np
 from stage_bridge.audio import Audio, CONTEXT_MODES, bars_to_samples, click_onsets, fit_length, load_audio, resample, to_mono
 from stage_bridge.audio.io import write_audio_atomic
 from stage_bridge.audio.tracking import TRACKERS, beat_f1, track_beats
-from stage_bridge.errors import BadArgument, StageError
+from stage_bridge.errors import BadArgument, OutputNotWritable, StageError
 from stage_bridge.eval.embedders import EMBEDDERS, Embedder, embed_clip, load_embedder
 from stage_bridge.eval.metrics import fad, kad
 from stage_bridge.train.dataset import SongSource, discover_songs, normalize_stem, read_split
@@ -250,9 +250,17 @@ def cached_take(lazy: _LazyModel, excerpt: Excerpt, mode: str, seed: int, settin
             return to_mono(wav.samples), False
         path.unlink()  # a take of another length or rate: not this excerpt's
     take = np.asarray(generate_take(lazy.get(), excerpt, mode, seed, settings), dtype=np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     write_audio_atomic(path, take, excerpt.sample_rate, subtype="FLOAT")  # FLOAT: the cache reads back exactly
     return take, True
+
+
+def make_folder(folder: Path) -> None:
+    """``folder`` and its parents, or `OutputNotWritable` saying to choose another --out."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputNotWritable(f"cannot create {folder} ({exc.strerror or exc}); choose another --out folder.") from None
 
 
 # -- scores ------------------------------------------------------------------------------------
