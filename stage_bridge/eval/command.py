@@ -8,6 +8,7 @@ their one definition, once the command runs.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -77,6 +78,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from stage_bridge.eval.run import evaluate
 
     settings = settings_from_args(args)
+    if importlib.util.find_spec("matplotlib") is None:  # before hours of generation, not after
+        raise BadArgument("the report's plots need matplotlib: install the eval extras "
+                          "(pip install -e \".[eval]\") and run again.")
     out = Path(settings.out)
     if out.exists() and not out.is_dir():
         raise BadArgument(f"--out {out} is a file; give a folder for the report.")

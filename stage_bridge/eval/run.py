@@ -296,9 +296,14 @@ def summarize(rows: list[dict[str, Any]], modes: Sequence[str], embeddings: dict
             if mode == REAL or not sets.get(mode):
                 line[f"fad_{emb}"] = line[f"kad_{emb}"] = None
                 continue
-            f, k, why = distances(np.concatenate(sets[REAL]), np.concatenate(sets[mode]))
+            real, generated = np.concatenate(sets[REAL]), np.concatenate(sets[mode])
+            f, k, why = distances(real, generated)
             if why:
                 warnings.append(f"no FAD/KAD for {mode} with {emb}: {why}")
+            elif min(len(real), len(generated)) <= real.shape[1]:
+                warnings.append(f"FAD for {mode} with {emb} rests on {min(len(real), len(generated))} vectors of "
+                                f"dimension {real.shape[1]}: too few for a reliable covariance; evaluate more songs "
+                                "or seeds")
             line[f"fad_{emb}"], line[f"kad_{emb}"] = f, k
         table.append(line)
     return table
