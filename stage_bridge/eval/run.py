@@ -3,8 +3,8 @@
 The loop, as the STAGE paper evaluates a model:
 1. Songs: the dataset's loader (`train.dataset.discover_songs`: MoisesDB or SONG/STEM.wav), all
    of them, or the `test` list of the split a training run wrote (``--split RUN_DIR``).
-2. One excerpt per song: ``--bars`` bars from the first downbeat where the target stem plays
-   throughout (the song's annotated downbeats, else the tracker's), at the song's tempo. Its
+2. One excerpt per song: ``--bars`` bars from the first downbeat after which the target stem is
+   audible in every bar (the song's annotated downbeats, else the tracker's), at its tempo. Its
    context is the sum of the other stems (vocals excluded by default, as in training).
 3. Generation through the engine's public `render_stem` (the same path as `generate`), one
    take per (song, mode, seed), kept at the level the model made it. Each take is cached under
@@ -39,6 +39,7 @@ from stage_bridge.train.dataset import SongSource, discover_songs, normalize_ste
 
 SILENCE_DB = -50.0  # each bar of an excerpt's target stem must be louder than this (RMS, dBFS)
 REAL = "real"  # the row of the real stems in every table
+EVAL_SR = 32000  # STAGE's codec rate: excerpts, takes and the cache share it (no resampling on the way)
 CACHE_VERSION = 1  # bump when the excerpt choice or generation path changes what a cached take holds
 
 
@@ -89,7 +90,7 @@ class EvalSettings:
 
 @dataclass
 class Excerpt:
-    """One song's evaluated span, mono at the model's rate."""
+    """One song's evaluated span, mono at `EVAL_SR`."""
 
     song: str
     sample_rate: int
@@ -98,10 +99,6 @@ class Excerpt:
     target: np.ndarray
     context: np.ndarray  # the other stems, summed
     click_beats: np.ndarray  # seconds from the excerpt's start: where the click plays
-
-    @property
-    def seconds(self) -> float:
-        return self.target.shape[-1] / self.sample_rate
 
 
 @dataclass
@@ -151,14 +148,14 @@ def _rms_db(y: np.ndarray) -> float:
     return 10.0 * np.log10(ms) if ms > 0 else -np.inf
 
 
-def _plays_throughout(y: np.ndarray, bars: int) -> bool:
+def _audible_in_every_bar(y: np.ndarray, bars: int) -> bool:
     """Every bar of ``y`` louder than `SILENCE_DB` (a stem that enters mid-excerpt is no fair target)."""
     return all(_rms_db(part) > SILENCE_DB for part in np.array_split(y, bars))
 
 
 def make_excerpt(song: SongSource, instrument: str, exclude: Sequence[str], bars: int, sr: int,
                  tracker: str) -> Excerpt:
-    """``bars`` bars of ``song`` from its first downbeat where ``instrument`` plays throughout."""
+    """``bars`` bars of ``song`` from its first downbeat after which ``instrument`` is audible in every bar."""
     instrument = normalize_stem(instrument)
     target_full = load_stem(song, instrument, sr)
     others = [s for s in sorted(song.stems) if s != instrument and s not in {normalize_stem(e) for e in exclude}]
@@ -178,7 +175,7 @@ def make_excerpt(song: SongSource, instrument: str, exclude: Sequence[str], bars
     n = bars_to_samples(bars, bpm, sr)
     for t in downbeats:
         a = int(round(t * sr))
-        if a + n <= n_song and _plays_throughout(target_full[a:a + n], bars):
+        if a + n <= n_song and _audible_in_every_bar(target_full[a:a + n], bars):
             break
     else:
         raise BadArgument(f"song {song.name}: no {bars}-bar span from a downbeat where '{instrument}' plays "
@@ -324,7 +321,7 @@ def evaluate(settings: EvalSettings, quiet: bool = False) -> EvalResult:
     embedders: dict[str, Embedder] = {
         name: load_embedder(name, settings.embedder_weights.get(name), device, settings.weights_dir)
         for name in settings.embedders}  # before any generation: a missing checkpoint fails fast
-    sr = 32000  # STAGE's (MusicGen's EnCodec) rate: excerpts, takes and the cache share it
+    sr = EVAL_SR
     lazy = _LazyModel(settings)
     rows: list[dict[str, Any]] = []
     embeddings: dict[str, dict[str, list[np.ndarray]]] = {e: {} for e in embedders}
