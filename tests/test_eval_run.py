@@ -78,6 +78,7 @@ def test_cache_tag_changes_with_what_changes_the_audio(tmp_path):
     (["--modes", "drums"], "--modes must be some of"),
     (["--tracker", "madmom"], "--tracker must be one of"),
     (["--embedder-weights", "foo=bar"], "unknown embedder 'foo'"),
+    (["--seeds", "-1"], "--seeds must be whole numbers"),
     (["--embedders", "vggish"], "vggish-10086976.pth"),  # weights missing: said before anything is generated
 ])
 def test_bad_eval_arguments_one_line_exit_2_nothing_written(plain, tmp_path, capsys, monkeypatch, extra, message):

@@ -33,6 +33,7 @@ from stage_bridge.audio import Audio, CONTEXT_MODES, bars_to_samples, click_onse
 from stage_bridge.audio.io import write_audio_atomic
 from stage_bridge.audio.tracking import TRACKERS, beat_f1, track_beats
 from stage_bridge.errors import BadArgument, OutputNotWritable, StageError
+from stage_bridge.limits import MAX_BARS, MAX_SEED
 from stage_bridge.eval.embedders import EMBEDDERS, Embedder, embed_clip, load_embedder
 from stage_bridge.eval.metrics import fad, kad
 from stage_bridge.train.dataset import SongSource, discover_songs, normalize_stem, read_split
@@ -76,8 +77,10 @@ class EvalSettings:
             raise BadArgument(f"--embedders must be some of {', '.join(EMBEDDERS)} (got {', '.join(self.embedders)}).")
         if self.tracker not in TRACKERS:
             raise BadArgument(f"--tracker must be one of {', '.join(TRACKERS)} (got {self.tracker}).")
-        if not self.seeds:
-            raise BadArgument("give at least one --seeds value.")
+        if not self.seeds or any(not 0 <= seed <= MAX_SEED for seed in self.seeds):
+            raise BadArgument(f"--seeds must be whole numbers from 0 to {MAX_SEED} (got {list(self.seeds)}).")
+        if not 1 <= self.bars <= MAX_BARS:
+            raise BadArgument(f"--bars must be from 1 to {MAX_BARS} (got {self.bars}).")
         unknown = set(self.embedder_weights) - set(EMBEDDERS)
         if unknown:
             raise BadArgument(f"--embedder-weights names an unknown embedder '{sorted(unknown)[0]}'; use NAME=PATH "
