@@ -80,6 +80,7 @@ def test_cache_tag_changes_with_what_changes_the_audio(tmp_path):
     (["--embedder-weights", "foo=bar"], "unknown embedder 'foo'"),
     (["--seeds", "-1"], "--seeds must be whole numbers"),
     (["--embedders", "vggish"], "vggish-10086976.pth"),  # weights missing: said before anything is generated
+    (["--embedders", "tiny", "--model", "stage-drums"], "Weights for 'stage-drums' are missing"),  # stops the run
 ])
 def test_bad_eval_arguments_one_line_exit_2_nothing_written(plain, tmp_path, capsys, monkeypatch, extra, message):
     monkeypatch.setenv("STAGE_BRIDGE_WEIGHTS", str(tmp_path / "no-weights"))
@@ -90,6 +91,20 @@ def test_bad_eval_arguments_one_line_exit_2_nothing_written(plain, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_clip_that_cannot_be_generated_is_skipped_with_a_warning(tmp_path):
+    """Song 0's context stems are silent: mix mode has nothing to accompany (one warning), click
+    mode still generates, and the table counts what was scored."""
+    root = tmp_path / "plain"
+    make_plain(root, songs=1, seconds=8, silent_until={(0, "bass"): 99.0, (0, "keys"): 99.0})
+    settings = EvalSettings(data=root, model="tiny-random", instrument="drums", out=tmp_path / "r", bars=1,
+                            modes=("mix", "click"), embedders=("tiny",), device="cpu")
+    result = eval_run.evaluate(settings, quiet=True)
+    skipped = [w for w in result.warnings if "not generated" in w]
+    assert len(skipped) == 1 and skipped[0].startswith("song00 mix seed 0: not generated") and "silent" in skipped[0]
+    assert [(r["mode"], r["seed"]) for r in result.rows] == [(REAL, None), ("click", 0)]
+    assert {row["mode"]: row["clips"] for row in result.table} == {"mix": 0, "click": 1, REAL: 1}
 
 
 # -- end to end --------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import numpy as np
 from stage_bridge.audio import Audio, CONTEXT_MODES, bars_to_samples, click_onsets, fit_length, load_audio, resample, to_mono
 from stage_bridge.audio.io import write_audio_atomic
 from stage_bridge.audio.tracking import TRACKERS, beat_f1, track_beats
-from stage_bridge.errors import BadArgument, OutputNotWritable, StageError
+from stage_bridge.errors import BadArgument, EmptyAudio, OutputNotWritable, StageError
 from stage_bridge.limits import MAX_BARS, MAX_SEED
 from stage_bridge.eval.embedders import EMBEDDERS, Embedder, embed_clip, load_embedder
 from stage_bridge.eval.metrics import fad, kad
@@ -241,6 +241,11 @@ def generate_take(model, excerpt: Excerpt, mode: str, seed: int, settings: EvalS
     return render_stem(model, request).takes[0]
 
 
+class UnusableRequest(Exception):
+    """This clip's request cannot be generated (e.g. a silent context in mix mode, a tempo out
+    of range): the clip is skipped with a warning, the run goes on."""
+
+
 def cached_take(lazy: _LazyModel, excerpt: Excerpt, mode: str, seed: int, settings: EvalSettings) -> tuple[np.ndarray, bool]:
     """(take, whether it was generated now) from the cache, generating and caching it if absent."""
     path = take_path(settings, excerpt.song, mode, seed)
@@ -249,7 +254,11 @@ def cached_take(lazy: _LazyModel, excerpt: Excerpt, mode: str, seed: int, settin
         if wav.sample_rate == excerpt.sample_rate and wav.num_samples == excerpt.target.shape[-1]:
             return to_mono(wav.samples), False
         path.unlink()  # a take of another length or rate: not this excerpt's
-    take = np.asarray(generate_take(lazy.get(), excerpt, mode, seed, settings), dtype=np.float32)
+    model = lazy.get()  # a model that cannot load stops the run (not one clip): outside the request's errors
+    try:
+        take = np.asarray(generate_take(model, excerpt, mode, seed, settings), dtype=np.float32)
+    except (BadArgument, EmptyAudio) as exc:
+        raise UnusableRequest(str(exc)) from exc
     make_folder(path.parent)
     write_audio_atomic(path, take, excerpt.sample_rate, subtype="FLOAT")  # FLOAT: the cache reads back exactly
     return take, True
@@ -350,7 +359,7 @@ def evaluate(settings: EvalSettings, quiet: bool = False) -> EvalResult:
                     t_gen = time.perf_counter()
                     try:
                         take, fresh = cached_take(lazy, excerpt, mode, seed, settings)
-                    except StageError as exc:  # e.g. a silent context in mix mode: this clip only
+                    except UnusableRequest as exc:
                         warnings.append(f"{song.name} {mode} seed {seed}: not generated ({exc})")
                         bar.update(1)
                         continue
