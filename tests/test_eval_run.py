@@ -70,6 +70,14 @@ def test_cache_tag_changes_with_what_changes_the_audio(tmp_path):
                    {"click_gain_db": -12.0}, {"exclude": ()}):
         other = EvalSettings(**{**base.__dict__, **change})
         assert model_tag(other) != model_tag(base), change
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"1")
+    trained = EvalSettings(**{**base.__dict__, "model": str(run)})
+    tag = model_tag(trained)
+    assert tag.startswith("run-") and model_tag(trained) == tag
+    (run / "model.safetensors").write_bytes(b"22")  # retrained in place: its old takes must not be reused
+    assert model_tag(trained) != tag
     assert take_path(base, "a/b", "mix+click", 3).parts[-4:] == (model_tag(base), "a_b", "mix_click", "seed3.wav")
 
 

@@ -194,13 +194,22 @@ def model_tag(settings: EvalSettings) -> str:
     """The cache folder of one model and generation setting: readable name + a hash of all that
     changes the audio (model, precision, bars, sampling, click level, excerpt choice)."""
     model_path = Path(settings.model).expanduser()
-    identity = str(model_path.resolve()) if model_path.exists() else settings.model
+    identity = _files_identity(model_path) if model_path.exists() else settings.model
     keys = {"model": identity, "precision": settings.precision, "bars": settings.bars, "guidance": settings.guidance,
             "top_k": settings.top_k, "top_p": settings.top_p, "temperature": settings.temperature,
             "click_gain_db": settings.click_gain_db, "exclude": sorted(settings.exclude),
             "instrument": normalize_stem(settings.instrument), "tracker": settings.tracker, "v": CACHE_VERSION}
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:10]
     return f"{_slug(model_path.name or settings.model)}-{digest}"
+
+
+def _files_identity(path: Path) -> str:
+    """A model on disk by where it is and what is there now (sizes, modification times): a
+    retrained run folder or a replaced file gets new takes, not the old model's."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    stats = [(str(p.relative_to(path)) if path.is_dir() else p.name, p.stat().st_size, p.stat().st_mtime_ns)
+             for p in files]
+    return f"{path.resolve()}:{hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]}"
 
 
 def _slug(text: str) -> str:
