@@ -87,6 +87,7 @@ def test_cache_tag_changes_with_what_changes_the_audio(tmp_path):
     (["--tracker", "madmom"], "--tracker must be one of"),
     (["--embedder-weights", "foo=bar"], "unknown embedder 'foo'"),
     (["--seeds", "-1"], "--seeds must be whole numbers"),
+    (["--embedders", "tiny", "--tracker", "beat_this"], "tracker"),  # no Beat This checkpoint here: said up front
     (["--embedders", "vggish"], "vggish-10086976.pth"),  # weights missing: said before anything is generated
     (["--embedders", "tiny", "--model", "stage-drums"], "Weights for 'stage-drums' are missing"),  # stops the run
 ])

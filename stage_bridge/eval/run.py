@@ -31,7 +31,7 @@ import numpy as np
 
 from stage_bridge.audio import Audio, CONTEXT_MODES, bars_to_samples, click_onsets, fit_length, load_audio, resample, to_mono
 from stage_bridge.audio.io import write_audio_atomic
-from stage_bridge.audio.tracking import TRACKERS, beat_f1, track_beats
+from stage_bridge.audio.tracking import TRACKERS, TrackerUnavailable, beat_f1, track_beats
 from stage_bridge.errors import BadArgument, EmptyAudio, OutputNotWritable, StageError
 from stage_bridge.limits import MAX_BARS, MAX_SEED
 from stage_bridge.eval.embedders import EMBEDDERS, Embedder, embed_clip, load_embedder
@@ -338,6 +338,10 @@ def evaluate(settings: EvalSettings, quiet: bool = False) -> EvalResult:
     settings.validate()
     t0 = time.perf_counter()
     songs, warnings = choose_songs(settings)
+    try:  # a tracker that cannot run here fails now, not after the generation
+        track_beats(np.zeros(EVAL_SR, dtype=np.float32), EVAL_SR, tracker=settings.tracker)
+    except TrackerUnavailable as exc:
+        raise BadArgument(str(exc)) from None
     device = str(pick_device(settings.device))
     embedders: dict[str, Embedder] = {
         name: load_embedder(name, settings.embedder_weights.get(name), device, settings.weights_dir)
