@@ -137,6 +137,12 @@ def build_parser() -> ArgumentParser:
     add_train_arguments(t)
     t.set_defaults(func=cmd_train)
 
+    from .eval.command import add_eval_arguments
+
+    e = sub.add_parser("eval", help="the STAGE paper's metrics (beat F1, FAD, KAD) of a model on a multitrack test set")
+    add_eval_arguments(e)
+    e.set_defaults(func=cmd_eval)
+
     # Listed for --help only: `main` hands everything after "bench" to the benchmark's own parser.
     sub.add_parser("bench", help="decoder speed benchmark (ours vs transformers)", add_help=False)
     return p
@@ -298,6 +304,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .train.run import run_training
 
     return run_training(args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval.command import run_eval
+
+    return run_eval(args)
 
 
 def prefer_huge_pages() -> None:

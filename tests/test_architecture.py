@@ -6,7 +6,7 @@ Layers, bottom to top:
   1  audio      (load/save, resample, click, bars and beats)
   2  engine     (the STAGE model and its decoder)
   3  bridge, train   (peers: neither imports the other)
-  4  bench      (the `stage-bridge bench` command's module)
+  4  bench, eval   (the `stage-bridge bench` and `eval` commands; peers)
   5  cli        (the entry point)
 Imports inside functions count too: a lazy import is still a dependency.
 """
@@ -24,7 +24,7 @@ LAYERS = {
     "audio": 1,
     "engine": 2,
     "bridge": 3, "train": 3,
-    "bench": 4,
+    "bench": 4, "eval": 4,
     "cli": 5,
 }
 
