@@ -124,3 +124,13 @@ def test_cli_candidates_and_takes(tmp_path, capsys):
                  "--candidates", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: candidates must be") and not (tmp_path / "none").exists()
+
+
+def test_the_new_job_fields_reach_the_journal_only_when_used():
+    """A job without candidates or scores is journaled with exactly the keys it always had (an
+    older stage-bridge still reads the journal); one with them keeps them across a restart."""
+    plain = StemJob(id="a", source="osc", name="n", context_path="", instrument="drums", bars=1, bpm=120.0)
+    assert "candidates" not in plain.params() and "scores" not in plain.params()
+    used = dataclasses.replace(plain, takes=2, candidates=5, scores=True)
+    assert (used.params()["candidates"], used.params()["scores"]) == (5, True)
+    assert StemJob.from_params("a", used.params()) == used and StemJob.from_params("a", plain.params()) == plain

@@ -18,6 +18,7 @@ from ..limits import random_seed
 from .protocol import DEFAULT_CONTEXT_MODE, GenerateRequest, ProtocolError, Tempo
 
 DEFAULT_METER = 4  # beats_per_bar and beat_unit when neither the request nor the tempo source says
+ADDED_PARAMS = ("candidates", "scores")  # fields added after the journal's format was fixed (see `params`)
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,12 @@ class StemJob:
     scores: bool = False
 
     def params(self) -> dict[str, Any]:
-        """The journal's `params` column (every field but the id, JSON-serialisable)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "id"}
+        """The journal's `params` column (every field but the id, JSON-serialisable). A field of
+        `ADDED_PARAMS` is stored only when it differs from its default, so a job that does not use
+        it is journaled (and described in its sidecars) exactly as before: an older stage-bridge
+        still reads the journal, and `from_params` gives a missing key its default."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "id" and not (f.name in ADDED_PARAMS and getattr(self, f.name) == f.default)}
 
     @classmethod
     def from_params(cls, job_id: str, params: Mapping[str, Any]) -> "StemJob":
