@@ -35,6 +35,8 @@ FLOAT64 = 8
 CONTEXT_BYTES = 20  # per model-rate sample (see `need`)
 TAKE_BYTES = 12  # per output sample and take
 LOUDNESS_BYTES = 64  # per output sample, once
+SCORE_BYTES = 96  # per output sample, once: scoring one take at a time (audio/fit.py)
+SCORER_BYTES = 250_000_000  # the beat tracker's code (librosa, numba), loaded by a process's first scoring
 BASE_BYTES = 150_000_000  # what any job may add once: allocator slack, kernels and work buffers set up on first use
 HEADROOM = 0.85  # of what the OS reports free: the DAW, the OS and allocator slack need the rest
 
@@ -76,6 +78,10 @@ def need(model: StageModel, req: StemRequest, context: ContextShape | None) -> M
     - the decoder: KV cache (2 x layers x rows x steps x dim) plus one layer's prefill
       activations (the FFN, the attention scores) for the longest window;
     - the codec: one chunk of its widest layer (several tensors of it alive at once);
+    - scoring (audio/fit.py), one take at a time after matching: the onset envelope's spectrogram,
+      the tracker, the silence blocks: 70 B per output sample measured, 96 counted; and the
+      tracker's code, imported and compiled by a process's first scoring (235 MB measured, 250
+      counted; counted always: an upper bound, a daemon has loaded it before its first job);
     - a fixed `BASE_BYTES` for what the first job of a process sets up (~100 MB measured).
     tests/test_budget.py checks the sum against the peak RSS of real requests.
     """
@@ -83,7 +89,7 @@ def need(model: StageModel, req: StemRequest, context: ContextShape | None) -> M
     out_rate = context.sample_rate if context is not None else req.sample_rate
     n_out = bars_to_samples(req.bars, req.bpm, out_rate, req.beats_per_bar, req.beat_unit)
     n_model = int(round(Fraction(n_out) * sr / out_rate))
-    host = BASE_BYTES + n_model * CONTEXT_BYTES + n_out * LOUDNESS_BYTES
+    host = BASE_BYTES + SCORER_BYTES + n_model * CONTEXT_BYTES + n_out * (LOUDNESS_BYTES + SCORE_BYTES)
     if context is not None:
         host += context.frames * (context.channels + 1) * FLOAT32  # the file, its mono mix
     host += req.batch * (n_model * FLOAT32 + n_out * TAKE_BYTES)  # every candidate, kept or not
