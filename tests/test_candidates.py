@@ -15,7 +15,7 @@ from stage_bridge.bridge import protocol as P
 from stage_bridge.bridge.job import StemJob
 from stage_bridge.bridge.jobs import DONE, Job
 from stage_bridge.bridge.osc import OscEvents
-from stage_bridge.bridge.runner import RenderSettings, StemRunner
+from stage_bridge.bridge.runner import RenderSettings, StemRunner, render_and_publish, stem_request
 from stage_bridge.cli import main
 from stage_bridge.engine.generate import StemRequest, render_stem
 from stage_bridge.errors import BadArgument
@@ -67,11 +67,9 @@ def test_reference_tone_loudness_is_pyloudnorms(model, tmp_path):
     tone = (0.1 * np.sin(2 * np.pi * 997 * np.arange(sr * 4) / sr)).astype(np.float32)
     job = StemJob(id="tone", source="cli", name="tone", context_path="", instrument="drums", bars=2, bpm=120.0,
                   context_mode="mix", seed=3)
-    runner = StemRunner({"drums": model}, tmp_path, RenderSettings(sample_rate=sr))
-    from stage_bridge.bridge.runner import render_and_publish, stem_request
-
-    request = stem_request(job, Audio(tone[np.newaxis], sr), RenderSettings(sample_rate=sr))
-    paths, _ = render_and_publish(model, job, request, tmp_path, runner.settings)
+    settings = RenderSettings(sample_rate=sr)
+    request = stem_request(job, Audio(tone[np.newaxis], sr), settings)
+    paths, _ = render_and_publish(model, job, request, tmp_path, settings)
     meta = json.loads(paths[0].with_suffix(".json").read_text())
     meter = pyloudnorm.Meter(sr, block_size=0.4)
     reference = meter.integrated_loudness(np.stack([tone, tone], axis=1).astype(np.float64))
