@@ -18,7 +18,7 @@ from . import __version__
 from .argtypes import real, whole_number
 from .bridge.config import DEFAULT_MODELS
 from .errors import StageError
-from .limits import MAX_TAKES
+from .limits import MAX_CANDIDATES, MAX_TAKES
 
 _DEFAULTS = " / ".join(DEFAULT_MODELS.values())
 
@@ -52,6 +52,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--offset", type=real(), default=0.0, help="seconds from the context's start to its first downbeat")
     g.add_argument("--prompt", default="", help='optional text, e.g. "Genres: Rock. Moods: happy."')
     g.add_argument("--takes", type=whole_number(), default=1, help=f"how many variations to generate (1-{MAX_TAKES})")
+    g.add_argument("--candidates", type=whole_number(), default=None, metavar="N",
+                   help=f"generate N (in one batch, up to {MAX_CANDIDATES}) and keep the --takes that fit the grid best "
+                        "(default: as many as --takes; takes are always ordered best first)")
     g.add_argument("--context-mode", default="mix", choices=["mix", "click", "mix+click"])
     g.add_argument("--click-gain-db", type=real(), default=-6.0, help="click level in mix+click mode")
     loud = g.add_mutually_exclusive_group()
@@ -168,7 +171,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     job = StemJob(id=f"cli-{uuid.uuid4().hex[:12]}", source="cli", name=args.context.stem if args.context else "click",
                   context_path=context_path, instrument=instrument, bars=args.bars, bpm=args.bpm,
                   beats_per_bar=args.beats_per_bar, beat_unit=args.beat_unit, offset=args.offset, prompt=args.prompt,
-                  takes=args.takes, context_mode=args.context_mode, seed=args.seed)
+                  takes=args.takes, context_mode=args.context_mode, seed=args.seed, candidates=args.candidates)
     offset = args.loudness_offset if args.loudness_offset is not None else DEFAULT_OFFSET_LU
     settings = RenderSettings(sample_rate=args.sample_rate, click_gain_db=args.click_gain_db,
                               sampling=SamplingParams(args.guidance, args.top_k, args.top_p, args.temperature),
@@ -194,8 +197,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
             progress.close()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    for path in paths:
+    for path, fit in zip(paths, result.fits):
         print(path)
+        print(f"  score {fit.score:.2f}, grid {fit.grid_f1:.2f}" +
+              (f", {fit.offset_ms:+.0f} ms" if fit.offset_ms is not None else ""), file=sys.stderr)
     return 0
 
 

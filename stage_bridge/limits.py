@@ -5,6 +5,7 @@ import random
 
 MAX_BARS = 512  # about 34 minutes at 60 bpm in 4/4: a whole song, not a runaway request
 MAX_TAKES = 8  # takes run as one batch; more would multiply memory for little musical gain
+MAX_CANDIDATES = 8  # generated in that one batch, the best `takes` of them kept: the same bound, for the same reason
 MAX_PROMPT_CHARS = 500  # far more than a "Genres: ... Moods: ..." prompt; keeps OSC packets and logs small
 MAX_OFFSET_S = 3600  # an hour of pickup before the first downbeat: anything longer is a mistake
 MAX_SEED = 2**31 - 1  # seeds travel as OSC int32

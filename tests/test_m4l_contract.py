@@ -278,15 +278,16 @@ def test_click_mode_one_bar(logic, rig):
     job = view["jobId"]
     assert typed(msg) == [("s", job), ("s", P.NO_CONTEXT), ("s", "drums"), ("i", 1), ("s", "bpm"), ("f", 120), ("s", "beats_per_bar"),
                           ("i", 4), ("s", "beat_unit"), ("i", 4), ("s", "offset"), ("f", 0), ("s", "takes"), ("i", 1),
-                          ("s", "context_mode"), ("s", "click")]
+                          ("s", "context_mode"), ("s", "click"), ("s", "scores"), ("i", 1)]
     address, args = dev.run_job(job, since=since)
     assert address == P.DONE, args
     view = dev.view
     assert view["state"] == "done" and view["progress"] == 100
-    assert view["paths"] == args[1:] and len(view["paths"]) == 1
+    assert view["paths"] == args[1:args.index(P.TAKE_MARK)] and len(view["paths"]) == 1
     assert all(Path(p).is_file() for p in view["paths"])
-    assert view["results"] == [Path(p).name for p in view["paths"]]
-    assert view["results"][0].startswith(job + ".drums.120bpm.take1")
+    assert Path(view["paths"][0]).name.startswith(job + ".drums.120bpm.take1")
+    # the menu says the take's grid fit, as its sidecar records it (the daemon's scores reached the device)
+    assert view["results"] == [f"take 1 - grid {sidecar(view['paths'][0])['fit']['grid_f1']:.2f}"]
     seen = progress_values(dev.views)
     assert any(0 < p < 100 for p in seen), seen          # the daemon's progress reached the view
     assert seen == sorted(seen)
@@ -379,7 +380,10 @@ def test_two_takes(logic, rig):
     assert address == P.DONE, args
     view = dev.view
     assert len(view["paths"]) == 2 and all(Path(p).is_file() for p in view["paths"])
-    assert [n.split(".")[-2] for n in view["results"]] == ["take1", "take2"]
+    assert [Path(p).name.split(".")[-2] for p in view["paths"]] == ["take1", "take2"]
+    assert [n.split(" - ")[0] for n in view["results"]] == ["take 1", "take 2"]  # best first
+    grids = [sidecar(p)["fit"] for p in view["paths"]]
+    assert grids[0]["score"] >= grids[1]["score"]
     assert view["status"].startswith("Done: 2 takes.")
 
 

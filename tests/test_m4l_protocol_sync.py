@@ -82,6 +82,10 @@ def test_addresses():
         "error": P.ERROR, "cancelled": P.CANCELLED}
 
 
+def test_done_scores_layout():
+    assert get("SCORE_KEYS") == list(P.SCORE_KEYS) and get("TAKE_MARK") == P.TAKE_MARK
+
+
 def test_instruments_and_context_modes():
     assert get("INSTRUMENTS") == list(P.INSTRUMENTS)
     assert get("CONTEXT_MODES") == list(CONTEXT_MODES)
@@ -111,7 +115,7 @@ def sent_args(req: dict[str, Any]) -> list[Any]:
     mode = req.get("mode", P.DEFAULT_CONTEXT_MODE)
     args = [req["jobId"], P.NO_CONTEXT if mode == "click" else req["contextPath"], req["instrument"], req["bars"],
             "bpm", req["bpm"], "beats_per_bar", req["beatsPerBar"], "beat_unit", req["beatUnit"],
-            "offset", req["offset"], "takes", req["takes"], "context_mode", mode]
+            "offset", req["offset"], "takes", req["takes"], "context_mode", mode, "scores", 1]
     if req["prompt"]:
         args += ["prompt", req["prompt"]]
     if req.get("seed") is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -194,6 +194,16 @@ def generated(rig: dict[str, Any]) -> list[list[Any]]:
     return rig["relay"].sent("/stage/generate")
 
 
+def take_names(state: dict[str, Any]) -> list[str]:
+    """The file names of the last finished job's takes, from its /stage/job/done (the takes menu
+    shows "take K - grid 0.94" for each; the paths come before the first "take" mark)."""
+    done = [m for m in state["received"] if m["address"] == "/stage/job/done"][-1]
+    values = [a["value"] for a in done["args"][1:]]
+    paths = values[:values.index("take")] if "take" in values else values
+    assert [f"take {k}" for k in range(1, len(paths) + 1)] == [r.split(" - grid ")[0] for r in state["results"]]
+    return [PureWindowsPath(p).name for p in paths]  # either form: the Windows scenario relays Windows paths
+
+
 def click_job(d: SimDevice) -> dict[str, Any]:
     d.click("Context", 1)
     d.click("Generate")
@@ -208,7 +218,7 @@ def test_click_job(rig: dict[str, Any], device: Callable[..., SimDevice]) -> Non
     state = click_job(d)
     job = generated(rig)[before:]
     assert len(job) == 1 and job[0][1] == "-" and job[0][2] == "drums", job
-    take = rig["home"] / "outbox" / state["results"][0]
+    take = rig["home"] / "outbox" / take_names(state)[0]
     assert take.is_file(), state["results"]
     assert sf.info(str(take)).duration > 0
     assert state["errors"] == [], state["posts"]
@@ -238,7 +248,7 @@ def test_mix_click_job_with_the_transport_playing(rig: dict[str, Any], device: C
     assert generated(rig)[before][1] == str(bounce)
     d.wait("sim.results.length === 1 && sim.progress === 100")
     state = d.state()
-    assert (rig["home"] / "outbox" / state["results"][0]).is_file()
+    assert (rig["home"] / "outbox" / take_names(state)[0]).is_file()
     assert state["errors"] == [], state["posts"]
 
 
@@ -255,7 +265,7 @@ def test_insert_on_a_mac_home_with_spaces(rig: dict[str, Any], device: Callable[
     state = d.state()
     clips = state["tracksOfSet"][3]["arrangement_clips"]
     assert len(clips) == 1, (state["status"], state["posts"])
-    take = rig["home"] / "outbox" / state["results"][0]
+    take = rig["home"] / "outbox" / take_names(state)[0]
     assert clips[0]["file_path"] == f"/Volumes/{BOOT}{take}"
     assert clips[0]["start_time"] == 8 and clips[0]["warping"] == 0
     assert state["status"].startswith("Inserted "), state["status"]
@@ -291,7 +301,7 @@ def test_windows_paths(rig: dict[str, Any], device: Callable[..., SimDevice], tm
     state = d.state()
     clips = state["tracksOfSet"][0]["arrangement_clips"]
     assert len(clips) == 1, (state["status"], state["posts"])
-    assert clips[0]["file_path"] == (WIN_HOME + "\\outbox\\" + state["results"][0]).replace("\\", "/")
+    assert clips[0]["file_path"] == (WIN_HOME + "\\outbox\\" + take_names(state)[0]).replace("\\", "/")
     assert state["errors"] == [], state["posts"]
 
 
@@ -328,7 +338,7 @@ def test_audition_of_a_real_take(rig: dict[str, Any], device: Callable[..., SimD
     d.click("Audition")
     state = d.state()
     assert state["status"].startswith("Audition armed: "), state["status"]
-    take = rig["home"] / "outbox" / state["results"][0]
+    take = rig["home"] / "outbox" / take_names(state)[0]
     seconds = sf.info(str(take)).duration
     assert abs(seconds - 2.0) < 0.01              # one bar at 120 bpm
     d.ask("play")

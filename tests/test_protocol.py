@@ -174,7 +174,8 @@ def test_error_messages_say_what_to_do():
 
 def test_options_defaults_and_normalising():
     assert parse_options({}) == {"bpm": None, "beats_per_bar": None, "beat_unit": None, "offset": 0.0, "prompt": "",
-                                 "takes": 1, "context_mode": P.DEFAULT_CONTEXT_MODE, "seed": None}
+                                 "takes": 1, "context_mode": P.DEFAULT_CONTEXT_MODE, "seed": None,
+                                 "candidates": None, "scores": False}
     opts = parse_options({"bpm": 90, "takes": 2.0, "offset": 1, "seed": 7.0})
     assert (opts["bpm"], opts["takes"], opts["offset"], opts["seed"]) == (90.0, 2, 1.0, 7)
     assert type(opts["bpm"]) is float and type(opts["takes"]) is int
@@ -185,6 +186,9 @@ def test_options_defaults_and_normalising():
     ({"bpm": 1000}, "bad_tempo"), ({"beat_unit": 3}, "bad_tempo"), ({"takes": 0}, "bad_option"),
     ({"prompt": "x" * (P.MAX_PROMPT_CHARS + 1)}, "bad_option"), ({"offset": P.MAX_OFFSET_S + 1}, "bad_option"),
     ({"seed": P.MAX_SEED + 1}, "bad_option"), ({"context_mode": "loud"}, "bad_option"),
+    ({"candidates": P.MAX_CANDIDATES + 1}, "bad_option"), ({"takes": 3, "candidates": 2}, "bad_option"),
+    ({"candidates": 0}, "bad_option"), ({"candidates": 2.5}, "bad_option"), ({"scores": 2}, "bad_option"),
+    ({"scores": "yes"}, "bad_option"),
 ])
 def test_options_refused_as_in_generate(options, code):
     refused(code, parse_options, options)
@@ -324,3 +328,32 @@ def test_message_builds_any_reply(args):
     """Any value an inbound message can carry (OSC strings hold no NUL) makes a parseable reply."""
     msg = OscMessage(P.message("/stage/pong", *args))
     assert len(msg.params) == len(args)
+
+
+# -- candidates and scores (issue 16) ----------------------------------------------------------------
+
+def test_candidates_and_scores_options():
+    req = parse_generate(BASE + ["takes", 2, "candidates", 6.0, "scores", 1])
+    assert (req.takes, req.candidates, req.scores) == (2, 6, True) and type(req.candidates) is int
+    assert parse_generate(BASE + ["candidates", P.MAX_CANDIDATES]).candidates == P.MAX_CANDIDATES
+    assert parse_generate(BASE + ["takes", 3, "candidates", 3]).candidates == 3
+    assert "best takes" in str(refused("bad_option", parse_generate, BASE + ["takes", 4, "candidates", 2]))
+
+
+def test_done_without_scores_is_what_it_always_was():
+    assert P.done_args("j", ["/o/a.wav", "/o/b.wav"]) == ["j", "/o/a.wav", "/o/b.wav"]
+
+
+def test_done_with_scores_paths_first_then_each_take_in_order():
+    fits = [{"score": 0.9, "grid_f1": 0.9, "offset_ms": -3.5, "tempo_bpm": 120.1, "lufs": -20.0, "context_lufs": None,
+             "true_peak_db": -2.0, "clipping": False, "silence_ratio": 0.0, "rank": 1, "extra": "ignored"},
+            None]  # an unreadable sidecar: its take is still marked, with no scores
+    args = P.done_args("j", ["/o/a.wav", "/o/b.wav"], fits)
+    assert args[:3] == ["j", "/o/a.wav", "/o/b.wav"]
+    assert args[3:] == ["take", 1, "score", 0.9, "grid_f1", 0.9, "offset_ms", -3.5, "tempo_bpm", 120.1, "lufs", -20.0,
+                        "true_peak_db", -2.0, "clipping", 0, "silence_ratio", 0.0, "take", 2]
+    # on the wire: a client reads paths up to the first "take", then key value pairs
+    decoded = OscMessage(P.message(P.DONE, *args)).params
+    assert decoded[:3] == ["j", "/o/a.wav", "/o/b.wav"] and decoded[3:5] == ["take", 1]
+    assert type(decoded[decoded.index("clipping") + 1]) is int
+    assert decoded[decoded.index("grid_f1") + 1] == pytest.approx(0.9)

@@ -69,7 +69,11 @@ def test_daemon_and_cli_write_the_same_sidecar(tmp_path, capsys):
             "sample_rate", "num_samples", "duration_s", "device", "precision", "decode_mode", "compiled",
             "timings", "created",
             "stage_bridge", "guidance", "top_k", "top_p", "temperature", "click_gain_db", "take",
-            "file", "loudness_offset_lu", "lufs", "context_lufs", "gain_db"} == set(cli_meta)
+            "file", "loudness_offset_lu", "lufs", "context_lufs", "gain_db", "fit", "rank"} == set(cli_meta)
+    for meta in (daemon_meta, cli_meta):  # every score of the issue, and the best take first
+        assert set(meta["fit"]) >= {"grid_f1", "offset_ms", "tempo_bpm", "lufs", "context_lufs", "true_peak_db",
+                                    "clipping", "silence_ratio", "score"}
+        assert meta["rank"] == meta["take"] == 1 and meta["fit"]["lufs"] == meta["lufs"]
     assert daemon_meta["job_id"] == "j1" and daemon_meta["source"] == "osc" and daemon_meta["tempo_source"] == "osc"
     assert cli_meta["source"] == "cli" and cli_meta["job_id"].startswith("cli-")
     assert cli_meta["tempo_source"] == "request" and cli_meta["context_path"] == ""

@@ -47,6 +47,12 @@ var StageLogic = (function () {
     var BEAT_UNITS = [1, 2, 4, 8, 16];
     var JOB_ID = /^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$/;
 
+    // /stage/job/done with `scores 1` (docs/protocol.md): the paths, then per take `take <k>` and
+    // `key value` pairs of its scores, in this order (a score not measured is left out).
+    var SCORE_KEYS = ['score', 'grid_f1', 'offset_ms', 'tempo_bpm', 'lufs', 'context_lufs', 'true_peak_db',
+                      'clipping', 'silence_ratio'];
+    var TAKE_MARK = 'take';
+
     var ADDRESS = {
         ping: '/stage/ping', generate: '/stage/generate', tempo: '/stage/tempo',
         cancel: '/stage/cancel', status: '/stage/status', info: '/stage/info',
@@ -308,7 +314,8 @@ var StageLogic = (function () {
             oscString('beat_unit'), oscInt(req.beatUnit, 'beat_unit'),
             oscString('offset'), oscFloat(offset, 'offset'),
             oscString('takes'), oscInt(takes, 'takes'),
-            oscString('context_mode'), oscString(mode)
+            oscString('context_mode'), oscString(mode),
+            oscString('scores'), oscInt(1, 'scores')   // each take's fit in /stage/job/done, shown in the take menu
         ];
         if (prompt !== '') {
             args.push(oscString('prompt'), oscString(prompt));
@@ -639,6 +646,40 @@ var StageLogic = (function () {
         return v === undefined || v === null ? '' : String(v);
     }
 
+    // /stage/job/done <job_id> <path>... [take <k> (<key> <value>)...]...: the paths up to the first
+    // `take` (paths are absolute: none is "take"), then fits[k - 1] = {key: number} per take; a take
+    // without scores (an older daemon, an unreadable sidecar) has null.
+    function parseDone(args) {
+        var paths = [], fits = [], i = 1;
+        for (; i < args.length && str(args[i]) !== TAKE_MARK; i++) {
+            paths.push(str(args[i]));
+        }
+        for (var k = 0; k < paths.length; k++) {
+            fits.push(null);
+        }
+        var fit = null;
+        for (; i + 1 < args.length; i += 2) {
+            var key = str(args[i]), value = toNumber(args[i + 1]);
+            if (key === TAKE_MARK) {
+                fit = isWhole(value) && value >= 1 && value <= paths.length ? {} : null;
+                if (fit) {
+                    fits[value - 1] = fit;
+                }
+            } else if (fit && indexOf(SCORE_KEYS, key) >= 0 && isNumber(value)) {
+                fit[key] = value;
+            }
+        }
+        return { kind: 'done', jobId: str(args[0]), paths: paths, fits: fits };
+    }
+
+    // What the take menu shows: "take 2 - grid 0.94" when the daemon scored the take, else its file name.
+    function takeLabel(path, index, fit) {
+        if (fit && isNumber(fit.grid_f1)) {
+            return 'take ' + (index + 1) + ' - grid ' + fit.grid_f1.toFixed(2);
+        }
+        return basename(path);
+    }
+
     // address + plain values (as Max's [udpreceive] outputs them) -> a typed reply object.
     function parseReply(address, args) {
         args = args || [];
@@ -651,11 +692,7 @@ var StageLogic = (function () {
             var pct = toNumber(args[1]);
             return { kind: 'progress', jobId: str(args[0]), percent: isNumber(pct) ? clamp(pct, 0, 100) : 0 };
         case ADDRESS.done:
-            var paths = [];
-            for (var i = 1; i < args.length; i++) {
-                paths.push(str(args[i]));
-            }
-            return { kind: 'done', jobId: str(args[0]), paths: paths };
+            return parseDone(args);
         case ADDRESS.error:
             return { kind: 'error', jobId: str(args[0]), code: str(args[1]), message: str(args[2]) };
         case ADDRESS.cancelled:
@@ -802,6 +839,7 @@ var StageLogic = (function () {
         this.sentTempo = '';
         this.job = null;
         this.results = [];
+        this.fits = [];          // per take of `results`: its scores ({grid_f1, ...}) or null
         this.selected = 0;
         this.progress = 0;
         this.note = '';          // the status line's text when there is no error
@@ -1293,6 +1331,7 @@ var StageLogic = (function () {
         case 'done':
             if (mine) {
                 this.results = reply.paths;
+                this.fits = reply.fits || [];
                 this.selected = 0;
                 this.phase = 'done';
                 this.progress = 100;
@@ -1417,6 +1456,7 @@ var StageLogic = (function () {
         actions.push({ type: 'showText', key: 'command', text: this.ui.launcher });
         if (!this.busy() && saved.done) {
             this.results = saved.results;
+            this.fits = [];      // the saved set keeps the takes, not their scores: the menu shows file names
             this.selected = saved.selected;
             this.done = saved.done;
             if (this.phase === 'idle') {
@@ -1525,7 +1565,7 @@ var StageLogic = (function () {
     Controller.prototype.view = function () {
         var names = [];
         for (var i = 0; i < this.results.length; i++) {
-            names.push(basename(this.results[i]));
+            names.push(takeLabel(this.results[i], i, this.fits[i]));
         }
         var state = this.phase;
         if (this.connection === 'disconnected' && (state === 'idle' || state === 'done')) {
@@ -1562,6 +1602,8 @@ var StageLogic = (function () {
         NO_CONTEXT: NO_CONTEXT,
         TARGETS: TARGETS,
         ADDRESS: ADDRESS,
+        SCORE_KEYS: SCORE_KEYS,
+        TAKE_MARK: TAKE_MARK,
         ERROR_TEXTS: ERROR_TEXTS,
         LogicError: LogicError,
         // messages
@@ -1602,6 +1644,7 @@ var StageLogic = (function () {
         bounceFileName: bounceFileName,
         // replies
         parseReply: parseReply,
+        takeLabel: takeLabel,
         parseLauncher: parseLauncher,
         launchAtoms: launchAtoms,
         errorText: errorText,

@@ -145,7 +145,7 @@ test('mix+click while playing: recording starts at the next bar line, the WAV ha
   assert.equal(gen[2], file);
   assert.equal(path.dirname(file), path.join(d.home, 'bounces'));
   assert.deepEqual(gen.slice(3), ['drums', 2, 'bpm', 120, 'beats_per_bar', 4, 'beat_unit', 4, 'offset', 0, 'takes', 1,
-    'context_mode', 'mix+click', 'prompt', 'Genres: Rock.']);
+    'context_mode', 'mix+click', 'scores', 1, 'prompt', 'Genres: Rock.']);
   assert.deepEqual(sim.errors, []);
 });
 
@@ -409,4 +409,28 @@ test('Live\'s loop on: the recording starts at the loop start when Live jumps ba
   sim.advance(2250 + 300);
   await sim.waitFor(() => d.daemon.got.some((m) => m.address === '/stage/generate'), 10000, '/stage/generate');
   assert.equal(sim.recorded[0].frames, Math.round(2.25 * 44100));
+});
+
+// issue 16: the device asks for scores, and the takes menu says each take's grid fit; Insert still inserts the file
+test('done with scores -> the takes menu says "take 1 - grid 0.94"; Insert inserts that take', async (t) => {
+  const d = await loadDevice(t);
+  await connect(d);
+  const { sim, daemon, recv, home } = d;
+  sim.locate(13.25);
+  sim.click('Context', 1);
+  sim.click('Generate');
+  await sim.waitFor(() => daemon.got.some((m) => m.address === '/stage/generate'), 10000, '/stage/generate');
+  const gen = daemon.got.find((m) => m.address === '/stage/generate').args.map((a) => a.value);
+  assert.equal(gen[gen.indexOf('scores') + 1], 1);
+  const take = path.join(home, 'outbox', `${gen[0]}.drums.120bpm.take1.wav`);
+  require('../sim/objects').writeWav(take, [0.1, -0.1], 1, 44100, 16);
+  daemon.reply(recv, '/stage/job/done', gen[0], take, 'take', 1, 'score', 0.9375, 'grid_f1', 0.9375, 'offset_ms', -2.5);
+  await sim.waitFor(() => sim.results.length === 1, 10000, 'the results menu');
+  assert.deepEqual(sim.results, ['take 1 - grid 0.94']);
+  sim.click('ui_tracks', 1);
+  sim.click('Insert clip');
+  const clips = sim.live.set.tracks[3].arrangement_clips;
+  assert.equal(clips.length, 1);
+  assert.equal(sim.hostfs.real(clips[0].file_path), take);
+  assert.deepEqual(sim.errors, []);
 });

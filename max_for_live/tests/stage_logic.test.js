@@ -38,7 +38,7 @@ test('generate: every argument with its OSC type, in the documented order', () =
   assert.deepEqual(msg.args, [
     s(baseRequest.jobId), s(baseRequest.contextPath), s('drums'), i(4),
     s('bpm'), f(120), s('beats_per_bar'), i(4), s('beat_unit'), i(4), s('offset'), f(0),
-    s('takes'), i(1), s('context_mode'), s('mix+click'),
+    s('takes'), i(1), s('context_mode'), s('mix+click'), s('scores'), i(1),
   ]);
 });
 
@@ -47,7 +47,7 @@ test('generate: every argument with its OSC type, in the documented order', () =
 test('generate: click mode sends the no-context placeholder even if a path is given', () => {
   const msg = L.generateMessage({ ...baseRequest, mode: 'click', takes: 3 });
   assert.deepEqual(msg.args[1], s('-'));
-  assert.deepEqual(msg.args.slice(-4), [s('takes'), i(3), s('context_mode'), s('click')]);
+  assert.deepEqual(msg.args.slice(-6), [s('takes'), i(3), s('context_mode'), s('click'), s('scores'), i(1)]);
 });
 
 test('generate: the prompt keeps spaces and quotes, loses line breaks and outer blanks', () => {
@@ -55,7 +55,7 @@ test('generate: the prompt keeps spaces and quotes, loses line breaks and outer 
   const msg = L.generateMessage({ ...baseRequest, prompt: '  ' + prompt + '\n' });
   assert.deepEqual(msg.args.slice(-2), [s('prompt'), s(prompt)]);
   assert.equal(L.cleanPrompt('one\ntwo\r\nthree\tfour'), 'one two three four');
-  assert.equal(L.generateMessage({ ...baseRequest, prompt: '   ' }).args.length, 16, 'an empty prompt is not sent');
+  assert.equal(L.generateMessage({ ...baseRequest, prompt: '   ' }).args.length, 18, 'an empty prompt is not sent');
 });
 
 test('generate: a seed is sent as an int when given', () => {
@@ -245,7 +245,8 @@ test('replies are parsed into typed objects', () => {
   assert.deepEqual(L.parseReply('/stage/job/progress', ['j', 41.5]), { kind: 'progress', jobId: 'j', percent: 41.5 });
   assert.equal(L.parseReply('/stage/job/progress', ['j', 140]).percent, 100);
   assert.equal(L.parseReply('/stage/job/progress', ['j', 'x']).percent, 0);
-  assert.deepEqual(L.parseReply('/stage/job/done', ['j', '/a/1.wav', '/a/2.wav']), { kind: 'done', jobId: 'j', paths: ['/a/1.wav', '/a/2.wav'] });
+  assert.deepEqual(L.parseReply('/stage/job/done', ['j', '/a/1.wav', '/a/2.wav']),
+    { kind: 'done', jobId: 'j', paths: ['/a/1.wav', '/a/2.wav'], fits: [null, null] });
   assert.deepEqual(L.parseReply('/stage/job/error', ['j', 'no_tempo', 'say it']), { kind: 'error', jobId: 'j', code: 'no_tempo', message: 'say it' });
   assert.deepEqual(L.parseReply('/stage/job/cancelled', ['j']), { kind: 'cancelled', jobId: 'j' });
   const st = L.parseReply('/stage/status', ['idle', 0, 120, 'osc', 'cpu', 'drums=stage-drums,bass=missing']);
@@ -786,4 +787,34 @@ test('a state this device did not write is ignored, field by field', () => {
     done: { jobId: '', anchorBeats: 4, lengthBeats: 0, paths: ['a.wav'] } });
   assert.deepEqual(L.decodeState(encodeURIComponent(JSON.stringify({ v: 1, results: ['a.wav'] }))).results, [],
     'takes without their start beat are not restored');
+});
+
+// issue 16: /stage/job/done with `scores 1` (docs/protocol.md), and the take menu that shows them
+test('done with scores: paths up to the first "take", then each take\'s scores by key', () => {
+  const reply = L.parseReply('/stage/job/done', ['j', '/o/a.take1.wav', '/o/a.take2.wav',
+    'take', 1, 'score', 0.94, 'grid_f1', 0.94, 'offset_ms', -3.5, 'clipping', 0, 'silence_ratio', 0,
+    'take', 2, 'score', 0.5, 'grid_f1', 0.625, 'lufs', -20.25, 'unknown_key', 3]);
+  assert.deepEqual(reply.paths, ['/o/a.take1.wav', '/o/a.take2.wav']);
+  assert.deepEqual(reply.fits, [
+    { score: 0.94, grid_f1: 0.94, offset_ms: -3.5, clipping: 0, silence_ratio: 0 },
+    { score: 0.5, grid_f1: 0.625, lufs: -20.25 }]);
+  // a take number outside the paths, or scores without a take, are dropped, not misfiled
+  const odd = L.parseReply('/stage/job/done', ['j', '/o/a.wav', 'take', 3, 'grid_f1', 1, 'take', 1]);
+  assert.deepEqual(odd, { kind: 'done', jobId: 'j', paths: ['/o/a.wav'], fits: [{}] });
+  assert.deepEqual(L.SCORE_KEYS.slice(0, 2), ['score', 'grid_f1']);
+});
+
+test('the take menu says each take\'s grid fit next to it; unscored takes keep their file names', () => {
+  const c = device();
+  connect(c);
+  liveTempo(c, 120);
+  c.dispatch({ type: 'set', key: 'modeIndex', value: 1 });
+  const [msg] = sent(c.dispatch({ type: 'generate', transport: { songBeats: 5, playing: true }, date: 0 }));
+  const id = msg.args[0].value;
+  assert.deepEqual(msg.args.slice(msg.args.length - 2), [s('scores'), i(1)], 'the device asks for the scores');
+  c.dispatch({ type: 'osc', address: '/stage/job/done', args: [id, '/o/a.take1.wav', '/o/a.take2.wav', 'take', 1,
+    'grid_f1', 0.9375, 'take', 2, 'score', 0.1] });
+  assert.deepEqual(c.view().results, ['take 1 - grid 0.94', 'a.take2.wav']);
+  assert.deepEqual(c.view().paths, ['/o/a.take1.wav', '/o/a.take2.wav']);
+  assert.equal(L.takeLabel('/o/x.wav', 1, { grid_f1: 0.5 }), 'take 2 - grid 0.50');
 });

@@ -18,6 +18,7 @@ from ..limits import random_seed
 from .protocol import DEFAULT_CONTEXT_MODE, GenerateRequest, ProtocolError, Tempo
 
 DEFAULT_METER = 4  # beats_per_bar and beat_unit when neither the request nor the tempo source says
+ADDED_PARAMS = ("candidates", "scores")  # fields added after the journal's format was fixed (see `params`)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class StemJob:
     `seed`: drawn when the job is made if the request gave none (`job_from_request`), so the
     journal holds it and a job run again after a crash makes the same takes. (None only in
     journals written before, and for the CLI without --seed: the engine then draws one.)
+    `candidates`: how many takes are generated to keep the best `takes` (None: `takes`);
+    `scores`: the front end asked for each take's scores in its reply (`/stage/job/done`).
     """
 
     id: str
@@ -46,14 +49,20 @@ class StemJob:
     takes: int = 1
     context_mode: str = DEFAULT_CONTEXT_MODE
     seed: int | None = None
+    candidates: int | None = None
+    scores: bool = False
 
     def params(self) -> dict[str, Any]:
-        """The journal's `params` column (every field but the id, JSON-serialisable)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "id"}
+        """The journal's `params` column (every field but the id, JSON-serialisable). A field of
+        `ADDED_PARAMS` is stored only when it differs from its default, so a job that does not use
+        it is journaled (and described in its sidecars) exactly as before: an older stage-bridge
+        still reads the journal, and `from_params` gives a missing key its default."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "id" and not (f.name in ADDED_PARAMS and getattr(self, f.name) == f.default)}
 
     @classmethod
     def from_params(cls, job_id: str, params: Mapping[str, Any]) -> "StemJob":
-        """Back from the journal (rows written since the journal existed carry every key)."""
+        """Back from the journal (a key added since a row was written takes its default)."""
         return cls(job_id, **params)
 
 
@@ -74,7 +83,7 @@ def job_from_request(req: GenerateRequest, source: str, context_path: str, ambie
         context_path=context_path, instrument=req.instrument, bars=req.bars, bpm=bpm, tempo_source=tempo_source,
         beats_per_bar=req.beats_per_bar or bpb or DEFAULT_METER, beat_unit=req.beat_unit or unit or DEFAULT_METER,
         offset=req.offset, prompt=req.prompt, takes=req.takes, context_mode=req.context_mode,
-        seed=req.seed if req.seed is not None else random_seed())
+        seed=req.seed if req.seed is not None else random_seed(), candidates=req.candidates, scores=req.scores)
 
 
 def resolve_context_path(text: str, home: Path, roots: Sequence[Path]) -> str:

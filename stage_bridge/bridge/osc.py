@@ -11,6 +11,7 @@ only queues, so `/stage/ping` is answered at once even while a job runs.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import socket
 import threading
@@ -21,6 +22,7 @@ from typing import Any, Callable, Sequence
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_packet import OscPacket
 
+from ..atomic import open_regular
 from ..errors import StageError
 from . import protocol as P
 from .jobs import Job, JobService
@@ -143,7 +145,8 @@ class OscEvents:
 
     def done(self, job: Job) -> None:
         log.info("job %s done: %s", job.id, ", ".join(job.outputs))
-        self.send(P.DONE, job.id, *job.outputs)
+        fits = [take_fit(Path(path)) for path in job.outputs] if job.spec.scores else []
+        self.send(P.DONE, *P.done_args(job.id, job.outputs, fits))
 
     def failed(self, job: Job) -> None:
         log.info("job %s failed: %s %s", job.id, job.error_code, job.error_message)
@@ -152,6 +155,17 @@ class OscEvents:
 
     def cancelled(self, job: Job) -> None:
         self.send(P.CANCELLED, job.id)
+
+
+def take_fit(wav: Path) -> dict[str, Any] | None:
+    """The `fit` object of a published take's sidecar (the one record of its scores, whether
+    this run or an interrupted one published it); None when it cannot be read."""
+    try:
+        with open_regular(wav.with_suffix(".json")) as f:
+            fit = json.loads(f.read(1 << 20)).get("fit")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return fit if isinstance(fit, dict) else None
 
 
 # -- the transport --------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ Inbound (to the daemon's osc-port):
     /stage/ping [token]
     /stage/generate <job_id:s> <context_path:s> <instrument:s> <bars:i> [key value]...
         keys: bpm f, beats_per_bar i, beat_unit i, offset f, prompt s, takes i,
-              context_mode s (mix|click|mix+click; default mix+click), seed i
+              context_mode s (mix|click|mix+click; default mix+click), seed i,
+              candidates i (generate this many, keep the best `takes`), scores i (1: done carries them)
     /stage/tempo <bpm:f> [beats_per_bar:i beat_unit:i]
     /stage/cancel <job_id:s>
     /stage/status
@@ -17,7 +18,7 @@ Outbound (to reply-host:reply-port):
     /stage/pong [token]
     /stage/job/accepted <job_id> <queue_position:i>
     /stage/job/progress <job_id> <percent:f>
-    /stage/job/done <job_id> <path>...
+    /stage/job/done <job_id> <path>... [take <k:i> (<score key:s> <value:f|i>)...]...  (scores: if asked)
     /stage/job/error <job_id> <code:s> <message:s>
     /stage/job/cancelled <job_id>
     /stage/status <state:s> <queue_length:i> <bpm:f> <tempo_source:s> <device:s> <model:s>
@@ -36,7 +37,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from ..audio.context import CONTEXT_MODES
 from ..audio.timing import BEAT_UNITS, BEATS_PER_BAR_RANGE, BPM_RANGE, is_int
 from ..errors import StageError
-from ..limits import MAX_BARS, MAX_JOB_ID_CHARS, MAX_OFFSET_S, MAX_PROMPT_CHARS, MAX_SEED, MAX_TAKES
+from ..limits import MAX_BARS, MAX_CANDIDATES, MAX_JOB_ID_CHARS, MAX_OFFSET_S, MAX_PROMPT_CHARS, MAX_SEED, MAX_TAKES
 
 PING, GENERATE, TEMPO, CANCEL, STATUS = "/stage/ping", "/stage/generate", "/stage/tempo", "/stage/cancel", "/stage/status"
 INFO = "/stage/info"  # asked and answered under the same address
@@ -107,6 +108,8 @@ class GenerateRequest:
     takes: int = 1
     context_mode: str = DEFAULT_CONTEXT_MODE
     seed: int | None = None
+    candidates: int | None = None
+    scores: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ def clip(text: str, limit: int) -> str:
 
 
 OPTION_TYPES = {"bpm": "number", "beats_per_bar": "int", "beat_unit": "int", "offset": "number", "prompt": "str",
-                "takes": "int", "context_mode": "str", "seed": "int"}
+                "takes": "int", "context_mode": "str", "seed": "int", "candidates": "int", "scores": "int"}
 _KIND_CHECKS = {"int": is_int, "number": _is_number, "str": lambda v: isinstance(v, str)}
 
 
@@ -205,8 +208,16 @@ def parse_options(options: Mapping[Any, Any]) -> dict[str, Any]:
     prompt = opts.get("prompt", "")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ProtocolError("bad_option", f"prompt is longer than {MAX_PROMPT_CHARS} characters.")
+    candidates = opts.get("candidates")
+    if candidates is not None and not takes <= candidates <= MAX_CANDIDATES:
+        raise ProtocolError("bad_option", f"candidates {candidates} must be from takes ({takes}) to {MAX_CANDIDATES}: "
+                                          "that many are generated and the best takes kept.")
+    scores = opts.get("scores", 0)
+    if scores not in (0, 1):
+        raise ProtocolError("bad_option", f"scores {scores} must be 0 or 1 (1: /stage/job/done carries each take's "
+                                          "scores).")
     return {"bpm": bpm, "beats_per_bar": bpb, "beat_unit": unit, "offset": offset, "prompt": prompt, "takes": takes,
-            "context_mode": mode, "seed": seed}
+            "context_mode": mode, "seed": seed, "candidates": candidates, "scores": bool(scores)}
 
 
 def check_instrument(instrument: Any, instruments: Sequence[str]) -> str:
@@ -272,6 +283,33 @@ def parse_cancel(args: Sequence[Any]) -> str:
 
 
 # -- outbound ----------------------------------------------------------------------------------
+
+# The scores of a take (its sidecar's `fit` object, audio/fit.py) that `/stage/job/done` carries
+# when the request asked with `scores 1`, in this order after the take's `take <k>` pair.
+SCORE_KEYS = ("score", "grid_f1", "offset_ms", "tempo_bpm", "lufs", "context_lufs", "true_peak_db", "clipping",
+              "silence_ratio")
+TAKE_MARK = "take"  # starts a take's scores; no path is "take" (paths are absolute)
+
+
+def done_args(job_id: str, paths: Sequence[str], fits: Sequence[Mapping[str, Any] | None] = ()) -> list[Any]:
+    """The arguments of `/stage/job/done`: the job id and every take's path, then, when `fits`
+    is given (one per path: the sidecar's `fit` object, or None if unreadable), each take's
+    scores as `take <k:i>` followed by `<key:s> <value>` pairs in `SCORE_KEYS` order.
+
+    Why this shape: a client that predates scores never asks for them and reads every argument
+    after the id as a path, as before; one that asks reads paths up to the first `take`. A score
+    that was not measured (null: silence, no context) is left out rather than sent as a fake
+    number; `clipping` is an int (0 or 1), the others floats."""
+    args: list[Any] = [job_id, *paths]
+    for k, fit in enumerate(fits, start=1):
+        args += [TAKE_MARK, k]
+        for key in SCORE_KEYS:
+            value = (fit or {}).get(key)
+            if isinstance(value, bool):
+                args += [key, int(value)]
+            elif isinstance(value, (int, float)) and math.isfinite(value):
+                args += [key, float(value)]
+    return args
 
 def message(address: str, *args: Any) -> bytes:
     """One OSC message as bytes (ints as i, floats as f, strings as s; h and d when too big for 32 bits)."""

@@ -2,7 +2,7 @@
 
 Why here and only here: a `StemJob` becomes the engine's `StemRequest` in exactly one place
 (`stem_request`), so a new setting cannot reach the engine by one front end and not another;
-and the takes are published with one sidecar (writer.take_sidecar and writer.take_loudness).
+and the takes are published with one sidecar (writer.take_sidecar, take_loudness and take_fits).
 
 Why it also refuses and resumes: here a job meets the disk and the machine. What could never
 finish is refused before any work (a name too long for the take files; more memory than is
@@ -28,7 +28,7 @@ from ..limits import MAX_FILE_NAME_BYTES
 from .job import StemJob
 from .protocol import ProtocolError
 from ..audio.loudness import DEFAULT_OFFSET_LU
-from .writer import publish_takes, take_loudness, take_sidecar, take_stem
+from .writer import publish_takes, take_fits, take_loudness, take_sidecar, take_stem
 
 if TYPE_CHECKING:
     from ..audio import Audio
@@ -92,7 +92,7 @@ def stem_request(job: StemJob, context: "Audio | None", settings: RenderSettings
                                                     ("sampling", settings.sampling)) if v is not None}
     return StemRequest(bpm=job.bpm, bars=job.bars, context=context, beats_per_bar=job.beats_per_bar,
                        beat_unit=job.beat_unit, offset=job.offset, context_mode=job.context_mode, prompt=job.prompt,
-                       takes=job.takes, seed=job.seed, sample_rate=settings.sample_rate,
+                       takes=job.takes, candidates=job.candidates, seed=job.seed, sample_rate=settings.sample_rate,
                        loudness_offset_lu=settings.loudness_offset_lu, **engine_defaults_unless_set)
 
 
@@ -164,10 +164,10 @@ def render_and_publish(model: "StageModel", job: StemJob, request: "StemRequest"
     sidecar = take_sidecar(job, model, request, result)
     found = dict(interrupted or {})
     missing = [k for k in range(1, len(result.takes) + 1) if k not in found]
-    loudness = take_loudness(result)
+    own = [{**loudness, **fit} for loudness, fit in zip(take_loudness(result), take_fits(result), strict=True)]
     t_write = time.perf_counter()
     new = publish_takes(outbox, job.name, job.instrument, job.bpm, [result.takes[k - 1] for k in missing],
-                        result.sample_rate, sidecar, [loudness[k - 1] for k in missing], numbers=missing)
+                        result.sample_rate, sidecar, [own[k - 1] for k in missing], numbers=missing)
     result.timings["write_s"] = time.perf_counter() - t_write  # after the sidecars: the log says it
     log.info("job %s: %s", job.id, ", ".join(f"{k} {v:.3f}" for k, v in result.timings.items()))
     found.update(zip(missing, new))

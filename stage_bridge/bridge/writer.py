@@ -6,7 +6,7 @@ hard-linked into place (which fails if the name was taken meanwhile; we then tak
 free name). The sidecar is published first and the WAV second, so even a kill -9 between the
 two never leaves a take without its description; a sidecar left without its WAV is removed
 by `remove_orphan_sidecars` when the daemon starts again. `take_sidecar` (what the takes of a job
-share) and `take_loudness` (each take's own) are the one description of a take, whether the
+share), `take_loudness` and `take_fits` (each take's own) are the one description of a take, whether the
 daemon or `stage-bridge generate` made it.
 """
 
@@ -89,6 +89,13 @@ def take_loudness(result: "StemResult") -> list[dict[str, Any]]:
 
     return [{"lufs": db(m.lufs), "context_lufs": db(m.context_lufs), "gain_db": db(m.gain_db)}
             for m in result.loudness]
+
+
+def take_fits(result: "StemResult") -> list[dict[str, Any]]:
+    """Each take's scores (`fit`, audio/fit.Fit.as_dict; null where not measured) and its `rank`
+    among all the candidates generated, in take order: takes are ranked best first, so take K
+    has rank K."""
+    return [{"fit": fit.as_dict(), "rank": k} for k, fit in enumerate(result.fits, start=1)]
 
 
 def remove_orphan_sidecars(folder: Path) -> list[Path]:

@@ -35,6 +35,8 @@ FLOAT64 = 8
 CONTEXT_BYTES = 20  # per model-rate sample (see `need`)
 TAKE_BYTES = 12  # per output sample and take
 LOUDNESS_BYTES = 64  # per output sample, once
+SCORE_BYTES = 96  # per output sample, once: scoring one take at a time (audio/fit.py)
+SCORER_BYTES = 250_000_000  # the beat tracker's code (librosa, numba), loaded by a process's first scoring
 BASE_BYTES = 150_000_000  # what any job may add once: allocator slack, kernels and work buffers set up on first use
 HEADROOM = 0.85  # of what the OS reports free: the DAW, the OS and allocator slack need the rest
 
@@ -69,13 +71,17 @@ def need(model: StageModel, req: StemRequest, context: ContextShape | None) -> M
     sample measured with tracemalloc on tiny-random, then rounded up):
     - the context: the file as float32, its mono mix, the mix at the model rate, the context
       signal (20 B per model-rate sample: built in float64, kept as float32);
-    - the takes: each decoded at the model rate (float32, in host memory: codec.decode), resampled,
+    - the takes (every candidate generated: `req.batch`): each decoded at the model rate (float32, in host memory: codec.decode), resampled,
       cropped and matched at the output rate (8 B measured, 12 counted);
     - loudness matching: pyloudnorm's float64 filter passes over one signal at a time (the
       context, then each take; both as stereo): 40-61 B per output sample measured, 64 counted;
     - the decoder: KV cache (2 x layers x rows x steps x dim) plus one layer's prefill
       activations (the FFN, the attention scores) for the longest window;
     - the codec: one chunk of its widest layer (several tensors of it alive at once);
+    - scoring (audio/fit.py), one take at a time after matching: the onset envelope's spectrogram,
+      the tracker, the silence blocks: 70 B per output sample measured, 96 counted; and the
+      tracker's code, imported and compiled by a process's first scoring (235 MB measured, 250
+      counted; counted always: an upper bound, a daemon has loaded it before its first job);
     - a fixed `BASE_BYTES` for what the first job of a process sets up (~100 MB measured).
     tests/test_budget.py checks the sum against the peak RSS of real requests.
     """
@@ -83,14 +89,14 @@ def need(model: StageModel, req: StemRequest, context: ContextShape | None) -> M
     out_rate = context.sample_rate if context is not None else req.sample_rate
     n_out = bars_to_samples(req.bars, req.bpm, out_rate, req.beats_per_bar, req.beat_unit)
     n_model = int(round(Fraction(n_out) * sr / out_rate))
-    host = BASE_BYTES + n_model * CONTEXT_BYTES + n_out * LOUDNESS_BYTES
+    host = BASE_BYTES + SCORER_BYTES + n_model * CONTEXT_BYTES + n_out * (LOUDNESS_BYTES + SCORE_BYTES)
     if context is not None:
         host += context.frames * (context.channels + 1) * FLOAT32  # the file, its mono mix
-    host += req.takes * (n_model * FLOAT32 + n_out * TAKE_BYTES)
+    host += req.batch * (n_model * FLOAT32 + n_out * TAKE_BYTES)  # every candidate, kept or not
 
     cfg = model.lm.cfg
     width = next(model.lm.parameters()).element_size()
-    rows = req.sampling.rows(req.takes)
+    rows = req.sampling.rows(req.batch)
     window = min(Windows().frames, model.codec.frames_for(n_model))
     steps = window + 1 + window + cfg.num_codebooks  # context, separator, target, delay (pattern.StageLayout)
     kv = 2 * cfg.num_layers * rows * steps * cfg.dim * width
@@ -114,11 +120,11 @@ def check_fits(model: StageModel, req: StemRequest, context: ContextShape | None
     if want.fits(usable):
         return
 
-    def fitting_bars(takes: int) -> int:  # need grows with bars: bisect for the largest that fits
+    def fitting_bars(smaller: StemRequest) -> int:  # need grows with bars: bisect for the largest that fits
         lo, hi = 0, req.bars - 1
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if need(model, dataclasses.replace(req, bars=mid, takes=takes), context).fits(usable):
+            if need(model, dataclasses.replace(smaller, bars=mid), context).fits(usable):
                 lo = mid
             else:
                 hi = mid - 1
@@ -127,13 +133,15 @@ def check_fits(model: StageModel, req: StemRequest, context: ContextShape | None
     kind = "GPU memory" if want.device > usable.device else "memory"
     needed, has = (want.device, free.device) if kind == "GPU memory" else (want.host, free.host)
     meter = f"{req.beats_per_bar}/{req.beat_unit}"
-    bars = fitting_bars(req.takes)
+    bars = fitting_bars(req)
     takes = "1 take" if req.takes == 1 else f"{req.takes} takes"
+    if req.batch > req.takes:
+        takes += f" of {req.batch} candidates"
     if bars:
         advice = f"at most {bars} bars fit on this machine now ({req.bpm:g} bpm, {meter}, {takes})"
     else:
         advice = "not even 1 bar fits on this machine now"
-    if req.takes > 1 and (single := fitting_bars(1)) > bars:
+    if req.batch > 1 and (single := fitting_bars(dataclasses.replace(req, takes=1, candidates=None))) > bars:
         advice += f", or {single} bars with 1 take"
     raise TooLarge(f"{req.bars} bars with {takes} need about {needed / GB:.1f} GB of {kind} and "
                    f"{has / GB:.1f} GB are free: {advice}. Close other programs or ask for less.")

@@ -8,13 +8,17 @@ Two layers:
   continues seamlessly for a whole song.
 - `render_stem`: the musician's request (bpm, bars, meter, context mode) -> takes at the
   context file's sample rate, exactly N bars long and starting at the context's first sample,
-  each brought `loudness_offset_lu` under the context mix's loudness (audio/loudness.py).
+  each brought `loudness_offset_lu` under the context mix's loudness (audio/loudness.py), then
+  scored against the request's grid (audio/fit.py) and ordered best first. A request may
+  generate more `candidates` than the `takes` it keeps: all of them in one batch (one row
+  each, as takes are), the best `takes` kept.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -27,8 +31,10 @@ from torch import Tensor
 from ..audio import (Audio, CONTEXT_MODES, DEFAULT_OFFSET_LU, LoudnessMatch, bars_to_samples, build_context,
                      fit_length, is_silent, match_loudness, measure_lufs, resample, to_mono, validate_loudness_offset,
                      validate_tempo)
+from ..audio.fit import Fit, Grid, rank, score_takes
+from ..audio.fit import warm_up as warm_up_fit
 from ..errors import BadArgument, Cancelled, EmptyAudio, OutOfMemory
-from ..limits import MAX_BARS, MAX_TAKES, random_seed
+from ..limits import MAX_BARS, MAX_CANDIDATES, MAX_TAKES, random_seed
 from .decoder import Decoder
 from .lm import CrossContext
 from .model import StageModel
@@ -164,6 +170,12 @@ class StemRequest:
     click_gain_db: float = -6.0
     sampling: SamplingParams = SamplingParams()
     loudness_offset_lu: float | None = DEFAULT_OFFSET_LU  # takes this far under the context mix; None: as generated
+    candidates: int | None = None  # generated in the batch, the best `takes` of them kept; None: `takes`
+
+    @property
+    def batch(self) -> int:
+        """How many takes are generated (the batch's rows before CFG doubles them)."""
+        return self.takes if self.candidates is None else self.candidates
 
     def validate(self) -> None:
         validate_tempo(self.bpm, self.beats_per_bar, self.beat_unit)
@@ -175,6 +187,9 @@ class StemRequest:
             raise BadArgument(f"context mode '{self.context_mode}' needs a context audio file (or use --context-mode click).")
         if not 1 <= self.takes <= MAX_TAKES:
             raise BadArgument(f"takes must be from 1 to {MAX_TAKES} (got {self.takes}).")
+        if self.candidates is not None and not self.takes <= self.candidates <= MAX_CANDIDATES:
+            raise BadArgument(f"candidates must be from the number of takes ({self.takes}) to {MAX_CANDIDATES} "
+                              f"(got {self.candidates}): that many are generated and the best takes kept.")
         if not math.isfinite(self.offset) or self.offset < 0:
             raise BadArgument(f"offset must be a number of seconds >= 0 (got {self.offset}).")
         if self.context is not None and self.context_mode == "mix" and is_silent(self.context.samples):
@@ -194,6 +209,7 @@ class StemResult:
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     loudness: list[LoudnessMatch] = field(default_factory=list)  # one per take, in the order of `takes`
+    fits: list[Fit] = field(default_factory=list)  # one per take, in the order of `takes`: best first
 
 
 def render_stem(model: StageModel, req: StemRequest, progress: Progress | None = None,
@@ -224,6 +240,10 @@ def allocation_failures_as_out_of_memory() -> Iterator[None]:
 def _render_stem(model: StageModel, req: StemRequest, progress: Progress | None,
                  should_cancel: ShouldCancel | None) -> StemResult:
     t_start = time.perf_counter()
+    # The first scoring in a process imports and JIT-compiles the beat tracker (seconds): done
+    # meanwhile, so it is paid while the model generates, not after (a no-op once done).
+    warming = threading.Thread(target=_warm_up_fit, name="stage-bridge-fit-warm-up", daemon=True)
+    warming.start()
     warnings: list[str] = []
     sr_out = req.context.sample_rate if req.context is not None else req.sample_rate
     n_out = bars_to_samples(req.bars, req.bpm, sr_out, req.beats_per_bar, req.beat_unit)
@@ -243,10 +263,11 @@ def _render_stem(model: StageModel, req: StemRequest, progress: Progress | None,
     _check_cancel(should_cancel)
     t_encoded = time.perf_counter()
 
-    rows = req.sampling.rows(req.takes)
+    batch = req.batch
+    rows = req.sampling.rows(batch)
     cross = CrossContext(None, None)
     if req.prompt.strip():
-        states, mask = model.require_text().encode([req.prompt] * req.takes + [""] * (rows - req.takes))
+        states, mask = model.require_text().encode([req.prompt] * batch + [""] * (rows - batch))
         cross = model.lm.cross_context(states, mask)
     seed = req.seed if req.seed is not None else random_seed()
     first_step: list[float] = []  # when the first step was sampled: the prefill's end
@@ -257,22 +278,41 @@ def _render_stem(model: StageModel, req: StemRequest, progress: Progress | None,
         if progress is not None:
             progress(done, total)
 
-    codes = generate_codes(model.decoder, context_codes, codec.frames_for(n_model), req.takes, req.sampling, seed,
+    codes = generate_codes(model.decoder, context_codes, codec.frames_for(n_model), batch, req.sampling, seed,
                            cross, progress=on_step, should_cancel=should_cancel)
     t_generated = time.perf_counter()
     _check_cancel(should_cancel)
     audio = codec.decode(codes)[:, :n_model].numpy()  # float32, in host memory
-    takes, loudness = _match_takes([fit_length(resample(a, sr, sr_out), n_out) for a in audio], sr_out, req, warnings)
+    takes, loudness = _match_takes([fit_length(resample(a, sr, sr_out), n_out) for a in audio], sr_out, req)
+    t_decoded = time.perf_counter()
+    _check_cancel(should_cancel)
+    warming.join()
+    grid = Grid(req.bpm, req.beats_per_bar, req.beat_unit, req.offset)
+    fits = score_takes(takes, sr_out, grid, [m.lufs for m in loudness], loudness[0].context_lufs)
+    best = rank(fits)[:req.takes]
+    takes, loudness, fits = [takes[i] for i in best], [loudness[i] for i in best], [fits[i] for i in best]
+    for k, m in enumerate(loudness, start=1):
+        if m.limited:
+            warnings.append(f"take {k} is quieter than asked ({m.gain_db:+.1f} dB applied): any louder would clip")
     t_done = time.perf_counter()
     # generate_s = prefill_s (the prompt, the context window's one forward, the first sampled step)
-    # + the decode steps; decode_s is EnCodec's decode and fitting the takes.
+    # + the decode steps; decode_s is EnCodec's decode and fitting the takes; score_s is scoring
+    # every candidate and ranking them (audio/fit.py).
     timings = {"encode_s": t_encoded - t_start, "prefill_s": (first_step or [t_generated])[0] - t_encoded,
-               "generate_s": t_generated - t_encoded, "decode_s": t_done - t_generated, "total_s": t_done - t_start}
-    return StemResult(takes, sr_out, n_out, seed, timings, warnings, loudness)
+               "generate_s": t_generated - t_encoded, "decode_s": t_decoded - t_generated,
+               "score_s": t_done - t_decoded, "total_s": t_done - t_start}
+    return StemResult(takes, sr_out, n_out, seed, timings, warnings, loudness, fits)
 
 
-def _match_takes(takes: list[np.ndarray], sample_rate: int, req: StemRequest,
-                 warnings: list[str]) -> tuple[list[np.ndarray], list[LoudnessMatch]]:
+def _warm_up_fit() -> None:
+    try:
+        warm_up_fit()
+    except Exception:  # noqa: BLE001 - scoring itself then raises the same error, where it is reported
+        pass
+
+
+def _match_takes(takes: list[np.ndarray], sample_rate: int,
+                 req: StemRequest) -> tuple[list[np.ndarray], list[LoudnessMatch]]:
     """Each take `req.loudness_offset_lu` under the context MIX over the same bars (the click is
     not part of the song). Click mode, or a silent mix, has no context loudness: the takes are then
     matched to audio/loudness.REFERENCE_LUFS instead (`context_lufs` None)."""
@@ -280,9 +320,6 @@ def _match_takes(takes: list[np.ndarray], sample_rate: int, req: StemRequest,
     if req.context is not None and req.context_mode != "click":
         context_lufs = measure_lufs(req.context.samples[:, :len(takes[0])], sample_rate)
     matched = [match_loudness(take, sample_rate, context_lufs, req.loudness_offset_lu) for take in takes]
-    for k, (_, m) in enumerate(matched, start=1):
-        if m.limited:
-            warnings.append(f"take {k} is quieter than asked ({m.gain_db:+.1f} dB applied): any louder would clip")
     return [audio for audio, _ in matched], [m for _, m in matched]
 
 
