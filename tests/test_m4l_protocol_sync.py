@@ -90,6 +90,7 @@ def test_instruments_and_context_modes():
     assert get("INSTRUMENTS") == list(P.INSTRUMENTS)
     assert get("CONTEXT_MODES") == list(CONTEXT_MODES)
     assert get("NO_CONTEXT") == P.NO_CONTEXT
+    assert get("NO_WEB") == P.NO_WEB
 
 
 def test_every_error_code_has_a_device_text_and_no_other():

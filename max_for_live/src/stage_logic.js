@@ -38,6 +38,7 @@ var StageLogic = (function () {
     var BAR_CHOICES = [1, 2, 4, 8, 16];
     var CONTEXT_MODES = ['mix', 'click', 'mix+click'];
     var NO_CONTEXT = '-';          // context_path for "no context" (docs/protocol.md)
+    var NO_WEB = '-';              // /stage/info's control room URL when the daemon serves no page
     var TARGETS = ['arrangement', 'session'];
     var MAX_TAKES = 4;             // the device offers 1-4 (the daemon accepts up to 8)
     var MAX_BARS = 512;
@@ -710,8 +711,9 @@ var StageLogic = (function () {
                 kind: 'status', state: str(args[0]), queueLength: Math.round(toNumber(args[1]) || 0),
                 bpm: toNumber(args[2]), tempoSource: str(args[3]), device: str(args[4]), models: models
             };
-        case ADDRESS.info:   // /stage/info <home:s> <bounces:s>
-            return { kind: 'info', home: str(args[0]), bounces: str(args[1]) };
+        case ADDRESS.info:   // /stage/info <home:s> <bounces:s> [<control room URL, or "-":s>]
+            return { kind: 'info', home: str(args[0]), bounces: str(args[1]),
+                web: args.length > 2 && str(args[2]) !== NO_WEB ? str(args[2]) : '' };
         default:
             return { kind: 'unknown', address: address };
         }
@@ -1315,6 +1317,7 @@ var StageLogic = (function () {
         case 'info':
             this.daemon.home = reply.home;
             this.daemon.bounces = reply.bounces;
+            this.daemon.web = reply.web;
             break;
         case 'accepted':
             if (mine) {
@@ -1551,7 +1554,7 @@ var StageLogic = (function () {
             return 'Looking for the stage-bridge daemon...';
         }
         var warn = this.modelWarning();
-        return warn || 'Connected. Ready.';
+        return warn || 'Connected. Ready.' + (this.daemon.web ? ' Takes in your browser: ' + this.daemon.web : '');
     };
 
     Controller.prototype.modelWarning = function () {
@@ -1600,6 +1603,7 @@ var StageLogic = (function () {
         BAR_CHOICES: BAR_CHOICES,
         CONTEXT_MODES: CONTEXT_MODES,
         NO_CONTEXT: NO_CONTEXT,
+        NO_WEB: NO_WEB,
         TARGETS: TARGETS,
         ADDRESS: ADDRESS,
         SCORE_KEYS: SCORE_KEYS,

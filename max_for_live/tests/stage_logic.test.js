@@ -253,7 +253,9 @@ test('replies are parsed into typed objects', () => {
   assert.equal(st.kind, 'status');
   assert.deepEqual(st.models, { drums: 'stage-drums', bass: 'missing' });
   assert.equal(st.bpm, 120);
-  assert.deepEqual(L.parseReply('/stage/info', ['/h', '/h/bounces']), { kind: 'info', home: '/h', bounces: '/h/bounces' });
+  assert.deepEqual(L.parseReply('/stage/info', ['/h', '/h/bounces']), { kind: 'info', home: '/h', bounces: '/h/bounces', web: '' });
+  assert.equal(L.parseReply('/stage/info', ['/h', '/h/bounces', '-']).web, '');
+  assert.equal(L.parseReply('/stage/info', ['/h', '/h/bounces', 'http://127.0.0.1:9002/']).web, 'http://127.0.0.1:9002/');
   assert.equal(L.parseReply('/other', []).kind, 'unknown');
 });
 
@@ -523,6 +525,15 @@ test('the daemon\'s status warns about missing weights for the chosen instrument
   assert.equal(c.view().status, 'Connected. Ready.');
   c.dispatch({ type: 'set', key: 'instrumentIndex', value: 1 });
   assert.match(c.view().status, /bass model weights are missing/);
+});
+
+test('the control room\'s address (from /stage/info) shows when the device is ready, not otherwise', () => {
+  const c = device();
+  connect(c);
+  c.dispatch({ type: 'osc', address: '/stage/info', args: ['/h', '/h/bounces', 'http://127.0.0.1:9002/'] });
+  assert.equal(c.view().status, 'Connected. Ready. Takes in your browser: http://127.0.0.1:9002/');
+  c.dispatch({ type: 'osc', address: '/stage/info', args: ['/h', '/h/bounces', '-'] });
+  assert.equal(c.view().status, 'Connected. Ready.');
 });
 
 test('where bounces go: the setting, then the daemon (/stage/info), then the guess', () => {

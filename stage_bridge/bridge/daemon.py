@@ -12,8 +12,10 @@ import logging
 import signal
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING
 
+from ..audio.fit import warm_up as warm_up_fit
 from ..errors import StageError
 from .config import ServeConfig
 from .osc import LOOPBACK, check_listen_host
@@ -100,6 +102,9 @@ def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
         from .web import check_web_host
         check_web_host(cfg.web_host, cfg.allow_remote)
     models, device = load_models(cfg)
+    started = time.perf_counter()
+    warm_up_fit()  # the beat tracker's one-time start (seconds) is paid before `ready`, not by a take
+    log.info("beat tracker ready in %.1f s", time.perf_counter() - started)
     midi = open_midi(cfg)
     try:
         inputs = {"MIDI clock": f"{midi.port_name} ({midi.api})"} if midi else {}
