@@ -80,6 +80,11 @@ class OscReplies:
         _, a, p = self.wait_timed(pred, timeout, since, what)
         return a, p
 
+    def next(self, since: int, timeout: float) -> tuple[str, list[Any]]:
+        """The reply at position `since` (e.g. the first after `mark()`), waiting for it: for a
+        reader that must see every reply in order."""
+        return self.wait(lambda a, p: True, timeout, since, what=f"reply number {since + 1}")
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)

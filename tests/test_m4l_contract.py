@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,12 +27,12 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import soundfile as sf
-from pythonosc.osc_message import OscMessage
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 from conftest import require_tool
 from node_lines import NodeLines
 from daemon_util import Daemon
+from osc_replies import OscReplies
 from stage_bridge.audio.timing import bars_to_samples
 from stage_bridge.bridge import protocol as P
 
@@ -54,51 +55,6 @@ class Logic(NodeLines):
         return self.ask(cmd="call", fn=fn, args=list(args))["result"]
 
 
-class Replies:
-    """The device's reply port: every OSC message the daemon sends, parsed by python-osc."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.messages: list[tuple[str, list[Any]]] = []
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="m4l-replies", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, _ = self.sock.recvfrom(65536)
-            except (socket.timeout, OSError):
-                continue
-            msg = OscMessage(data)
-            with self._cond:
-                self.messages.append((msg.address, list(msg.params)))
-                self._cond.notify_all()
-
-    def mark(self) -> int:
-        with self._cond:
-            return len(self.messages)
-
-    def next(self, since: int, timeout: float) -> tuple[str, list[Any]]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.messages) <= since:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"no reply within {timeout} s; last: {self.messages[-5:]}")
-                self._cond.wait(left)
-            return self.messages[since]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self.sock.close()
-
-
 def max_to_native(max_path: str) -> str:
     """What Max's conformpath does with "Volume:/path" on a Mac (independent of the JS version)."""
     volume, rest = max_path.split(":", 1)
@@ -109,7 +65,7 @@ def max_to_native(max_path: str) -> str:
 class Device:
     """Max's side of the device: performs the logic's actions and feeds it the daemon's replies."""
 
-    def __init__(self, logic: Logic, daemon: Daemon, replies: Replies, tag: str, wire: str = "message",
+    def __init__(self, logic: Logic, daemon: Daemon, replies: OscReplies, tag: str, wire: str = "message",
                  **options: Any):
         self.logic, self.daemon, self.replies, self.wire = logic, daemon, replies, wire
         self.out = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -216,7 +172,7 @@ def logic(node: str):
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, node):
     """One daemon for the module: drums = tiny-random; bass = stage-bass, whose weights are absent."""
-    replies = Replies()
+    replies = OscReplies()
     home = tmp_path_factory.mktemp("m4l") / "home"
     daemon = Daemon(home, replies.port, models=("drums=tiny-random", "bass=stage-bass"))
     try:
@@ -268,7 +224,8 @@ def test_click_mode_one_bar(logic, rig):
     dev = Device(logic, daemon, replies, "clk1")
     dev.live(120.0)
     dev.connect()
-    assert dev.view["status"] == "Connected. Ready."
+    # the daemon's /stage/info names its control room page, and the ready device shows where
+    assert re.fullmatch(r"Connected\. Ready\. Takes in your browser: http://127\.0\.0\.1:\d+/", dev.view["status"])
     dev.set("modeIndex", 1)     # click
     dev.set("barsIndex", 0)     # 1 bar
     since = replies.mark()
@@ -528,7 +485,7 @@ def test_launcher_starts_the_real_daemon_once_and_reports_a_second_as_already_ru
         "STAGE_BRIDGE_MODEL": "tiny-random", "STAGE_BRIDGE_DEVICE": "cpu", "STAGE_BRIDGE_MIDI": "0",
         "STAGE_BRIDGE_WATCH": "0", "XDG_CONFIG_HOME": str(tmp_path / "cfg"), "XDG_DATA_HOME": str(tmp_path / "data"),
     }
-    replies = Replies()
+    replies = OscReplies()
     osc_port = free_udp_port()
     first, second = Launcher(node, env), Launcher(node, env)
     pid = None
@@ -541,7 +498,7 @@ def test_launcher_starts_the_real_daemon_once_and_reports_a_second_as_already_ru
         datagram = ping.build().dgram
         deadline = time.monotonic() + 240
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            while not any(a == P.PONG for a, _ in replies.messages):
+            while not replies.find(lambda a, p: a == P.PONG):
                 assert time.monotonic() < deadline, \
                     f"no pong; log: {[p.read_text() for p in tmp_path.glob('stage-bridge-serve-*.log')]}"
                 s.sendto(datagram, ("127.0.0.1", osc_port))
