@@ -38,7 +38,7 @@ OFFICIAL_SHAPES = {
     PREFIX + "_blocks.0._depthwise_conv.weight": (32, 1, 3, 3),
     PREFIX + "_blocks.0._se_reduce.weight": (8, 32, 1, 1),
     PREFIX + "_blocks.1._expand_conv.weight": (96, 16, 1, 1),
-    PREFIX + "_blocks.5._depthwise_conv.weight": (240, 1, 5, 5),
+    PREFIX + "_blocks.4._depthwise_conv.weight": (240, 1, 5, 5),
     PREFIX + "_blocks.15._project_conv.weight": (320, 1152, 1, 1),
     PREFIX + "_blocks.15._bn2.num_batches_tracked": (),
     PREFIX + "_conv_head.weight": (1280, 320, 1, 1),
@@ -50,18 +50,32 @@ OFFICIAL_SHAPES = {
 OFFICIAL_KEY_COUNT = 363  # 358 EfficientNet-B0 tensors (no classifier) + projection 2 + layer norm 2 + W
 
 
+def calibrate(net: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random weights that still tell inputs apart: batch-norm statistics measured on random
+    feature images (left at 0/1, a deep random network maps every input to the same output)."""
+    torch.manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # a plain average over the calibration batches
+            m.reset_running_stats()
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0.0, 0.1)
+    net.train()
+    with torch.no_grad():
+        for _ in range(2):
+            net(torch.rand(4, 2, 64, 201) * -80.0)
+    return net.eval()
+
+
 def random_state(seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
-    """A state dict in COCOLA's key layout with random values everywhere (batch-norm statistics too)."""
-    g = torch.Generator().manual_seed(seed)
-    state = OrderedDict()
-    for key, value in cc.CocolaNet().state_dict().items():
-        if not value.dtype.is_floating_point:
-            state[key] = torch.tensor(7)
-        elif key.endswith("running_var"):
-            state[key] = 0.5 + torch.rand(value.shape, generator=g)
-        else:
-            state[key] = 0.1 * torch.randn(value.shape, generator=g)
-    return state
+    """A state dict in COCOLA's key layout with random values (the bilinear W as COCOLA initialises it)."""
+    net = cc.CocolaNet()
+    calibrate(net.encoder.encoder.model[0], seed)
+    with torch.no_grad():
+        net.similarity.w.normal_(0.0, 0.05)
+        net.layer_norm.weight.uniform_(0.5, 1.5)
+    return OrderedDict((k, v.clone()) for k, v in net.state_dict().items())
 
 
 def save_lightning(path, state, monkeypatch) -> None:
@@ -193,7 +207,7 @@ def test_score_is_the_asymmetric_bilinear_similarity(ckpt):
     model = cc.Cocola(path)
     tone, clicks = _tone_and_clicks(5.0)
     ex, ey = model.embed(tone, 16000), model.embed(clicks, 16000)
-    assert torch.all(ex.abs() <= 1)  # tanh(LayerNorm(.))
+    assert torch.all(ex.abs() <= 1) and (ex - ey).abs().max() > 0.1  # tanh(LayerNorm(.)) of different inputs
     w = model.net.similarity.w.detach()
     want = float((ex[0] @ w @ ey[0]))
     assert model.coherence(ex, ey) == pytest.approx(want, rel=1e-5)
@@ -217,20 +231,26 @@ def test_long_clips_are_scored_in_evenly_spread_windows(ckpt):
     assert short.shape == (1, cc.WINDOW) and not short[0, 16000:].any()  # padded with silence
     tone, clicks = _tone_and_clicks(8.0)
     ex, ey = model.embed(tone, 16000), model.embed(clicks, 16000)
-    assert model.coherence(ex, ey) == pytest.approx(float(model.net.pairwise(ex, ey).mean()), rel=1e-6)
+    with torch.no_grad():
+        assert model.coherence(ex, ey) == pytest.approx(float(model.net.pairwise(ex, ey).mean()), rel=1e-6)
     parts = [model.score(tone[s:s + cc.WINDOW], clicks[s:s + cc.WINDOW], 16000) for s in (0, 16000 * 3)]
     assert model.coherence(ex, ey) == pytest.approx(np.mean(parts), rel=1e-5)
 
 
 def test_features_are_harmonic_then_percussive_mel_db():
+    """A 440 Hz tone plus a click every 0.5 s: the tone is in channel 0 (harmonic), the clicks in
+    channel 1 (percussive), as COCOLA's checkpoint expects them."""
+    import librosa
+
     tone, clicks = _tone_and_clicks(5.0)
-    f_tone, f_clicks = cc.hpss_features(tone), cc.hpss_features(clicks)
-    assert f_tone.shape == (2, 64, 501) and f_tone.dtype == np.float32  # 5 s at a 160 hop, centred frames
-    for f in (f_tone, f_clicks):
-        assert f.max(axis=(1, 2)).tolist() == [0.0, 0.0] and f.min() >= -80.0  # dB under each channel's max
-    # a steady tone is harmonic, isolated clicks are percussive: each sits mostly in its own channel
-    assert np.mean(f_tone[0]) > np.mean(f_tone[1])
-    assert np.mean(f_clicks[1]) > np.mean(f_clicks[0])
+    harmonic, percussive = f = cc.hpss_features(tone + clicks)
+    assert f.shape == (2, 64, 501) and f.dtype == np.float32  # 5 s at a 160 hop, centred frames
+    assert f.max(axis=(1, 2)).tolist() == [0.0, 0.0] and f.min() >= -80.0  # dB under each channel's max
+    band = int(np.argmin(np.abs(librosa.mel_frequencies(66, fmin=60.0, fmax=7800.0)[1:-1] - 440.0)))
+    assert np.median(harmonic[band]) > -3.0 and np.median(percussive[band]) < -40.0
+    on, off = np.arange(0, 501, 50), np.arange(25, 501, 50)  # frames at and between the clicks
+    assert percussive[:, on].mean() > percussive[:, off].mean() + 30.0
+    assert percussive[:, on].mean() > harmonic[:, on].mean() + 30.0
 
 
 def test_network_matches_efficientnet_pytorch(tmp_path, monkeypatch):
@@ -238,13 +258,7 @@ def test_network_matches_efficientnet_pytorch(tmp_path, monkeypatch):
     the rest of the score written out: same embeddings and score to float precision."""
     effnet = pytest.importorskip("efficientnet_pytorch")
     torch.manual_seed(3)
-    ref = effnet.EfficientNet.from_name("efficientnet-b0", include_top=False, in_channels=2)
-    with torch.no_grad():
-        for key, value in ref.state_dict().items():
-            if key.endswith("running_var"):
-                value.copy_(0.5 + torch.rand_like(value))
-            elif value.dtype.is_floating_point:
-                value.copy_(0.1 * torch.randn_like(value))
+    ref = calibrate(effnet.EfficientNet.from_name("efficientnet-b0", include_top=False, in_channels=2), 3)
     projection, norm = torch.nn.Linear(1280, 512), torch.nn.LayerNorm(512)
     with torch.no_grad():
         norm.weight.copy_(1 + 0.1 * torch.randn(512))
@@ -255,16 +269,16 @@ def test_network_matches_efficientnet_pytorch(tmp_path, monkeypatch):
                   "layer_norm.weight": norm.weight.detach(), "layer_norm.bias": norm.bias.detach(), "similarity.w": w})
     path = tmp_path / "cocola.ckpt"
     save_lightning(path, state, monkeypatch)
-    ours = cc.Cocola(path)
-    ref.eval()
+    ours = cc.Cocola(path).net.double()  # float64 on both sides: float32 noise in 50 layers is not the question
     tone, clicks = _tone_and_clicks(5.0)
-    feats = torch.from_numpy(np.stack([cc.hpss_features(tone), cc.hpss_features(clicks)]))
+    feats = torch.from_numpy(np.stack([cc.hpss_features(tone), cc.hpss_features(clicks)])).double()
+    ref, projection, norm, w = ref.double(), projection.double(), norm.double(), w.double()
     with torch.no_grad():
         e = torch.tanh(norm(projection(ref(feats).flatten(1))))
-        want = float(e[0] @ w @ e[1])
-    got = ours.embed(tone, 16000)
-    torch.testing.assert_close(got[0], e[0], rtol=1e-4, atol=1e-5)
-    assert ours.score(tone, clicks, 16000) == pytest.approx(want, rel=1e-4, abs=1e-5)
+        got = ours.embed(feats)
+        assert (e[0] - e[1]).abs().max() > 0.1  # the weights tell the two inputs apart
+        torch.testing.assert_close(got, e, rtol=1e-9, atol=1e-9)
+        assert float(ours.pairwise(got[:1], got[1:])) == pytest.approx(float(e[0] @ w @ e[1]), rel=1e-9)
 
 
 # -- the report ------------------------------------------------------------------------------------
