@@ -7,7 +7,8 @@
 - ``per_song.csv``: every scored clip (song, mode, seed, beat F1s, tracked tempo, COCOLA score).
 - ``beat_f1.png`` (the beat-F1 distribution per mode) and ``per_song.png`` (per-song bars).
 - ``settings.json``: the run's settings, the tracker and embedders by name and version, whether
-  COCOLA ran (and with which checkpoint, or why not), the timings and the warnings, so a table can always be traced to how it was made.
+  COCOLA ran (and with which checkpoint, or why not), the timings and the warnings, so a table
+  can always be traced to how it was made.
 
 Every file is written atomically (a rerun replaces it whole). Plots use matplotlib's Agg
 backend: no display needed.
@@ -43,6 +44,7 @@ def table_columns(result: EvalResult) -> list[str]:
 
 
 def per_song_columns(result: EvalResult) -> tuple[str, ...]:
+    """The per-song CSV's columns: a COCOLA score only where COCOLA ran (no empty column)."""
     return PER_SONG_FIELDS + (("cocola",) if result.cocola["ran"] else ())
 
 

@@ -117,7 +117,7 @@ class EvalResult:
     embedders: list[str]
     warnings: list[str]
     timings: dict[str, float]
-    cocola: dict[str, Any] = field(default_factory=lambda: {"ran": False, "checkpoint": None, "why": ""})
+    cocola: dict[str, Any]  # ran (bool), checkpoint (its path or None), why (it did not run)
 
 
 # -- songs and excerpts ----------------------------------------------------------------------------
