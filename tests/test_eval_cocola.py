@@ -22,7 +22,7 @@ from train_fixtures import make_plain
 from stage_bridge.cli import main
 from stage_bridge.errors import CheckpointError, WeightsMissing
 from stage_bridge.eval import cocola as cc
-from stage_bridge.eval.report import markdown_table, write_report
+from stage_bridge.eval.report import write_report
 from stage_bridge.eval.run import REAL, EvalResult, EvalSettings, make_excerpt, take_path
 from stage_bridge.audio import load_audio, to_mono
 from stage_bridge.train.dataset import discover_songs
@@ -313,7 +313,6 @@ def test_report_has_a_cocola_column_only_when_it_ran(tmp_path, ran):
     else:
         assert "cocola_mean" not in table[0] and "cocola" not in per_song[0]
         assert "COCOLA not computed (no checkpoint in /w)" in markdown
-    assert markdown == markdown_table(_result(ran))
 
 
 def test_a_cocola_path_that_holds_no_checkpoint_stops_eval_before_generating(tmp_path, capsys):
