@@ -142,7 +142,7 @@ def build_parser() -> ArgumentParser:
 
     from .eval.command import add_eval_arguments
 
-    e = sub.add_parser("eval", help="the STAGE paper's metrics (beat F1, FAD, KAD) of a model on a multitrack test set")
+    e = sub.add_parser("eval", help="the STAGE paper's metrics (beat F1, FAD, KAD, COCOLA) of a model on a multitrack test set")
     add_eval_arguments(e)
     e.set_defaults(func=cmd_eval)
 

@@ -40,6 +40,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "perceptual measure); see docs/eval.md for where their weights go")
     p.add_argument("--embedder-weights", action="append", type=_name_path, default=[], metavar="NAME=PATH",
                    help="where an embedder's weights are (default: WEIGHTS_DIR/eval/NAME/)")
+    p.add_argument("--cocola", type=Path, default=None, metavar="PATH",
+                   help="COCOLA's checkpoint (COCOLA_HP_v1 .ckpt, or its folder) for the coherence column; without it "
+                        "COCOLA runs only when WEIGHTS_DIR/eval/cocola/ holds one")
     p.add_argument("--tracker", default="librosa", help="beat tracker: librosa (default) or beat_this")
     p.add_argument("--layout", default="auto", choices=["auto", "moisesdb", "plain"], help="dataset layout")
     p.add_argument("--exclude", nargs="*", default=["vocals"], metavar="STEM",
@@ -67,7 +70,8 @@ def settings_from_args(args: argparse.Namespace):
         bars=args.bars, embedders=tuple(dict.fromkeys(args.embedders)), embedder_weights=dict(args.embedder_weights),
         tracker=args.tracker, split=args.split, layout=args.layout, exclude=tuple(args.exclude), device=args.device,
         precision=args.precision, weights_dir=args.weights_dir, guidance=args.guidance, top_k=args.top_k,
-        top_p=args.top_p, temperature=args.temperature, click_gain_db=args.click_gain_db)
+        top_p=args.top_p, temperature=args.temperature, click_gain_db=args.click_gain_db,
+        cocola=args.cocola)
     settings.validate()
     return settings
 

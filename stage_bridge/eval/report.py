@@ -2,11 +2,13 @@
 
 - ``table.md`` / ``table.csv``: one row per context mode and one for the real stems, shaped like
   the STAGE paper's Tables 1-2 (FAD and KAD per embedder, beat F1 against the context and the
-  click as mean ± standard deviation); the CSV keeps full precision.
-- ``per_song.csv``: every scored clip (song, mode, seed, beat F1s, tracked tempo).
+  click as mean ± standard deviation; COCOLA coherence with the context, mean ± standard
+  deviation, when COCOLA ran); the CSV keeps full precision.
+- ``per_song.csv``: every scored clip (song, mode, seed, beat F1s, tracked tempo, COCOLA score).
 - ``beat_f1.png`` (the beat-F1 distribution per mode) and ``per_song.png`` (per-song bars).
-- ``settings.json``: the run's settings, the tracker and embedders by name and version, the
-  timings and the warnings, so a table can always be traced to how it was made.
+- ``settings.json``: the run's settings, the tracker and embedders by name and version, whether
+  COCOLA ran (and with which checkpoint, or why not), the timings and the warnings, so a table
+  can always be traced to how it was made.
 
 Every file is written atomically (a rerun replaces it whole). Plots use matplotlib's Agg
 backend: no display needed.
@@ -32,11 +34,18 @@ _LABELS = {"mix": "mix", "click": "click", "mix+click": "mix + click", REAL: "re
 
 
 def table_columns(result: EvalResult) -> list[str]:
-    """The CSV table's columns: mode, clips, FAD/KAD per embedder, then the beat-F1 statistics."""
+    """The CSV table's columns: mode, clips, FAD/KAD per embedder, the beat-F1 statistics, then
+    COCOLA's when it ran."""
     cols = ["mode", "clips"]
     for emb in result.settings["embedders"]:
         cols += [f"fad_{emb}", f"kad_{emb}"]
-    return cols + ["f1_context_mean", "f1_context_std", "f1_click_mean", "f1_click_std"]
+    cols += ["f1_context_mean", "f1_context_std", "f1_click_mean", "f1_click_std"]
+    return cols + (["cocola_mean", "cocola_std"] if result.cocola["ran"] else [])
+
+
+def per_song_columns(result: EvalResult) -> tuple[str, ...]:
+    """The per-song CSV's columns: a COCOLA score only where COCOLA ran (no empty column)."""
+    return PER_SONG_FIELDS + (("cocola",) if result.cocola["ran"] else ())
 
 
 def _csv(rows: list[dict[str, Any]], fields: list[str] | tuple[str, ...]) -> bytes:
@@ -59,15 +68,22 @@ def markdown_table(result: EvalResult) -> str:
     for emb, label in zip(s["embedders"], result.embedders):
         head += [f"FAD ({label}) ↓", f"KAD ({label}) ↓"]
     head += ["Beat F1 vs context ↑", "Beat F1 vs click ↑"]
+    stats = ("f1_context", "f1_click")
+    if result.cocola["ran"]:
+        head.append("COCOLA vs context ↑")
+        stats += ("cocola",)
+        cocola = "COCOLA: the stem's coherence with its context."
+    else:
+        cocola = f"COCOLA not computed ({result.cocola['why']})."
     lines = [f"# {s['instrument']}: {s['model']}", "",
              f"{len({r['song'] for r in result.rows})} songs, {s['bars']} bars each, seeds {', '.join(map(str, s['seeds']))}; "
-             f"beats by {result.tracker or s['tracker']} (70 ms F-measure); FAD/KAD against the real stems.", "",
+             f"beats by {result.tracker or s['tracker']} (70 ms F-measure); FAD/KAD against the real stems. {cocola}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in result.table:
         cells = [_LABELS.get(row["mode"], row["mode"]), str(row["clips"])]
         for emb in s["embedders"]:
             cells += [_fmt(row[f"fad_{emb}"]), _fmt(row[f"kad_{emb}"])]
-        for key in ("f1_context", "f1_click"):
+        for key in stats:
             mean, std = row[f"{key}_mean"], row[f"{key}_std"]
             cells.append("—" if mean is None else f"{mean:.3f} ± {std:.3f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -128,7 +144,7 @@ def settings_record(result: EvalResult) -> dict[str, Any]:
     import torch
 
     return {"settings": result.settings, "tracker": result.tracker, "embedders": result.embedders,
-            "f1_tolerance_s": 0.07, "timings": {k: round(v, 3) for k, v in result.timings.items()},
+            "f1_tolerance_s": 0.07, "cocola": result.cocola, "timings": {k: round(v, 3) for k, v in result.timings.items()},
             "warnings": result.warnings,
             "versions": {"stage_bridge": __version__, "torch": torch.__version__, "librosa": librosa.__version__,
                          "mir_eval": mir_eval.__version__, "python": platform.python_version()}}
@@ -143,7 +159,7 @@ def write_report(result: EvalResult, out: Path) -> dict[str, Path]:
              "per_song_png": out / "per_song.png"}
     write_atomic(paths["table_md"], lambda f: f.write(markdown_table(result).encode()), replace=True)
     write_atomic(paths["table_csv"], lambda f: f.write(_csv(result.table, table_columns(result))), replace=True)
-    write_atomic(paths["per_song_csv"], lambda f: f.write(_csv(result.rows, PER_SONG_FIELDS)), replace=True)
+    write_atomic(paths["per_song_csv"], lambda f: f.write(_csv(result.rows, per_song_columns(result))), replace=True)
     record = json.dumps(settings_record(result), indent=2, default=str).encode()
     write_atomic(paths["settings_json"], lambda f: f.write(record), replace=True)
     plot_beat_f1(result, paths["beat_f1_png"])

@@ -14,7 +14,9 @@ The loop, as the STAGE paper evaluates a model:
 4. Scores: the beat F1 (70 ms, `audio.tracking.beat_f1`) of the take's tracked beats against
    the beats tracked in the context mix, and against the click grid (the beats STAGE's click
    plays at the song's tempo); FAD and KAD (`metrics`) of each mode's takes against the real
-   stems, per embedder. The real stems get the same beat scores: the ceiling to compare with.
+   stems, per embedder; COCOLA coherence (`eval.cocola`) of each take with its context, when
+   COCOLA's checkpoint is local. The real stems get the same beat and COCOLA scores: the
+   ceiling to compare with.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from stage_bridge.audio.io import write_audio_atomic
 from stage_bridge.audio.tracking import TRACKERS, TrackerUnavailable, beat_f1, track_beats
 from stage_bridge.errors import BadArgument, EmptyAudio, OutputNotWritable, StageError
 from stage_bridge.limits import MAX_BARS, MAX_SEED
+from stage_bridge.eval.cocola import Cocola, find_cocola
 from stage_bridge.eval.embedders import EMBEDDERS, Embedder, embed_clip, load_embedder
 from stage_bridge.eval.metrics import fad, kad
 from stage_bridge.train.dataset import SongSource, discover_songs, normalize_stem, read_split
@@ -69,6 +72,7 @@ class EvalSettings:
     top_p: float = 0.0
     temperature: float = 1.0
     click_gain_db: float = -6.0
+    cocola: Path | None = None  # COCOLA's checkpoint; None: WEIGHTS_DIR/eval/cocola/ if it has one
 
     def validate(self) -> None:
         if not self.modes or any(m not in CONTEXT_MODES for m in self.modes):
@@ -113,6 +117,7 @@ class EvalResult:
     embedders: list[str]
     warnings: list[str]
     timings: dict[str, float]
+    cocola: dict[str, Any]  # ran (bool), checkpoint (its path or None), why (it did not run)
 
 
 # -- songs and excerpts ----------------------------------------------------------------------------
@@ -299,14 +304,14 @@ def distances(real: np.ndarray, generated: np.ndarray) -> tuple[float | None, fl
 
 
 def summarize(rows: list[dict[str, Any]], modes: Sequence[str], embeddings: dict[str, dict[str, list[np.ndarray]]],
-              warnings: list[str]) -> list[dict[str, Any]]:
-    """The table: per mode (then the real stems) the clip count, beat-F1 means and standard
-    deviations, and FAD/KAD per embedder against the real stems."""
+              warnings: list[str], cocola: bool = False) -> list[dict[str, Any]]:
+    """The table: per mode (then the real stems) the clip count, beat-F1 (and, with ``cocola``,
+    COCOLA) means and standard deviations, and FAD/KAD per embedder against the real stems."""
     table = []
     for mode in (*modes, REAL):
         mine = [r for r in rows if r["mode"] == mode]
         line: dict[str, Any] = {"mode": mode, "clips": len(mine)}
-        for key in ("f1_context", "f1_click"):
+        for key in ("f1_context", "f1_click", *(("cocola",) if cocola else ())):
             values = np.array([r[key] for r in mine], dtype=np.float64)
             line[f"{key}_mean"] = float(values.mean()) if values.size else None
             line[f"{key}_std"] = float(values.std()) if values.size else None
@@ -346,6 +351,8 @@ def evaluate(settings: EvalSettings, quiet: bool = False) -> EvalResult:
     embedders: dict[str, Embedder] = {
         name: load_embedder(name, settings.embedder_weights.get(name), device, settings.weights_dir)
         for name in settings.embedders}  # before any generation: a missing checkpoint fails fast
+    cocola_path, cocola_why = find_cocola(settings.cocola, settings.weights_dir)
+    cocola = Cocola(cocola_path, device) if cocola_path is not None else None
     sr = EVAL_SR
     lazy = _LazyModel(settings)
     rows: list[dict[str, Any]] = []
@@ -381,10 +388,13 @@ def evaluate(settings: EvalSettings, quiet: bool = False) -> EvalResult:
                     clips.append((mode, seed, take))
                     bar.update(1)
             t = time.perf_counter()
+            context_cocola = cocola.embed(excerpt.context, sr) if cocola is not None else None
             for mode, seed, audio in clips:
                 rows.append({"song": song.name, "mode": mode, "seed": seed, "start_s": round(excerpt.start_s, 4),
                              "song_bpm": round(excerpt.bpm, 3),
                              **beat_scores(audio, excerpt, context_beats.beats, settings.tracker)})
+                if cocola is not None:
+                    rows[-1]["cocola"] = cocola.coherence(context_cocola, cocola.embed(audio, sr))
                 for name, embedder in embedders.items():
                     embeddings[name].setdefault(mode, []).append(embed_clip(embedder, audio, sr))
             timings["score_s"] += time.perf_counter() - t
@@ -392,7 +402,8 @@ def evaluate(settings: EvalSettings, quiet: bool = False) -> EvalResult:
         bar.close()
     if not rows:
         raise BadArgument("no song could be evaluated: " + "; ".join(warnings[:3]))
-    table = summarize(rows, settings.modes, embeddings, warnings)
+    table = summarize(rows, settings.modes, embeddings, warnings, cocola=cocola is not None)
     timings["total_s"] = time.perf_counter() - t0
     return EvalResult(settings.as_json(), rows, table, tracker_name,
-                      [embedders[e].name for e in settings.embedders], warnings, timings)
+                      [embedders[e].name for e in settings.embedders], warnings, timings,
+                      {"ran": cocola is not None, "checkpoint": str(cocola.path) if cocola else None, "why": cocola_why})
