@@ -30,6 +30,18 @@ def test_click_beats_and_downbeats(beats_per_bar, told):
     assert got.tracker.startswith("librosa ")
 
 
+def test_beats_only_skips_the_downbeat_estimate(monkeypatch):
+    """Callers that score beats only get the same beats without the chroma analysis."""
+    import stage_bridge.audio.tracking as tracking
+
+    y = click_track(SR * 8, SR, 120.0, beats_per_bar=3)
+    full = track_beats(y, SR, beats_per_bar=3)
+    monkeypatch.setattr(tracking, "beat_accents", lambda *a: pytest.fail("downbeats were estimated"))
+    only = track_beats(y, SR, beats_per_bar=3, downbeats=False)
+    assert np.array_equal(only.beats, full.beats) and only.bpm == full.bpm
+    assert len(full.downbeats) >= 3 and len(only.downbeats) == 0
+
+
 def test_unknown_and_unavailable_trackers_say_what_to_do(monkeypatch):
     y = np.zeros(SR, dtype=np.float32)
     with pytest.raises(ValueError, match="choose one of"):

@@ -126,7 +126,7 @@ def tracker_lag_s(grid: Grid, num_samples: int, sample_rate: int) -> float:
     """How late the tracker hears STAGE's click on `grid` (median, seconds; 0 if it finds none):
     the lag `score_takes` takes off every take's beats."""
     click = click_track(num_samples, sample_rate, grid.bpm, grid.beats_per_bar, grid.beat_unit, grid.offset_s)
-    beats = track_beats(click, sample_rate, beats_per_bar=grid.beats_per_bar, bpm=grid.beat_rate).beats
+    beats = track_beats(click, sample_rate, beats_per_bar=grid.beats_per_bar, bpm=grid.beat_rate, downbeats=False).beats
     signed = _matched_offsets(grid.beats(num_samples / sample_rate), beats)
     return float(np.median(signed)) if signed.size else 0.0
 
@@ -147,10 +147,10 @@ def score_takes(takes: Sequence[np.ndarray], sample_rate: int, grid: Grid, lufs:
 
 def _fit(take: np.ndarray, sr: int, grid: Grid, grid_beats: np.ndarray, lag_s: float, lufs: float | None,
          context_lufs: float | None) -> Fit:
-    beats = track_beats(take, sr, beats_per_bar=grid.beats_per_bar, bpm=grid.beat_rate).beats - lag_s
+    beats = track_beats(take, sr, beats_per_bar=grid.beats_per_bar, bpm=grid.beat_rate, downbeats=False).beats - lag_s
     f1 = beat_f1(grid_beats, beats)
     signed = _matched_offsets(grid_beats, beats)
-    free = track_beats(take, sr, beats_per_bar=grid.beats_per_bar)
+    free = track_beats(take, sr, beats_per_bar=grid.beats_per_bar, downbeats=False)
     tempo = _nearest_octave(free.bpm * 4.0 / grid.beat_unit, grid.bpm) if len(free.beats) >= 2 else None
     peak = true_peak_db(take, sr)
     silence = silence_ratio(take, sr, grid.beat_s)

@@ -130,7 +130,7 @@ def estimate_downbeats(accents: np.ndarray, beats_per_bar: int | None = None) ->
     return best[1], best[2]
 
 
-def _track_librosa(y: np.ndarray, sr: int, beats_per_bar: int | None, bpm: float | None) -> Beats:
+def _track_librosa(y: np.ndarray, sr: int, beats_per_bar: int | None, bpm: float | None, downbeats: bool) -> Beats:
     import librosa
 
     env = onset_strength(y, sr)
@@ -140,12 +140,14 @@ def _track_librosa(y: np.ndarray, sr: int, beats_per_bar: int | None, bpm: float
     tempo = float(np.atleast_1d(tempo)[0])
     if len(beats) > 1:
         tempo = 60.0 / float(np.median(np.diff(beats)))
-    if beats_per_bar == 1 or len(beats) == 0:
-        downbeats = beats.copy()
+    if not downbeats:
+        found = beats[:0]
+    elif beats_per_bar == 1 or len(beats) == 0:
+        found = beats.copy()
     else:
         meter, phase = estimate_downbeats(beat_accents(y, sr, beats), beats_per_bar)
-        downbeats = beats[phase::meter]
-    return Beats(beats=beats, downbeats=downbeats, bpm=tempo, tracker=f"librosa {librosa.__version__}")
+        found = beats[phase::meter]
+    return Beats(beats=beats, downbeats=found, bpm=tempo, tracker=f"librosa {librosa.__version__}")
 
 
 def beat_this_checkpoint() -> Path:
@@ -192,14 +194,16 @@ def _track_beat_this(y: np.ndarray, sr: int) -> Beats:
 
 
 def track_beats(y: np.ndarray, sr: int, *, tracker: str = "librosa", beats_per_bar: int | None = 4,
-                bpm: float | None = None) -> Beats:
+                bpm: float | None = None, downbeats: bool = True) -> Beats:
     """Beats and downbeats of ``y`` (mono, or channels-first stereo) at ``sr``.
 
     ``bpm`` is a tempo hint where the caller knows it (librosa only); ``beats_per_bar`` the
     meter's beats when known, ``None`` to estimate it (3 or 4). Beat This finds the meter
-    itself and ignores both."""
+    itself and ignores both. ``downbeats=False`` is for callers that score beats only (a take's
+    fit, beat F1): librosa's path then skips the downbeat estimate, whose chroma analysis of the
+    whole signal costs more time and memory than the beats, and `Beats.downbeats` is empty."""
     if tracker == "librosa":
-        return _track_librosa(y, sr, beats_per_bar, bpm)
+        return _track_librosa(y, sr, beats_per_bar, bpm, downbeats)
     if tracker == "beat_this":
         return _track_beat_this(y, sr)
     raise ValueError(f"unknown beat tracker {tracker!r}; choose one of: {', '.join(TRACKERS)}")

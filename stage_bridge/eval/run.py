@@ -290,7 +290,7 @@ def make_folder(folder: Path) -> None:
 
 def beat_scores(stem: np.ndarray, excerpt: Excerpt, context_beats: np.ndarray, tracker: str) -> dict[str, float]:
     """Beat F1 of ``stem`` against the context's beats and against the click; its tempo."""
-    got = track_beats(stem, excerpt.sample_rate, tracker=tracker)
+    got = track_beats(stem, excerpt.sample_rate, tracker=tracker, downbeats=False)
     return {"f1_context": beat_f1(context_beats, got.beats), "f1_click": beat_f1(excerpt.click_beats, got.beats),
             "bpm": float(got.bpm), "beats": int(len(got.beats))}
 
@@ -369,7 +369,7 @@ def evaluate(settings: EvalSettings, quiet: bool = False) -> EvalResult:
                 warnings.append(f"skipped song {song.name}: {exc}")
                 bar.update(1 + len(settings.modes) * len(settings.seeds))
                 continue
-            context_beats = track_beats(excerpt.context, sr, tracker=settings.tracker)
+            context_beats = track_beats(excerpt.context, sr, tracker=settings.tracker, downbeats=False)
             tracker_name = context_beats.tracker
             clips = [(REAL, None, excerpt.target)]
             bar.update(1)
