@@ -365,7 +365,7 @@ def test_transformers_folder_full_size(legacy, big_dir, byte_tokenizer):
 
 # -- audiocraft's pickled experiment config ----------------------------------------------------
 
-def test_stub_unpickler_loads_what_weights_only_refuses(tmp_path):
+def test_named_classes_load_as_inert_stand_ins(tmp_path):
     path = tmp_path / "state_dict.bin"
     torch.save({"best_state": {"emb.0.weight": torch.ones(3, 2)}, "xp.cfg": XpConfig(a=1, b=[2, 3])}, path)
     with pytest.raises(pickle.UnpicklingError):
@@ -375,7 +375,7 @@ def test_stub_unpickler_loads_what_weights_only_refuses(tmp_path):
     assert torch.equal(load_state_file(path)["emb.0.weight"], torch.ones(3, 2))
 
 
-def test_stub_unpickler_does_not_import_omegaconf(tmp_path, monkeypatch):
+def test_a_config_class_from_an_absent_module_loads_without_importing_it(tmp_path, monkeypatch):
     """Written as omegaconf.dictconfig.DictConfig (a module absent here), it still loads."""
     if importlib.util.find_spec("omegaconf") is not None:
         pytest.skip("omegaconf is installed; this test needs it absent")
@@ -392,6 +392,37 @@ def test_stub_unpickler_does_not_import_omegaconf(tmp_path, monkeypatch):
         torch.load(path, map_location="cpu", weights_only=False)
     assert torch.equal(load_state_file(path)["linears.0.weight"], torch.arange(4.0))
     assert "omegaconf" not in sys.modules
+
+
+class _RunsCode:
+    """A pickle that calls a function when loaded (what a hostile checkpoint does)."""
+
+    def __init__(self, call: Any, *args: Any):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("call", ["os.system", "builtins.exec", "builtins.__import__", "torch.hub.load"])
+def test_a_checkpoint_that_names_code_runs_none_of_it(tmp_path, call):
+    """Whatever a checkpoint names beyond tensors and containers (os.system, exec, __import__, a
+    torch function) is a stand-in that is never called; the weights still load."""
+    import builtins
+    import os
+
+    marker = tmp_path / "ran"
+    target = {"os.system": os.system, "builtins.exec": builtins.exec, "builtins.__import__": builtins.__import__,
+              "torch.hub.load": torch.hub.load}[call]
+    arg = {"os.system": f"touch {marker}", "builtins.exec": f"open({str(marker)!r}, 'w')",
+           "builtins.__import__": "antigravity", "torch.hub.load": "pytorch/vision"}[call]
+    path = tmp_path / "state_dict.bin"
+    torch.save({"best_state": {"emb.0.weight": torch.ones(2)}, "payload": _RunsCode(target, arg)}, path)
+    try:
+        assert torch.equal(load_state_file(path)["emb.0.weight"], torch.ones(2))
+    except CheckpointError as e:  # torch refuses some modules (os, posix, ...) outright: also fine
+        assert "blocked" in str(e), e
+    assert not marker.exists() and "antigravity" not in sys.modules
 
 
 # -- errors --------------------------------------------------------------------------------------

@@ -251,29 +251,33 @@ def t5_state(m: KeyMapper, prefix: str) -> dict[str, Tensor]:
 
 # -- files -------------------------------------------------------------------------------------
 
-class _StubUnpickler(pickle.Unpickler):
-    """Loads audiocraft's `.bin` files without importing audiocraft/omegaconf: tensors and
-    containers are rebuilt, any other object (the stored experiment config) becomes inert."""
+class _Inert:
+    """What an object of a class a checkpoint names beyond tensors and containers becomes
+    (audiocraft's stored experiment config, a Lightning checkpoint's hyper-parameter enums): built
+    from its arguments and state without running any of that class's code."""
 
-    SAFE_MODULES = ("torch", "collections", "numpy", "builtins", "_codecs")
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
 
-    def find_class(self, module: str, name: str) -> Any:
-        if module.split(".")[0] in self.SAFE_MODULES and (module, name) != ("builtins", "eval"):
-            return super().find_class(module, name)
-        return type(name, (), {"__setstate__": lambda self, s: None, "__init__": lambda self, *a, **k: None})
-
-
-class _stub_pickle:  # a pickle module for torch.load
-    Unpickler = _StubUnpickler
-    load = pickle.load
-    __name__ = "stage_bridge_stub_pickle"
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
 
 
 def load_torch_file(path: Path) -> dict[str, Any]:
+    """A pickled PyTorch checkpoint, read only with torch's weights-only unpickler.
+
+    Why: a pickle can run any code it names. Files that name only tensors and containers load as
+    they are. Files that also name other classes (audiocraft's `.bin` stores its omegaconf config
+    next to the weights) load with each of exactly those names standing for an `_Inert` class
+    (`torch.serialization.get_unsafe_globals_in_checkpoint` lists them), so nothing is imported
+    and nothing named, `os.system` included, is called; the weights are what we keep."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle)
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    stand_ins = [(type(name.rsplit(".", 1)[-1], (_Inert,), {}), name) for name in names]
+    with torch.serialization.safe_globals(stand_ins):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def load_state_file(path: Path) -> dict[str, Tensor]:
