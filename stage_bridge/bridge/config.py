@@ -66,6 +66,15 @@ class ServeConfig:
     watch: bool = True
     sample_rate: int = 48000  # output rate of click-only jobs (no context file to follow)
     loudness_offset: float | None = field(default_factory=_default_loudness_offset)  # LU under the context; None: off
+    # capture mode (capturejob.py): the input to record, the output for jam playback, the bars a
+    # MIDI trigger captures, the meter ("7/8"; None: /stage/tempo's, else 4/4), the trigger notes
+    # ("drums=36,bass=38") and the controller that sets the bar count (None: none)
+    capture_device: str | None = None
+    play_device: str | None = None
+    capture_bars: int = 4
+    capture_meter: str | None = None
+    trigger_notes: str = "drums=36,bass=38"
+    capture_bars_cc: int | None = None
 
     @property
     def inbox(self) -> Path:
@@ -91,6 +100,9 @@ KEYS = {  # key: (type, ServeConfig field)
     "midi": (bool, "midi"), "midi_in": (str, "midi_in"), "midi_api": (str, "midi_api"), "home": (Path, "home"),
     "allow_root": (list, "allow_roots"), "queue_size": (int, "queue_size"), "weights_dir": (Path, "weights_dir"),
     "watch": (bool, "watch"), "sample_rate": (int, "sample_rate"), "loudness_offset": (float, "loudness_offset"),
+    "capture_device": (str, "capture_device"), "play_device": (str, "play_device"), "capture_bars": (int, "capture_bars"),
+    "capture_meter": (str, "capture_meter"), "trigger_notes": (str, "trigger_notes"),
+    "capture_bars_cc": (int, "capture_bars_cc"),
 }
 OFF = ("off", "none", "false", "no")  # how a float setting (loudness_offset) is turned off
 
@@ -188,4 +200,41 @@ def load_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
     if not 1 <= cfg.queue_size <= 1000:
         raise BadArgument(f"queue size {cfg.queue_size} must be 1-1000.")
     validate_loudness_offset(cfg.loudness_offset)
+    check_capture_settings(cfg)
     return cfg
+
+
+def parse_meter(text: str) -> tuple[int, int]:
+    """"7/8" -> (7, 8), checked against the meters a request may have."""
+    from ..audio.timing import validate_tempo  # (not at the top: see _default_loudness_offset)
+
+    try:
+        beats, unit = (int(x) for x in str(text).split("/"))
+        validate_tempo(120, beats, unit)
+    except (ValueError, BadArgument):
+        raise BadArgument(f"capture meter {text!r}: write it as a time signature such as 4/4 or 7/8.") from None
+    return beats, unit
+
+
+def parse_trigger_notes(text: str) -> dict[int, str]:
+    """"drums=36,bass=38" -> {36: "drums", 38: "bass"} (MIDI note numbers; C1 = 36 in Live)."""
+    notes: dict[int, str] = {}
+    for item in (i.strip() for i in str(text).split(",") if i.strip()):
+        inst, _, note = item.partition("=")
+        if not note.strip().isdigit() or not 0 <= int(note) <= 127 or not inst.strip().isidentifier():
+            raise BadArgument(f"trigger notes {text!r}: write instrument=NOTE pairs such as drums=36,bass=38 "
+                              "(notes 0-127).")
+        notes[int(note)] = inst.strip().lower()
+    return notes
+
+
+def check_capture_settings(cfg: ServeConfig) -> None:
+    from ..limits import MAX_BARS
+
+    if not 1 <= cfg.capture_bars <= MAX_BARS:
+        raise BadArgument(f"capture bars {cfg.capture_bars} must be 1-{MAX_BARS}.")
+    if cfg.capture_bars_cc is not None and not 0 <= cfg.capture_bars_cc <= 127:
+        raise BadArgument(f"capture bars CC {cfg.capture_bars_cc} must be a controller number 0-127.")
+    if cfg.capture_meter is not None:
+        parse_meter(cfg.capture_meter)
+    parse_trigger_notes(cfg.trigger_notes)

@@ -21,6 +21,7 @@ from .server import Server
 
 if TYPE_CHECKING:
     from ..engine.model import StageModel
+    from .capture import Capture
     from .midiclock import MidiClockInput
 
 log = logging.getLogger("stage_bridge.daemon")
@@ -89,17 +90,42 @@ def open_midi(cfg: ServeConfig) -> "MidiClockInput | None":
     return midi
 
 
+def open_capture(cfg: ServeConfig) -> "Capture | None":
+    """Capture mode's input, or None; a named input that cannot be opened stops the start (the
+    musician asked for it: running without would only fail later, at every trigger)."""
+    if cfg.capture_device is None:
+        return None
+    from .capture import Capture, find_input
+
+    capture = Capture(find_input(cfg.capture_device))
+    log.info("capture input: %s (%s), %d Hz, %d channel(s)", capture.device.name, capture.device.host_api,
+             capture.sample_rate, capture.channels)
+    return capture
+
+
 def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_listen_host(cfg.osc_host, cfg.allow_remote)  # refuse at once, before minutes of model loading
+    if cfg.capture_device is not None:  # likewise a capture device that is not there
+        from .capture import find_input
+        find_input(cfg.capture_device)
     models, device = load_models(cfg)
     midi = open_midi(cfg)
+    capture = None
     try:
-        server = Server(cfg, models, device, clock=midi)
+        capture = open_capture(cfg)
+        if capture is not None and midi is None:
+            log.warning("capture mode without a MIDI clock: captures are refused until the daemon is started "
+                        "with a MIDI clock input (it says where the bar lines are)")
+        server = Server(cfg, models, device, clock=midi, capture=capture, ticks=midi.tracker if midi else None)
     except StageError:
         if midi:
             midi.close()
+        if capture:
+            capture.close()
         raise
+    if midi is not None and server.captures is not None:
+        midi.listener = server.captures.on_midi
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -118,9 +144,13 @@ def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
             pass
     finally:
         log.info("stopping ...")
+        if midi:
+            midi.listener = None
         server.stop()
         if midi:
             midi.close()
+        if capture:
+            capture.close()
         log.info("stopped")
     return 0
 
@@ -153,4 +183,15 @@ def doctor(cfg: ServeConfig) -> int:
         print(f"MIDI inputs ({cfg.midi_api}): {', '.join(ports) if ports else 'none'}")
     except StageError as e:
         print(f"MIDI: unavailable ({e})")
+    try:
+        from .capture import list_input_devices
+        inputs = list_input_devices()
+        print("audio inputs (for --capture-device, by number or name):" if inputs else "audio inputs: none")
+        for d in inputs:
+            print(f"  {d.index}: {d.name} ({d.host_api}), {d.channels} channel(s), rates "
+                  f"{', '.join(map(str, d.rates)) or 'none of the usual'} (default {d.default_rate})")
+    except StageError as e:
+        print(f"audio inputs: unavailable ({e})")
+    if cfg.capture_device is not None:
+        print(f"capture: {cfg.capture_device}, {cfg.capture_bars} bars per trigger, trigger notes {cfg.trigger_notes}")
     return 0

@@ -24,7 +24,7 @@ DEFAULT_METER = 4  # beats_per_bar and beat_unit when neither the request nor th
 class StemJob:
     """Everything needed to render and name one job's takes, tempo and path already resolved.
 
-    `source`: "osc", "inbox" or "cli"; `name`: the first part of the output file names;
+    `source`: "osc", "inbox", "cli" or "capture"; `name`: the first part of the output file names;
     `tempo_source`: "request", "osc" or "midi"; `context_path`: resolved, or "" in click mode;
     `seed`: drawn when the job is made if the request gave none (`job_from_request`), so the
     journal holds it and a job run again after a crash makes the same takes. (None only in
@@ -46,6 +46,9 @@ class StemJob:
     takes: int = 1
     context_mode: str = DEFAULT_CONTEXT_MODE
     seed: int | None = None
+    # capture mode (capturejob.py): where the context was cut from the input: bar, bars,
+    # start_sample, sample_rate, dropouts, mapping_error_ms. None for every other job.
+    capture: dict[str, Any] | None = None
 
     def params(self) -> dict[str, Any]:
         """The journal's `params` column (every field but the id, JSON-serialisable)."""

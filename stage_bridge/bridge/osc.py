@@ -16,7 +16,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_packet import OscPacket
@@ -25,6 +25,9 @@ from ..errors import StageError
 from . import protocol as P
 from .jobs import Job, JobService
 from .tempo import TempoSource
+
+if TYPE_CHECKING:
+    from .capturejob import CaptureJobs
 
 log = logging.getLogger("stage_bridge.osc")
 
@@ -46,6 +49,7 @@ class OscContext:
     device: str
     home: Path
     bounces: Path
+    captures: "CaptureJobs | None" = None  # capture mode (serve --capture-device); None: not listening
 
 
 # -- handlers: (context, address, *osc_args) -----------------------------------------------------
@@ -82,12 +86,20 @@ def on_generate(ctx: OscContext, address: str, *args: Any) -> None:
     ctx.service.submit(P.parse_generate(args, ctx.instruments), source="osc")
 
 
+def on_capture(ctx: OscContext, address: str, *args: Any) -> None:
+    req = P.parse_capture(args, ctx.instruments)
+    if ctx.captures is None:
+        raise P.ProtocolError("bad_request", "this daemon records no audio input: start it with --capture-device "
+                                             "(see `stage-bridge doctor` for the inputs).")
+    ctx.captures.submit(req, source="capture")
+
+
 def on_unknown(client: Any, address: str, *args: Any) -> None:
     log.warning("ignored unknown OSC address %r from %s", address, client)
 
 
 HANDLERS = {P.PING: on_ping, P.GENERATE: on_generate, P.TEMPO: on_tempo, P.CANCEL: on_cancel, P.STATUS: on_status,
-            P.INFO: on_info}
+            P.INFO: on_info, P.CAPTURE: on_capture}
 
 
 def build_dispatcher(ctx: OscContext) -> Dispatcher:
@@ -118,11 +130,22 @@ def dispatch(dispatcher: Dispatcher, data: bytes, client: Any, send: Send) -> No
                 handler.invoke(client, msg)
             except P.ProtocolError as e:
                 about_job = msg.address in (P.GENERATE, P.CANCEL) and msg.params and isinstance(msg.params[0], str)
-                job_id = P.clip(msg.params[0], P.MAX_ECHO_CHARS) if about_job else ""
+                job_id = P.clip(msg.params[0], P.MAX_ECHO_CHARS) if about_job else _capture_job_id(msg)
                 log.info("refused %s %s: %s", msg.address, job_id, e)
                 send(P.ERROR, job_id, e.code, P.clip(str(e), P.MAX_MESSAGE_CHARS))
             except Exception:
                 log.exception("handler for %s failed", msg.address)
+
+
+def _capture_job_id(msg: Any) -> str:
+    """The job_id a refused /stage/capture named (so its client can match the error), else ""."""
+    if msg.address != P.CAPTURE:
+        return ""
+    params = list(msg.params[2:])
+    for key, value in zip(params[::2], params[1::2]):
+        if key == "job_id" and isinstance(value, str):
+            return P.clip(value, P.MAX_ECHO_CHARS)
+    return ""
 
 
 # -- job events as replies ------------------------------------------------------------------------
@@ -142,6 +165,9 @@ class OscEvents:
     def done(self, job: Job) -> None:
         log.info("job %s done: %s", job.id, ", ".join(job.outputs))
         self.send(P.DONE, job.id, *job.outputs)
+        if job.spec.capture:  # capture mode: where the context began, and any dropout in it
+            c = job.spec.capture
+            self.send(P.CAPTURE_DONE, job.id, int(c["bar"]), int(c["start_sample"]), int(c["dropouts"]), *job.outputs)
 
     def failed(self, job: Job) -> None:
         log.info("job %s failed: %s %s", job.id, job.error_code, job.error_message)

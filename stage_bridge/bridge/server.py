@@ -6,7 +6,8 @@ the stem runner and sends events through the transport), and this is where they 
 together and started and stopped in the right order.
 
 Threads: the OSC receive loop (parses, validates, queues: never touches the model), the job
-worker (the only user of the models), the inbox watcher, and the MIDI input callback.
+worker (the only user of the models), the inbox watcher, the MIDI input's polling thread (which
+also runs capture triggers) and, in capture mode, PortAudio's audio thread.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import threading
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from ..errors import StageError
-from .config import ServeConfig
+from .capturejob import CaptureJobs
+from .config import ServeConfig, parse_meter, parse_trigger_notes
 from .jobs import Job, JobService, Journal, readable_roots
 from .osc import OscContext, OscEvents, UdpTransport, build_dispatcher, check_listen_host, dispatch
 from .runner import RenderSettings, StemRunner
@@ -25,6 +27,8 @@ from .writer import remove_orphan_sidecars
 
 if TYPE_CHECKING:
     from ..engine.model import StageModel
+    from .capture import Capture
+    from .capturejob import RunTicks
 
 log = logging.getLogger("stage_bridge.server")
 
@@ -45,7 +49,8 @@ class Server:
     why it could not load (its jobs then fail with that error)."""
 
     def __init__(self, cfg: ServeConfig, models: Mapping[str, "StageModel | StageError"], device_name: str,
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, capture: "Capture | None" = None, ticks: "RunTicks | None" = None):
+        """`capture`, `ticks`: capture mode's input and the MIDI clock's tracker (both or neither)."""
         self.cfg = cfg
         host = check_listen_host(cfg.osc_host, cfg.allow_remote)
         prepare_home(cfg)
@@ -57,8 +62,12 @@ class Server:
                                   cfg.home, cfg.allow_roots, cfg.queue_size,
                                   folders=(cfg.inbox, cfg.outbox, cfg.bounces), admit=runner.admit)
         summary = ",".join(f"{i}={getattr(m, 'name', 'missing')}" for i, m in models.items())
+        self.captures = None if capture is None or ticks is None else CaptureJobs(
+            capture, ticks, self.service, cfg.bounces, tuple(models), self.transport.send,
+            default_bars=cfg.capture_bars, meter=parse_meter(cfg.capture_meter) if cfg.capture_meter else None,
+            triggers=parse_trigger_notes(cfg.trigger_notes), bars_cc=cfg.capture_bars_cc)
         self.dispatcher = build_dispatcher(OscContext(self.service, self.tempo, self.transport.send, tuple(models),
-                                                      summary, device_name, cfg.home, cfg.bounces))
+                                                      summary, device_name, cfg.home, cfg.bounces, self.captures))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
