@@ -174,7 +174,10 @@ def locate_bars(bars: int, beats_per_bar: int, beat_unit: int, tick_times: np.nd
         return NoSpan(f"the clock says {bpm} bpm, outside {BPM_RANGE[0]}-{BPM_RANGE[1]}")
     start = sample_at(t_start.value, cb_times, cb_samples, cb_segments, sample_rate)
     if start is None:
-        return NoSpan("the input has too few recorded buffers around the first of those bars", 0)
+        recorded = len(cb_times) > 0 and float(np.min(cb_times)) < t_start.value - SPAN_S
+        return NoSpan("the input had too many dropouts around the first of those bars to place it; try again "
+                      "(and see the daemon's log)" if recorded else
+                      "the input was not recording yet when the first of those bars began; ask for fewer bars", 0)
     error = math.hypot(t_start.error * sample_rate, start.error)
     return BarSpan(bar=first_bar + 1, bars=bars, start=int(round(start.value)),
                    length=bars_to_samples(bars, bpm, sample_rate, beats_per_bar, beat_unit),

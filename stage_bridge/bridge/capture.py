@@ -8,10 +8,13 @@ clock and audio pass through one cycle-driven server (JACK) the ticks of a cycle
 stamped with that cycle too, so the middle leaves no bias on average.
 
 Why dropouts are remembered and not glued over: when PortAudio reports an input overflow or
-underflow (JACK: an xrun), samples are missing at that point and the ones after it no longer
-continue the ones before in time. Gluing them silently would shift every later bar line; so
-the buffer starts a new *segment* there (the sample-clock fit never crosses one) and a capture
-whose window contains one says so in its reply and sidecar.
+underflow (JACK: an xrun), samples may be missing at that point, and then the ones after it no
+longer continue the ones before in time; gluing them silently would shift every later bar
+line. So the buffer starts a new *segment* there (barclock's sample-clock fit never crosses
+one: the samples of each stretch are placed by that stretch's own arrival times) and a capture
+whose window contains one says so in its reply and sidecar. (PortAudio's buffer timestamps
+cannot say how many went missing: with JACK they are taken when the late callback runs, and
+tested under load they showed gaps of any size where no cycle was lost.)
 
 The PortAudio callback runs on the audio thread: it copies the buffer into a preallocated ring
 under a short lock and notes the time; nothing else (no allocation, no logging).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,6 +34,7 @@ from ..errors import StageError
 
 RING_SECONDS = 300.0      # how much input is kept (five minutes: a long song section)
 EVENTS = 1 << 16          # buffer arrival records kept (a minute and more at 48 kHz / 256)
+MAX_DROPOUTS = 4096      # dropouts remembered
 MAX_CHANNELS = 2          # the model listens to a stereo mix at most
 COMMON_RATES = (44100, 48000, 88200, 96000)
 
@@ -102,7 +107,7 @@ def find_input(name_or_index: str) -> InputDevice:
 class Dropout:
     sample: int            # where in the capture's sample count the samples went missing
     time: float            # arrival time of the buffer that reported it
-    kind: str              # "input overflow", "input underflow"
+    kind: str              # "input overflow" or "input underflow"
 
 
 class Capture:
@@ -126,7 +131,7 @@ class Capture:
         self._events = 0
         self._total = 0                    # samples captured so far
         self._segment = 0
-        self.dropouts: list[Dropout] = []
+        self.dropouts: deque[Dropout] = deque(maxlen=MAX_DROPOUTS)   # the newest; a storm must not grow memory
         self._cond = threading.Condition()
         factory = stream_factory if stream_factory is not None else _sounddevice().InputStream
         try:
@@ -140,24 +145,26 @@ class Capture:
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         t = self._clock()
         with self._cond:
-            if status:
-                for kind in ("input_overflow", "input_underflow"):
-                    if getattr(status, kind, False):
-                        self.dropouts.append(Dropout(self._total, t, kind.replace("_", " ")))
-                        self._segment += 1
-            n, ring = len(self._ring), self._ring
-            pos = self._total % n
-            data = indata[-n:]
-            first = min(len(data), n - pos)
-            ring[pos:pos + first] = data[:first]
-            ring[:len(data) - first] = data[first:]
+            for kind in ("input_overflow", "input_underflow"):
+                if status and getattr(status, kind, False):
+                    self.dropouts.append(Dropout(self._total, t, kind.replace("_", " ")))
+                    self._segment += 1
+            self._write(indata)
             slot = self._events % EVENTS
             self._ev_t[slot] = t
-            self._ev_sample[slot] = self._total + frames / 2       # the buffer's middle (module docstring)
+            self._ev_sample[slot] = self._total - frames / 2       # the buffer's middle (module docstring)
             self._ev_segment[slot] = self._segment
             self._events += 1
-            self._total += frames
             self._cond.notify_all()
+
+    def _write(self, data: np.ndarray) -> None:
+        n, ring = len(self._ring), self._ring
+        pos = self._total % n
+        data = data[-n:]
+        first = min(len(data), n - pos)
+        ring[pos:pos + first] = data[:first]
+        ring[:len(data) - first] = data[first:]
+        self._total += len(data)
 
     @property
     def total(self) -> int:

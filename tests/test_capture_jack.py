@@ -1,0 +1,251 @@
+"""Capture mode against real peers: jackd (dummy backend, its own server name), PortAudio's JACK
+host API (sounddevice), jack_midi_clock following the JACK transport, and a JACK client playing
+a FluidSynth-rendered song at the transport's frame (capture_rig.SongPlayer).
+
+The song's bar b starts at transport frame b * BAR_FRAMES, which is where the clock says bar b
+starts; so a capture whose reply says "bar b" must hold the song from that frame on. Checked by
+cross-correlating the captured context against the song: within one JACK period plus three
+times the mapping error the daemon measured. The dummy driver xruns now and then on shared CPUs
+(and re-anchors its cycle clock after each): a capture whose window saw an xrun is taken again
+(its reply says dropout, as it must), up to a few times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import jackutil
+from capture_rig import BAR_FRAMES, BPM, SR, locate_in_song, player_process, render_song
+from conftest import require_tool
+from test_midiclock_jack import midi_clock
+
+pytestmark = pytest.mark.slow  # a real jackd, jack_midi_clock, PortAudio and (below) a whole daemon
+
+PERIOD = 256
+CLEAN_WINDOW_DEADLINE_S = 90.0   # how long to look for a capture whose window saw no xrun
+
+
+@pytest.fixture(scope="module")
+def song(tmp_path_factory) -> tuple[np.ndarray, Path]:
+    require_tool("fluidsynth")
+    path = tmp_path_factory.mktemp("song") / "song.wav"
+    return render_song(path), path
+
+
+@pytest.fixture(scope="module")
+def jack():
+    for tool in ("jackd", "jack_midi_clock", "jack_lsp", "jack_connect", "jack_transport"):
+        require_tool(tool)
+    try:
+        import jack as _  # noqa: F401  (JACK-Client, the song player)
+        import sounddevice as _sd  # noqa: F401
+    except (ImportError, OSError) as e:
+        if os.environ.get("STAGE_BRIDGE_CI") == "1":
+            pytest.fail(f"capture tests need JACK-Client and sounddevice in CI: {e}")
+        pytest.skip(f"JACK-Client or sounddevice missing: {e}")
+    with jackutil.jack_server(period=PERIOD) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def portaudio():
+    """sounddevice with PortAudio (re)initialised now, so it sees the running JACK server, and
+    terminated before the server stops (PortAudio aborts the process if JACK vanishes first)."""
+    import sounddevice as sd
+
+    if sd._initialized:
+        sd._terminate()
+    sd._initialize()
+    try:
+        yield sd
+    finally:
+        sd._terminate()
+
+
+def transport(server: str, *commands: str) -> None:
+    res = jackutil.jack_cmd(server, "jack_transport", input="\n".join((*commands, "quit")) + "\n")
+    assert res.returncode == 0, res.stderr
+
+
+def connect(server: str, source: str, target: str) -> None:
+    res = jackutil.jack_cmd(server, "jack_connect", source, target)
+    assert res.returncode == 0, res.stderr
+
+
+def wait_until(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def xrun_near(server, since: float) -> bool:
+    return any(t >= since - 0.2 for t in server.xruns)
+
+
+def test_captured_bars_start_on_the_clocks_downbeat(jack, song):
+    """In process: Capture + MidiClockInput + barclock.locate_bars, the daemon's own pieces."""
+    from stage_bridge.bridge.barclock import SPAN_S, BarSpan, locate_bars
+    from stage_bridge.bridge.capture import Capture, find_input
+    from stage_bridge.bridge.midiclock import ClockTracker, MidiClockInput
+
+    song, song_path = song
+    transport(jack, "stop", "locate 0")
+    with player_process(jack, song_path, jackutil.jack_env(jack)) as player, midi_clock(jack, BPM), portaudio():
+        capture = Capture(find_input("system@JACK"), seconds=60)
+        tracker = ClockTracker()
+        clock_in = MidiClockInput("jack_midi_clock", api="jack", tracker=tracker)
+        try:
+            assert capture.sample_rate == SR
+            for i, port in enumerate(player.outs):
+                connect(jack, port, jackutil.wait_for_port(jack, f"PortAudio:in_{i}"))
+            transport(jack, "play")
+            seen, clean, deadline = [], None, time.monotonic() + CLEAN_WINDOW_DEADLINE_S
+            while clean is None and time.monotonic() < deadline:
+                assert wait_until(lambda: len(tracker.run_ticks()[1]) > 96 * 3 + 24, 20), "no clock run"
+                asked = time.monotonic()
+                span = locate_bars(2, 4, 4, *tracker.run_ticks(), *capture.arrivals(), capture.sample_rate)
+                if not isinstance(span, BarSpan):       # the input's dropouts left too little to fit
+                    seen.append(span)
+                    time.sleep(1.0)
+                    continue
+                assert capture.wait_for(span.start + span.length, 2.0)
+                audio, dropouts = capture.read(span.start, span.length)
+                lag = locate_in_song(audio, song, (span.bar - 1) * BAR_FRAMES)
+                seen.append((lag, span, len(dropouts)))
+                window_began = asked - span.length / SR - SPAN_S
+                if xrun_near(jack, window_began):
+                    time.sleep(1.0)
+                    continue
+                assert not dropouts, "no xrun, yet the capture reported a dropout"
+                clean = lag, span
+            assert clean is not None, f"no capture without an xrun in {CLEAN_WINDOW_DEADLINE_S} s: {seen}"
+            lag, span = clean
+            assert abs(lag) <= PERIOD + 3 * span.error, seen
+            assert span.bpm == pytest.approx(BPM, abs=0.05)
+            assert audio.shape == (capture.channels, span.length)
+            assert span.length == 2 * BAR_FRAMES
+        finally:
+            clock_in.close()
+            capture.close()
+            transport(jack, "stop")
+
+
+def sidecar_of(outputs) -> dict:
+    return json.loads(Path(outputs[0]).with_suffix(".json").read_text())
+
+
+def check_capture(daemon, dump, taken, song) -> tuple[int, dict]:
+    """A capture the daemon took and finished: its context file, sidecar and replies agree, it is
+    exactly its bars long; returns (lag against the song, its sidecar's capture fields)."""
+    job_id, bar, bars, start, bpm, dropouts, error_ms = taken.args
+    done = dump.wait_job_end(job_id, timeout=180)
+    assert done.address == "/stage/job/done", (done, daemon.log_text()[-3000:])
+    cap_done = dump.wait_for(lambda m: m.address == "/stage/capture/done" and m.args[0] == job_id, timeout=10)
+    assert cap_done.args[1:4] == (bar, start, dropouts) and cap_done.args[4:] == done.args[1:]
+    side = sidecar_of(done.args[1:])
+    info = side["capture"]
+    assert (info["bar"], info["bars"], info["start_sample"], info["dropouts"]) == (bar, bars, start, dropouts)
+    assert side["job_id"] == job_id and side["source"] == "capture" and side["bpm"] == pytest.approx(bpm, abs=1e-3)
+    assert side["bpm"] == pytest.approx(BPM, abs=0.05)
+    import soundfile as sf
+
+    from stage_bridge.audio.timing import bars_to_samples
+
+    context, rate = sf.read(side["context_path"], dtype="float32", always_2d=True)
+    assert Path(side["context_path"]).parent == daemon.home.resolve() / "bounces"
+    assert rate == SR and len(context) == info["length"] == bars_to_samples(bars, side["bpm"], SR, 4, 4)
+    return locate_in_song(context.T, song, (bar - 1) * BAR_FRAMES), info
+
+
+def test_daemon_captures_on_a_midi_note_and_on_osc(jack, song, tmp_path):
+    """The whole daemon: `serve --capture-device`, triggered by a MIDI note (C1 = drums) on its
+    MIDI input and by /stage/capture; a stall of the daemon is reported as a dropout."""
+    for tool in ("oscsend", "oscdump"):
+        require_tool(tool)
+    from daemon_util import Daemon, OscDump
+
+    song, song_path = song
+    transport(jack, "stop", "locate 0")
+    with OscDump() as dump, player_process(jack, song_path, jackutil.jack_env(jack)) as player, \
+            midi_clock(jack, BPM) as clock:
+        daemon = Daemon(tmp_path / "home", dump.port, midi=True, env=jackutil.jack_env(jack),
+                        extra_args=["--midi-api", "jack", "--capture-device", "system@JACK"]).start()
+        try:
+            midi_in = jackutil.wait_for_port(jack, "STAGE Bridge:", timeout=20)
+            connect(jack, clock, midi_in)
+            connect(jack, player.midi_out, midi_in)
+            for i, port in enumerate(player.outs):
+                connect(jack, port, jackutil.wait_for_port(jack, f"PortAudio:in_{i}"))
+            transport(jack, "play")
+            time.sleep(2 * 4 * 60 / BPM + 1.0)           # two whole bars and a beat
+
+            # a MIDI note: C1 (36) = drums over the configured bars (4 by default: wait for them)
+            time.sleep(2 * 4 * 60 / BPM)
+            mark = dump.mark()
+            player.note(36)
+            taken = dump.wait_for(lambda m: m.address == "/stage/capture/taken", timeout=10, since=mark)
+            assert taken.args[2] == 4 and taken.args[1] >= 1
+            check_capture(daemon, dump, taken, song)
+
+            # OSC, until one capture saw no xrun: that one starts on the clock's downbeat
+            seen, deadline, n = [], time.monotonic() + CLEAN_WINDOW_DEADLINE_S, 0
+            while True:
+                n += 1
+                asked, mark = time.monotonic(), dump.mark()
+                daemon.send("/stage/capture", "siss", "bass", 2, "job_id", f"osc-{n}")
+                taken = dump.wait_for(lambda m: m.address in ("/stage/capture/taken", "/stage/job/error")
+                                      and m.args[0] == f"osc-{n}", timeout=10, since=mark)
+                if taken.address == "/stage/job/error":   # dropouts left too little to place the bars
+                    assert taken.args[1] == "bad_bars", taken
+                    seen.append(taken.args[2])
+                    assert time.monotonic() < deadline, f"no capture without an xrun: {seen}"
+                    time.sleep(1.0)
+                    continue
+                lag, info = check_capture(daemon, dump, taken, song)
+                seen.append((lag, info["dropouts"], info["mapping_error_ms"]))
+                if not info["dropouts"] and not xrun_near(jack, asked - 2 * 4 * 60 / BPM - 2.0):
+                    assert abs(lag) <= PERIOD + 3 * info["mapping_error_ms"] * SR / 1000, seen
+                    break
+                assert time.monotonic() < deadline, f"no capture without an xrun: {seen}"
+
+            # a stalled daemon misses JACK cycles: the capture over them says so
+            daemon.proc.send_signal(signal.SIGSTOP)
+            time.sleep(0.3)
+            daemon.proc.send_signal(signal.SIGCONT)
+            time.sleep(0.5)
+            mark = dump.mark()
+            daemon.send("/stage/capture", "siss", "drums", 1, "job_id", "stalled")
+            taken = dump.wait_for(lambda m: m.address in ("/stage/capture/taken", "/stage/job/error")
+                                  and m.args[:1] == ("stalled",), timeout=10, since=mark)
+            assert taken.address == "/stage/capture/taken", taken
+            assert taken.args[5] >= 1, (taken, jack.xruns[-5:])
+            lag, info = check_capture(daemon, dump, taken, song)
+            assert info["dropouts"] >= 1 and info["dropout_samples"]
+
+            # refusals: more bars than were played
+            mark = dump.mark()
+            daemon.send("/stage/capture", "siss", "drums", 500, "job_id", "too-many")
+            refused = dump.wait_for(lambda m: m.address == "/stage/job/error", timeout=10, since=mark)
+            assert refused.args[:2] == ("too-many", "bad_bars"), refused
+        finally:
+            transport(jack, "stop")
+            assert daemon.stop() == 0, daemon.log_text()[-3000:]
+
+
+def debug(span, capture, tracker, jack) -> str:
+    t, p = tracker.run_ticks()
+    a, s, g = capture.arrivals()
+    return (f"{span}; now {time.monotonic():.3f}; ticks {len(t)} from {t[0]:.3f} (pos {p[0]}) to {t[-1]:.3f} "
+            f"(pos {p[-1]}); buffers {len(a)} from {a[0]:.3f} (sample {s[0]}) to {a[-1]:.3f} (sample {s[-1]}), "
+            f"segments {sorted(set(g.tolist()))}; xruns {jack.xruns[-5:]}")
