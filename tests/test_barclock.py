@@ -156,3 +156,12 @@ def test_tracker_run_keeps_the_newest_ticks():
     t, p = tracker.run_ticks()
     assert list(p) == list(range(extra, capacity + extra))
     assert np.all(np.diff(t) > 0)
+
+
+def test_the_clocks_own_tempo_sets_the_length():
+    """The tracker's tempo (robust to phase jumps) wins over the bars' own duration, rounded to 0.01."""
+    data = simulate(120.0)
+    span = locate_bars(4, 4, 4, *data, SR, bpm=119.996)
+    assert span.bpm == 120.0 and span.length == 4 * 96000
+    span = locate_bars(4, 4, 4, *data, SR, bpm=121.234)
+    assert span.bpm == 121.23 and span.length == bars_to_samples(4, 121.23, SR)

@@ -147,12 +147,14 @@ def last_bar(position_ticks: float, bar_ticks: int) -> int:
 
 def locate_bars(bars: int, beats_per_bar: int, beat_unit: int, tick_times: np.ndarray,
                 tick_positions: np.ndarray, cb_times: np.ndarray, cb_samples: np.ndarray,
-                cb_segments: np.ndarray, sample_rate: int) -> BarSpan | NoSpan:
+                cb_segments: np.ndarray, sample_rate: int, bpm: float | None = None) -> BarSpan | NoSpan:
     """The last `bars` whole bars before the newest tick, mapped into the capture buffer; or
     why not (too few bars since the transport started, too few ticks or buffers).
 
-    The tempo is what the clock says the bars took; the length is exactly `bars` bars at that
-    tempo (rounded to 0.001 bpm, so the take and the context agree to the sample).
+    `bpm`: the clock's tempo (midiclock's fit, which is robust to the phase jumps an xrun
+    leaves in the ticks); None measures it as what the bars took between their two bar lines
+    (two local fits: a phase jump between them is a tempo error). The length is exactly `bars`
+    bars at that tempo, rounded to 0.01 bpm, so the take and the context agree to the sample.
     """
     if len(tick_positions) == 0:
         return NoSpan("no MIDI clock ticks with the transport playing")
@@ -167,9 +169,10 @@ def locate_bars(bars: int, beats_per_bar: int, beat_unit: int, tick_times: np.nd
     t_end = time_of_position(tick_times, tick_positions, end_bar * bar_ticks)
     if t_start is None or t_end is None:
         return NoSpan("too few MIDI clock ticks around those bar lines (the clock stalled?)")
-    seconds = t_end.value - t_start.value
-    quarters = bars * bar_ticks / TICKS_PER_QUARTER
-    bpm = round(60.0 * quarters / seconds, 3) if seconds > 0 else 0.0
+    if bpm is None:
+        seconds = t_end.value - t_start.value
+        bpm = 60.0 * bars * bar_ticks / TICKS_PER_QUARTER / seconds if seconds > 0 else 0.0
+    bpm = round(bpm, 2)
     if not BPM_RANGE[0] <= bpm <= BPM_RANGE[1]:
         return NoSpan(f"the clock says {bpm} bpm, outside {BPM_RANGE[0]}-{BPM_RANGE[1]}")
     start = sample_at(t_start.value, cb_times, cb_samples, cb_segments, sample_rate)

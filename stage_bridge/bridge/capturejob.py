@@ -46,6 +46,9 @@ class RunTicks(Protocol):
 
     def run_ticks(self) -> tuple[np.ndarray, np.ndarray]: ...
 
+    @property
+    def bpm(self) -> float | None: ...
+
 
 Send = Callable[..., None]
 
@@ -82,7 +85,7 @@ class CaptureJobs:
         with self._lock:
             beats_per_bar, beat_unit = self.meter_for(req)
             span = locate_bars(req.bars, beats_per_bar, beat_unit, *self.clock.run_ticks(),
-                               *self.capture.arrivals(), self.capture.sample_rate)
+                               *self.capture.arrivals(), self.capture.sample_rate, bpm=self.clock.bpm)
             if isinstance(span, NoSpan):
                 raise P.ProtocolError("no_tempo" if span.bars_played is None else "bad_bars",
                                       f"cannot capture: {span.reason}.")
