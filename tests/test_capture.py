@@ -19,14 +19,14 @@ from pythonosc.osc_message import OscMessage
 
 from stage_bridge.audio.timing import bars_to_samples
 from stage_bridge.bridge import protocol as P
-from stage_bridge.bridge.capture import Capture, CaptureUnavailable, InputDevice
+from stage_bridge.bridge.capture import Capture, CaptureUnavailable, AudioDevice
 from stage_bridge.bridge.config import load_config, parse_trigger_notes
 from stage_bridge.bridge.midiclock import TICKS_PER_QUARTER, ClockTracker, MidiClockInput
 from stage_bridge.errors import BadArgument
 
 SR, PERIOD, BPM = 48000, 256, 120.0
 BAR = int(SR * 60 / BPM * 4)
-DEVICE = InputDevice(3, "Loopback Audio", "Core Audio", 2, SR, (44100, SR))
+DEVICE = AudioDevice(3, "Loopback Audio", "Core Audio", 2, SR, (44100, SR))
 
 
 class FakeStream:
@@ -319,3 +319,69 @@ def test_a_daemon_without_capture_refuses_it(tmp_path, tiny):
     finally:
         server.stop()
         replies.close()
+
+
+# -- jam playback --------------------------------------------------------------------------------
+
+class FakeOutStream(FakeStream):
+    def __init__(self, device, channels, samplerate, dtype, callback):
+        self.callback = callback
+
+
+class Transport:
+    """A clock at 120 bpm from T0, ticks up to `until` seconds."""
+
+    T0 = 100.0
+    SPT = 60 / BPM / TICKS_PER_QUARTER
+
+    def __init__(self, until: float):
+        n = int(until / self.SPT)
+        self.positions = np.arange(n, dtype=float)
+        self.times = self.T0 + self.positions * self.SPT
+        self.playing = True
+
+    def run_ticks(self):
+        return self.times, self.positions
+
+
+def test_playback_starts_at_the_next_multiple_of_its_length_and_loops(tmp_path):
+    from stage_bridge.bridge.playback import Playback
+
+    transport = Transport(until=1.3)
+    now = [transport.T0 + 1.3]
+    playback = Playback(DEVICE, transport, clock=lambda: now[0], stream_factory=FakeOutStream, refit_s=None)
+    take = np.tile(np.arange(BAR, dtype=np.float32) / BAR, (2, 1))       # one bar: a ramp, value = index / BAR
+    playback.play(take, SR, loop_ticks=96)
+    playback.refit()
+    out = np.zeros((PERIOD, 2), np.float32)
+    info = types.SimpleNamespace(outputBufferDacTime=0.0, currentTime=0.0)
+
+    def buffer(at: float) -> np.ndarray:
+        now[0] = transport.T0 + at
+        playback._callback(out, PERIOD, info, None)
+        return np.rint(out[:, 0] * BAR).astype(int)
+
+    assert not buffer(1.3).any()                                         # bar 1: silence until bar 2
+    first = buffer(2.0 - 48 / SR)                                        # bar 2 begins 48 samples in
+    assert not first[:48].any() and list(first[48:51]) == [0, 1, 2]
+    assert buffer(2.0 + 208 / SR + 0.001)[0] == 208                      # 1 ms of jitter: plays on
+    assert buffer(2.5)[0] == 24000                                       # far off: jumps to the clock
+    assert buffer(4.0 + 10 / SR)[0] == 10                                # bar 3: the loop again
+    transport.playing = False
+    playback.refit()
+    assert not buffer(4.1).any()                                         # stopped: the loop is over
+    playback.close()
+
+
+def test_playback_is_silent_without_a_clock():
+    from stage_bridge.bridge.playback import Playback
+
+    transport = Transport(until=0.05)                                    # too few ticks to fit
+    playback = Playback(DEVICE, transport, clock=lambda: transport.T0 + 0.05, stream_factory=FakeOutStream,
+                        refit_s=None)
+    playback.play(np.ones((1, 1000), np.float32), SR, loop_ticks=96)
+    playback.refit()
+    out = np.ones((PERIOD, 2), np.float32)
+    playback._callback(out, PERIOD, types.SimpleNamespace(outputBufferDacTime=0.0, currentTime=0.0), None)
+    assert not out.any()
+    playback.close()

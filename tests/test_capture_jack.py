@@ -96,13 +96,13 @@ def xrun_near(server, since: float) -> bool:
 def test_captured_bars_start_on_the_clocks_downbeat(jack, song):
     """In process: Capture + MidiClockInput + barclock.locate_bars, the daemon's own pieces."""
     from stage_bridge.bridge.barclock import SPAN_S, BarSpan, locate_bars
-    from stage_bridge.bridge.capture import Capture, find_input
+    from stage_bridge.bridge.capture import Capture, find_device
     from stage_bridge.bridge.midiclock import ClockTracker, MidiClockInput
 
     song, song_path = song
     transport(jack, "stop", "locate 0")
     with player_process(jack, song_path, jackutil.jack_env(jack)) as player, midi_clock(jack, BPM), portaudio():
-        capture = Capture(find_input("system@JACK"), seconds=60)
+        capture = Capture(find_device("system@JACK"), seconds=60)
         tracker = ClockTracker()
         clock_in = MidiClockInput("jack_midi_clock", api="jack", tracker=tracker)
         try:

@@ -121,6 +121,31 @@ def sample_at(t: float, cb_times: np.ndarray, cb_samples: np.ndarray, cb_segment
 
 
 @dataclass(frozen=True)
+class Line:
+    """Song position (ticks) against time: the clock's newest ticks fitted (jam playback)."""
+
+    t0: float
+    position0: float
+    seconds_per_tick: float
+
+    def position_at(self, t: float) -> float:
+        return self.position0 + (t - self.t0) / self.seconds_per_tick
+
+
+def position_line(times: np.ndarray, positions: np.ndarray, span: float = SPAN_TICKS) -> Line | None:
+    """The line through the newest `span` ticks (late ones rejected); None when too few."""
+    times, positions = np.asarray(times, float), np.asarray(positions, float)
+    if len(times) == 0:
+        return None
+    target = float(positions[-1])
+    sel = positions >= target - span
+    fit = _robust_fit(positions[sel] - target, times[sel] - times[sel][0]) if sel.sum() >= MIN_POINTS else None
+    if fit is None or not fit[0] > 0:
+        return None
+    return Line(float(times[sel][0]) + fit[1], target, fit[0])
+
+
+@dataclass(frozen=True)
 class BarSpan:
     """The last `bars` whole bars as a slice of the capture buffer."""
 

@@ -40,12 +40,13 @@ COMMON_RATES = (44100, 48000, 88200, 96000)
 
 
 class CaptureUnavailable(StageError):
-    """The capture input could not be found or opened."""
+    """A capture input or playback output could not be found or opened."""
 
     code = "capture_unavailable"
 
 
-def _sounddevice():
+def portaudio():
+    """The sounddevice module (PortAudio), imported when capture mode or jam playback is used."""
     try:
         import sounddevice
     except (ImportError, OSError) as e:   # OSError: the PortAudio library itself is missing
@@ -55,40 +56,42 @@ def _sounddevice():
 
 
 @dataclass(frozen=True)
-class InputDevice:
+class AudioDevice:
     index: int
     name: str
     host_api: str
-    channels: int
+    channels: int               # of the direction asked for (input or output)
     default_rate: int
     rates: tuple[int, ...]      # the COMMON_RATES the device accepts
 
 
-def list_input_devices() -> list[InputDevice]:
-    """Every audio input PortAudio sees, with its host API, channels and usable rates (doctor)."""
-    sd = _sounddevice()
+def list_devices(direction: str = "input") -> list[AudioDevice]:
+    """Every audio input (or output) PortAudio sees, with its host API, channels and usable
+    rates (`stage-bridge doctor`; capture mode's input, jam playback's output)."""
+    sd = portaudio()
+    check = sd.check_input_settings if direction == "input" else sd.check_output_settings
     apis = sd.query_hostapis()
     found = []
     for i, d in enumerate(sd.query_devices()):
-        if d["max_input_channels"] < 1:
+        channels = int(d[f"max_{direction}_channels"])
+        if channels < 1:
             continue
         rates = []
         for rate in COMMON_RATES:
             try:
-                sd.check_input_settings(device=i, channels=min(d["max_input_channels"], MAX_CHANNELS),
-                                        samplerate=rate)
+                check(device=i, channels=min(channels, MAX_CHANNELS), samplerate=rate)
                 rates.append(rate)
             except Exception:     # PortAudioError or ValueError: not this rate
                 pass
-        found.append(InputDevice(i, d["name"], apis[d["hostapi"]]["name"], int(d["max_input_channels"]),
-                                 int(d["default_samplerate"]), tuple(rates)))
+        found.append(AudioDevice(i, d["name"], apis[d["hostapi"]]["name"], channels, int(d["default_samplerate"]),
+                                 tuple(rates)))
     return found
 
 
-def find_input(name_or_index: str) -> InputDevice:
-    """The input a musician named: its index as `stage-bridge doctor` lists it, or part of its
+def find_device(name_or_index: str, direction: str = "input") -> AudioDevice:
+    """The device a musician named: its number as `stage-bridge doctor` lists it, or part of its
     name (case-insensitive; with a host API as "NAME@API" where one name appears under several)."""
-    devices = list_input_devices()
+    devices = list_devices(direction)
     text = name_or_index.strip()
     if text.isdigit():
         matches = [d for d in devices if d.index == int(text)]
@@ -98,8 +101,9 @@ def find_input(name_or_index: str) -> InputDevice:
                    and api.casefold() in d.host_api.casefold()]
     if not matches:
         listed = "; ".join(f"{d.index}: {d.name} ({d.host_api})" for d in devices) or "none"
-        raise CaptureUnavailable(f"no audio input matches {name_or_index!r} (inputs: {listed}); run "
-                                 "`stage-bridge doctor` and pass one of those to --capture-device")
+        option = "--capture-device" if direction == "input" else "--play-device"
+        raise CaptureUnavailable(f"no audio {direction} matches {name_or_index!r} ({direction}s: {listed}); run "
+                                 f"`stage-bridge doctor` and pass one of those to {option}")
     return matches[0]
 
 
@@ -117,7 +121,7 @@ class Capture:
     newest `seconds`). `stream_factory` is sounddevice.InputStream unless a test passes another.
     """
 
-    def __init__(self, device: InputDevice, seconds: float = RING_SECONDS, *,
+    def __init__(self, device: AudioDevice, seconds: float = RING_SECONDS, *,
                  clock: Callable[[], float] = time.monotonic, stream_factory: Callable[..., Any] | None = None,
                  rate: int | None = None) -> None:
         self.device = device
@@ -133,7 +137,7 @@ class Capture:
         self._segment = 0
         self.dropouts: deque[Dropout] = deque(maxlen=MAX_DROPOUTS)   # the newest; a storm must not grow memory
         self._cond = threading.Condition()
-        factory = stream_factory if stream_factory is not None else _sounddevice().InputStream
+        factory = stream_factory if stream_factory is not None else portaudio().InputStream
         try:
             self._stream = factory(device=device.index, channels=self.channels, samplerate=self.sample_rate,
                                    dtype="float32", callback=self._callback)

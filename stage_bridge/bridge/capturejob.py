@@ -11,7 +11,8 @@ Triggers: `/stage/capture` (osc.py) and MIDI notes on the daemon's MIDI input (`
 MidiClockInput listener): by default C1 (36) = drums and D1 (38) = bass over the last
 `default_bars` bars; a control change number (`bars_cc`, off by default) sets that bar count.
 The context is the last N whole bars ending at the most recent bar line the clock passed, so
-the take starts on a downbeat of the song.
+the take starts on a downbeat of the song. With jam playback (playback.py), a finished capture
+job's first take loops on the play device in time with the clock (`finished`).
 """
 
 from __future__ import annotations
@@ -21,18 +22,21 @@ import secrets
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from ..audio import write_audio_atomic
+from ..audio import load_audio, write_audio_atomic
 from ..errors import StageError
 from ..limits import MAX_BARS
 from . import protocol as P
-from .barclock import BarSpan, NoSpan, locate_bars
+from .barclock import BarSpan, NoSpan, locate_bars, ticks_per_bar
 from .capture import Capture, Dropout
 from .jobs import Job, JobService
 from .job import DEFAULT_METER
+
+if TYPE_CHECKING:
+    from .playback import Playback
 
 log = logging.getLogger("stage_bridge.capture")
 
@@ -60,7 +64,7 @@ class CaptureJobs:
     def __init__(self, capture: Capture, clock: RunTicks, service: JobService, bounces: Path,
                  instruments: Sequence[str], send: Send, *, default_bars: int = DEFAULT_BARS,
                  meter: tuple[int, int] | None = None, triggers: Mapping[int, str] | None = None,
-                 bars_cc: int | None = None) -> None:
+                 bars_cc: int | None = None, playback: "Playback | None" = None) -> None:
         self.capture, self.clock, self.service = capture, clock, service
         self.bounces = Path(bounces)
         self.instruments = tuple(instruments)
@@ -69,6 +73,7 @@ class CaptureJobs:
         self.meter = meter
         self.triggers = dict(DEFAULT_TRIGGERS if triggers is None else triggers)
         self.bars_cc = bars_cc
+        self.playback = playback
         self._lock = threading.Lock()          # one capture at a time (OSC and MIDI threads)
 
     def meter_for(self, req: P.CaptureRequest) -> tuple[int, int]:
@@ -137,6 +142,22 @@ class CaptureJobs:
                 self.send(P.ERROR, "", e.code, P.clip(str(e), P.MAX_MESSAGE_CHARS))
             except Exception:
                 log.exception("MIDI capture trigger (note %d) failed", number)
+
+
+    def finished(self, job: Job) -> None:
+        """A job is done: jam playback (if any) loops a capture job's first take from the next bar
+        line that is a multiple of its length."""
+        if self.playback is None or not job.spec.capture or not job.outputs:
+            return
+        try:
+            take = load_audio(job.outputs[0])
+        except StageError as e:
+            log.warning("jam playback: cannot read %s: %s", job.outputs[0], e)
+            return
+        self.playback.play(take.samples, take.sample_rate,
+                           job.spec.bars * ticks_per_bar(job.spec.beats_per_bar, job.spec.beat_unit))
+        log.info("jam playback: %s from the next bar line that is a multiple of %d bar(s)", job.outputs[0],
+                 job.spec.bars)
 
 
 def capture_info(span: BarSpan, sample_rate: int, dropouts: Sequence[Dropout]) -> dict:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ..engine.model import StageModel
     from .capture import Capture
     from .midiclock import MidiClockInput
+    from .playback import Playback
 
 log = logging.getLogger("stage_bridge.daemon")
 
@@ -95,34 +96,53 @@ def open_capture(cfg: ServeConfig) -> "Capture | None":
     musician asked for it: running without would only fail later, at every trigger)."""
     if cfg.capture_device is None:
         return None
-    from .capture import Capture, find_input
+    from .capture import Capture, find_device
 
-    capture = Capture(find_input(cfg.capture_device))
+    capture = Capture(find_device(cfg.capture_device))
     log.info("capture input: %s (%s), %d Hz, %d channel(s)", capture.device.name, capture.device.host_api,
              capture.sample_rate, capture.channels)
     return capture
+
+
+def open_playback(cfg: ServeConfig, midi: "MidiClockInput | None") -> "Playback | None":
+    """Jam playback's output, or None (it needs capture mode and a MIDI clock to follow)."""
+    if cfg.play_device is None:
+        return None
+    if cfg.capture_device is None or midi is None:
+        log.warning("--play-device is for capture mode with a MIDI clock (--capture-device and a clock input); "
+                    "no jam playback")
+        return None
+    from .capture import find_device
+    from .playback import Playback
+
+    playback = Playback(find_device(cfg.play_device, "output"), midi.tracker)
+    log.info("jam playback on: %s (%s), %d Hz", playback.device.name, playback.device.host_api, playback.sample_rate)
+    return playback
 
 
 def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_listen_host(cfg.osc_host, cfg.allow_remote)  # refuse at once, before minutes of model loading
     if cfg.capture_device is not None:  # likewise a capture device that is not there
-        from .capture import find_input
-        find_input(cfg.capture_device)
+        from .capture import find_device
+        find_device(cfg.capture_device)
+        if cfg.play_device is not None:
+            find_device(cfg.play_device, "output")
     models, device = load_models(cfg)
     midi = open_midi(cfg)
-    capture = None
+    capture = playback = None
     try:
         capture = open_capture(cfg)
         if capture is not None and midi is None:
             log.warning("capture mode without a MIDI clock: captures are refused until the daemon is started "
                         "with a MIDI clock input (it says where the bar lines are)")
-        server = Server(cfg, models, device, clock=midi, capture=capture, ticks=midi.tracker if midi else None)
+        playback = open_playback(cfg, midi)
+        server = Server(cfg, models, device, clock=midi, capture=capture, ticks=midi.tracker if midi else None,
+                        playback=playback)
     except StageError:
-        if midi:
-            midi.close()
-        if capture:
-            capture.close()
+        for part in (midi, capture, playback):
+            if part:
+                part.close()
         raise
     if midi is not None and server.captures is not None:
         midi.listener = server.captures.on_midi
@@ -147,10 +167,9 @@ def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
         if midi:
             midi.listener = None
         server.stop()
-        if midi:
-            midi.close()
-        if capture:
-            capture.close()
+        for part in (midi, capture, playback):
+            if part:
+                part.close()
         log.info("stopped")
     return 0
 
@@ -184,14 +203,22 @@ def doctor(cfg: ServeConfig) -> int:
     except StageError as e:
         print(f"MIDI: unavailable ({e})")
     try:
-        from .capture import list_input_devices
-        inputs = list_input_devices()
+        from .capture import list_devices
+        inputs = list_devices("input")
         print("audio inputs (for --capture-device, by number or name):" if inputs else "audio inputs: none")
         for d in inputs:
             print(f"  {d.index}: {d.name} ({d.host_api}), {d.channels} channel(s), rates "
                   f"{', '.join(map(str, d.rates)) or 'none of the usual'} (default {d.default_rate})")
     except StageError as e:
         print(f"audio inputs: unavailable ({e})")
+    try:
+        from .capture import list_devices
+        outputs = list_devices("output")
+        print("audio outputs (for --play-device):" if outputs else "audio outputs: none")
+        for d in outputs:
+            print(f"  {d.index}: {d.name} ({d.host_api}), {d.channels} channel(s) (default {d.default_rate} Hz)")
+    except StageError:
+        pass                        # said once above
     if cfg.capture_device is not None:
         print(f"capture: {cfg.capture_device}, {cfg.capture_bars} bars per trigger, trigger notes {cfg.trigger_notes}")
     return 0

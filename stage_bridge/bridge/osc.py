@@ -151,10 +151,12 @@ def _capture_job_id(msg: Any) -> str:
 # -- job events as replies ------------------------------------------------------------------------
 
 class OscEvents:
-    """jobs.Events: each state change of a job sent to the device."""
+    """jobs.Events: each state change of a job sent to the device. `after_done`: what else
+    happens when a job is done, after its replies (capture mode's jam playback)."""
 
-    def __init__(self, send: Send):
+    def __init__(self, send: Send, after_done: Callable[[Job], None] | None = None):
         self.send = send
+        self.after_done = after_done
 
     def accepted(self, job: Job, position: int) -> None:
         self.send(P.ACCEPTED, job.id, position)
@@ -168,6 +170,8 @@ class OscEvents:
         if job.spec.capture:  # capture mode: where the context began, and any dropout in it
             c = job.spec.capture
             self.send(P.CAPTURE_DONE, job.id, int(c["bar"]), int(c["start_sample"]), int(c["dropouts"]), *job.outputs)
+        if self.after_done is not None:
+            self.after_done(job)
 
     def failed(self, job: Job) -> None:
         log.info("job %s failed: %s %s", job.id, job.error_code, job.error_message)

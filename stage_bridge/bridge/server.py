@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..engine.model import StageModel
     from .capture import Capture
     from .capturejob import RunTicks
+    from .playback import Playback
 
 log = logging.getLogger("stage_bridge.server")
 
@@ -49,8 +50,10 @@ class Server:
     why it could not load (its jobs then fail with that error)."""
 
     def __init__(self, cfg: ServeConfig, models: Mapping[str, "StageModel | StageError"], device_name: str,
-                 clock: Clock | None = None, capture: "Capture | None" = None, ticks: "RunTicks | None" = None):
-        """`capture`, `ticks`: capture mode's input and the MIDI clock's tracker (both or neither)."""
+                 clock: Clock | None = None, capture: "Capture | None" = None, ticks: "RunTicks | None" = None,
+                 playback: "Playback | None" = None):
+        """`capture`, `ticks`: capture mode's input and the MIDI clock's tracker (both or neither);
+        `playback`: jam playback of finished capture takes (capture mode only)."""
         self.cfg = cfg
         host = check_listen_host(cfg.osc_host, cfg.allow_remote)
         prepare_home(cfg)
@@ -58,18 +61,23 @@ class Server:
         self.tempo = TempoSource(clock)
         settings = RenderSettings(sample_rate=cfg.sample_rate, loudness_offset_lu=cfg.loudness_offset)
         runner = StemRunner(models, cfg.outbox, settings, roots=readable_roots(cfg.home, cfg.allow_roots))
-        self.service = JobService(Journal(cfg.journal_path), runner, OscEvents(self.transport.send), self.tempo,
+        events = OscEvents(self.transport.send, after_done=self._after_done)
+        self.service = JobService(Journal(cfg.journal_path), runner, events, self.tempo,
                                   cfg.home, cfg.allow_roots, cfg.queue_size,
                                   folders=(cfg.inbox, cfg.outbox, cfg.bounces), admit=runner.admit)
         summary = ",".join(f"{i}={getattr(m, 'name', 'missing')}" for i, m in models.items())
         self.captures = None if capture is None or ticks is None else CaptureJobs(
             capture, ticks, self.service, cfg.bounces, tuple(models), self.transport.send,
             default_bars=cfg.capture_bars, meter=parse_meter(cfg.capture_meter) if cfg.capture_meter else None,
-            triggers=parse_trigger_notes(cfg.trigger_notes), bars_cc=cfg.capture_bars_cc)
+            triggers=parse_trigger_notes(cfg.trigger_notes), bars_cc=cfg.capture_bars_cc, playback=playback)
         self.dispatcher = build_dispatcher(OscContext(self.service, self.tempo, self.transport.send, tuple(models),
                                                       summary, device_name, cfg.home, cfg.bounces, self.captures))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+
+    def _after_done(self, job: Job) -> None:
+        if self.captures is not None:
+            self.captures.finished(job)
 
     @property
     def osc_address(self) -> tuple[str, int]:
