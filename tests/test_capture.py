@@ -159,12 +159,12 @@ def test_parse_capture():
 
 def test_capture_settings(tmp_path):
     cfg = load_config({"capture_device": "BlackHole 2ch", "home": tmp_path},
-                      env={"STAGE_BRIDGE_CAPTURE_BARS": "8", "STAGE_BRIDGE_TRIGGER_NOTES": "drums=48,bass=50"},
+                      env={"STAGE_BRIDGE_CAPTURE_BARS": "8", "STAGE_BRIDGE_TRIGGERS": "drums=48,bass=50"},
                       config_file=tmp_path / "none.toml")
-    assert (cfg.capture_device, cfg.capture_bars, parse_trigger_notes(cfg.trigger_notes)) == (
+    assert (cfg.capture_device, cfg.capture_bars, parse_trigger_notes(cfg.triggers)) == (
         "BlackHole 2ch", 8, {48: "drums", 50: "bass"})
-    for env in ({"STAGE_BRIDGE_CAPTURE_BARS": "0"}, {"STAGE_BRIDGE_TRIGGER_NOTES": "drums=C1"},
-                {"STAGE_BRIDGE_CAPTURE_METER": "4-4"}, {"STAGE_BRIDGE_CAPTURE_BARS_CC": "128"}):
+    for env in ({"STAGE_BRIDGE_CAPTURE_BARS": "0"}, {"STAGE_BRIDGE_TRIGGERS": "drums=C1"},
+                {"STAGE_BRIDGE_METER": "4-4"}, {"STAGE_BRIDGE_BARS_CC": "128"}):
         with pytest.raises(BadArgument):
             load_config({"home": tmp_path}, env=env, config_file=tmp_path / "none.toml")
 

@@ -13,6 +13,8 @@ lives in the platform's config folder (`stage-bridge doctor` prints where), e.g.
     midi_in = "IAC Driver Bus 1"
     allow_root = ["~/Music/Ableton"]
     loudness_offset = 6      # takes arrive 6 LU under the song; "off" keeps them as generated
+    capture_device = "BlackHole"   # capture mode (docs/any-daw.md); also play_device, capture_bars,
+                                   # meter, triggers, bars_cc
     [model]
     drums = "stage-drums"
     bass = "~/models/my-bass-run"
@@ -20,6 +22,7 @@ lives in the platform's config folder (`stage-bridge doctor` prints where), e.g.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -72,9 +75,9 @@ class ServeConfig:
     capture_device: str | None = None
     play_device: str | None = None
     capture_bars: int = 4
-    capture_meter: str | None = None
-    trigger_notes: str = "drums=36,bass=38"
-    capture_bars_cc: int | None = None
+    meter: str | None = None
+    triggers: str = "drums=36,bass=38"
+    bars_cc: int | None = None
 
     @property
     def inbox(self) -> Path:
@@ -101,8 +104,8 @@ KEYS = {  # key: (type, ServeConfig field)
     "allow_root": (list, "allow_roots"), "queue_size": (int, "queue_size"), "weights_dir": (Path, "weights_dir"),
     "watch": (bool, "watch"), "sample_rate": (int, "sample_rate"), "loudness_offset": (float, "loudness_offset"),
     "capture_device": (str, "capture_device"), "play_device": (str, "play_device"), "capture_bars": (int, "capture_bars"),
-    "capture_meter": (str, "capture_meter"), "trigger_notes": (str, "trigger_notes"),
-    "capture_bars_cc": (int, "capture_bars_cc"),
+    "meter": (str, "meter"), "triggers": (str, "triggers"),
+    "bars_cc": (int, "bars_cc"),
 }
 OFF = ("off", "none", "false", "no")  # how a float setting (loudness_offset) is turned off
 
@@ -176,7 +179,9 @@ def load_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
             raise BadArgument(f"config file {path} cannot be read: {e}. Fix or remove it.") from None
         unknown = sorted(set(data) - set(KEYS))
         if unknown:
-            raise BadArgument(f"config file {path}: unknown setting '{unknown[0]}' (known: {', '.join(KEYS)}).")
+            close = difflib.get_close_matches(unknown[0], KEYS, 1)  # a typo: name the one meant, briefly
+            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(KEYS)}"
+            raise BadArgument(f"config file {path}: unknown setting '{unknown[0]}' ({hint}).")
         values.update({k: _convert(k, v) for k, v in data.items()})
     for key in KEYS:
         if ENV_PREFIX + key.upper() in env:
@@ -233,8 +238,8 @@ def check_capture_settings(cfg: ServeConfig) -> None:
 
     if not 1 <= cfg.capture_bars <= MAX_BARS:
         raise BadArgument(f"capture bars {cfg.capture_bars} must be 1-{MAX_BARS}.")
-    if cfg.capture_bars_cc is not None and not 0 <= cfg.capture_bars_cc <= 127:
-        raise BadArgument(f"capture bars CC {cfg.capture_bars_cc} must be a controller number 0-127.")
-    if cfg.capture_meter is not None:
-        parse_meter(cfg.capture_meter)
-    parse_trigger_notes(cfg.trigger_notes)
+    if cfg.bars_cc is not None and not 0 <= cfg.bars_cc <= 127:
+        raise BadArgument(f"capture bars CC {cfg.bars_cc} must be a controller number 0-127.")
+    if cfg.meter is not None:
+        parse_meter(cfg.meter)
+    parse_trigger_notes(cfg.triggers)

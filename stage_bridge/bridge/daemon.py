@@ -220,5 +220,5 @@ def doctor(cfg: ServeConfig) -> int:
     except StageError:
         pass                        # said once above
     if cfg.capture_device is not None:
-        print(f"capture: {cfg.capture_device}, {cfg.capture_bars} bars per trigger, trigger notes {cfg.trigger_notes}")
+        print(f"capture: {cfg.capture_device}, {cfg.capture_bars} bars per trigger, trigger notes {cfg.triggers}")
     return 0

@@ -51,8 +51,10 @@ class StemJob:
     capture: dict[str, Any] | None = None
 
     def params(self) -> dict[str, Any]:
-        """The journal's `params` column (every field but the id, JSON-serialisable)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "id"}
+        """The journal's `params` column (every field but the id, JSON-serialisable). `capture`
+        only where set: every other job keeps exactly the keys an older stage-bridge reads."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "id" and not (f.name == "capture" and self.capture is None)}
 
     @classmethod
     def from_params(cls, job_id: str, params: Mapping[str, Any]) -> "StemJob":

@@ -68,8 +68,8 @@ class Server:
         summary = ",".join(f"{i}={getattr(m, 'name', 'missing')}" for i, m in models.items())
         self.captures = None if capture is None or ticks is None else CaptureJobs(
             capture, ticks, self.service, cfg.bounces, tuple(models), self.transport.send,
-            default_bars=cfg.capture_bars, meter=parse_meter(cfg.capture_meter) if cfg.capture_meter else None,
-            triggers=parse_trigger_notes(cfg.trigger_notes), bars_cc=cfg.capture_bars_cc, playback=playback)
+            default_bars=cfg.capture_bars, meter=parse_meter(cfg.meter) if cfg.meter else None,
+            triggers=parse_trigger_notes(cfg.triggers), bars_cc=cfg.bars_cc, playback=playback)
         self.dispatcher = build_dispatcher(OscContext(self.service, self.tempo, self.transport.send, tuple(models),
                                                       summary, device_name, cfg.home, cfg.bounces, self.captures))
         self._stop = threading.Event()
