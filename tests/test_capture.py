@@ -297,6 +297,7 @@ def test_refusals(rig):
     error = rig.replies.wait(P.ERROR, "long")
     assert error[2] == "bad_bars" and "7 whole bar" in error[3]
     rig.server.captures.on_midi([0x90, 36, 100], 0.0)         # 4 bars: fine; the same id twice is not
+    rig.replies.wait(P.CAPTURE_TAKEN)
     send(rig, P.CAPTURE, "drums", 1, "job_id", "twice")
     rig.replies.wait(P.CAPTURE_TAKEN, "twice")
     send(rig, P.CAPTURE, "drums", 1, "job_id", "twice")

@@ -127,21 +127,27 @@ class CaptureJobs:
         return job
 
     def on_midi(self, message: list[int], t: float) -> None:
-        """MidiClockInput listener: trigger notes start a capture, the bars controller sets N."""
+        """MidiClockInput listener: trigger notes start a capture, the bars controller sets N.
+
+        The capture runs on a thread of its own: it may wait for the newest audio, and the MIDI
+        polling thread must keep draining the clock meanwhile."""
         kind, number, value = message[0] & 0xF0, message[1], message[2]
         if kind == 0xB0 and self.bars_cc is not None and number == self.bars_cc:
             self.bars = min(max(value, 1), MAX_BARS)
             log.info("capture length set to %d bars (MIDI CC %d)", self.bars, number)
         elif kind == 0x90 and number in self.triggers:
-            instrument = self.triggers[number]
-            try:
-                self.submit(P.CaptureRequest(P.check_instrument(instrument, self.instruments), self.bars),
-                            source="capture")
-            except P.ProtocolError as e:       # no job exists yet: the refusal goes out like OSC's
-                log.info("refused MIDI capture trigger (note %d): %s", number, e)
-                self.send(P.ERROR, "", e.code, P.clip(str(e), P.MAX_MESSAGE_CHARS))
-            except Exception:
-                log.exception("MIDI capture trigger (note %d) failed", number)
+            threading.Thread(target=self._trigger, args=(number, self.bars), name="stage-bridge-capture",
+                             daemon=True).start()
+
+    def _trigger(self, note: int, bars: int) -> None:
+        try:
+            self.submit(P.CaptureRequest(P.check_instrument(self.triggers[note], self.instruments), bars),
+                        source="capture")
+        except P.ProtocolError as e:           # no job exists yet: the refusal goes out like OSC's
+            log.info("refused MIDI capture trigger (note %d): %s", note, e)
+            self.send(P.ERROR, "", e.code, P.clip(str(e), P.MAX_MESSAGE_CHARS))
+        except Exception:
+            log.exception("MIDI capture trigger (note %d) failed", note)
 
 
     def finished(self, job: Job) -> None:
