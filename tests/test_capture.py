@@ -121,8 +121,55 @@ def test_a_dropout_starts_a_segment_and_is_reported_inside_a_window():
     _, _, segments = capture.arrivals()
     assert list(segments) == [0] * 6 + [1] * 4
     assert [(d.sample, d.kind) for d in capture.dropouts] == [(6 * PERIOD, "input overflow")]
+    assert capture.counts == {"input_overflow": 1, "input_underflow": 0}
     assert len(capture.read(5 * PERIOD, 2 * PERIOD)[1]) == 1
     assert capture.read(0, 6 * PERIOD)[1] == []         # ends where the dropout is: not inside
+
+
+class FakeSoundDevice:
+    """The part of sounddevice `list_devices` reads: two host APIs, a mic, a loopback, speakers."""
+
+    DEVICES = [{"name": "MacBook Microphone", "hostapi": 0, "max_input_channels": 1, "max_output_channels": 0,
+                "default_samplerate": 48000.0},
+               {"name": "BlackHole 2ch", "hostapi": 0, "max_input_channels": 2, "max_output_channels": 2,
+                "default_samplerate": 44100.0},
+               {"name": "BlackHole 2ch", "hostapi": 1, "max_input_channels": 2, "max_output_channels": 2,
+                "default_samplerate": 48000.0},
+               {"name": "Speakers", "hostapi": 0, "max_input_channels": 0, "max_output_channels": 2,
+                "default_samplerate": 48000.0}]
+
+    @staticmethod
+    def query_hostapis():
+        return [{"name": "Core Audio"}, {"name": "JACK Audio Connection Kit"}]
+
+    def query_devices(self):
+        return self.DEVICES
+
+    @staticmethod
+    def check_input_settings(device, channels, samplerate):
+        if samplerate > 48000:
+            raise ValueError("Invalid sample rate")
+
+    check_output_settings = check_input_settings
+
+
+def test_devices_are_found_by_number_name_and_host_api(monkeypatch):
+    from stage_bridge.bridge import capture as C
+
+    monkeypatch.setattr(C, "portaudio", FakeSoundDevice)
+    inputs = C.list_devices("input")
+    assert [(d.index, d.name, d.host_api, d.channels, d.rates) for d in inputs] == [
+        (0, "MacBook Microphone", "Core Audio", 1, (44100, 48000)), (1, "BlackHole 2ch", "Core Audio", 2, (44100, 48000)),
+        (2, "BlackHole 2ch", "JACK Audio Connection Kit", 2, (44100, 48000))]
+    assert C.find_device("blackhole").index == 1
+    assert C.find_device("BlackHole@jack").index == 2
+    assert C.find_device("2").default_rate == 48000
+    assert C.find_device("speak", "output").index == 3
+    with pytest.raises(CaptureUnavailable, match=r"no audio input matches 'Speakers'.*1: BlackHole 2ch \(Core Audio\)"
+                                                 r".*--capture-device"):
+        C.find_device("Speakers")
+    with pytest.raises(CaptureUnavailable, match="--play-device"):
+        C.find_device("9", "output")
 
 
 def test_an_input_that_cannot_open_says_which():

@@ -135,6 +135,7 @@ class Capture:
         self._events = 0
         self._total = 0                    # samples captured so far
         self._segment = 0
+        self.counts = {"input_overflow": 0, "input_underflow": 0}       # since the start, for the log
         self.dropouts: deque[Dropout] = deque(maxlen=MAX_DROPOUTS)   # the newest; a storm must not grow memory
         self._cond = threading.Condition()
         factory = stream_factory if stream_factory is not None else portaudio().InputStream
@@ -152,6 +153,7 @@ class Capture:
             for kind in ("input_overflow", "input_underflow"):
                 if status and getattr(status, kind, False):
                     self.dropouts.append(Dropout(self._total, t, kind.replace("_", " ")))
+                    self.counts[kind] += 1
                     self._segment += 1
             self._write(indata)
             slot = self._events % EVENTS

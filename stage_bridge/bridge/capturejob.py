@@ -119,9 +119,11 @@ class CaptureJobs:
             except BaseException:
                 path.unlink(missing_ok=True)       # refused: leave nothing behind
                 raise
-        log.info("capture %s: %s over bars %d-%d (%d samples from %d, %.3f bpm, error %.2f ms, %d dropout(s))",
-                 job_id, req.instrument, span.bar, span.bar + span.bars - 1, span.length, span.start, span.bpm,
-                 info["mapping_error_ms"], len(dropouts))
+        counts = self.capture.counts
+        log.info("capture %s: %s over bars %d-%d (%d samples from %d, %.2f bpm, error %.2f ms, %d dropout(s); "
+                 "the input's overflows/underflows since the start: %d/%d)", job_id, req.instrument, span.bar,
+                 span.bar + span.bars - 1, span.length, span.start, span.bpm, info["mapping_error_ms"], len(dropouts),
+                 counts["input_overflow"], counts["input_underflow"])
         self.send(P.CAPTURE_TAKEN, job.id, span.bar, span.bars, span.start, float(span.bpm), len(dropouts),
                   float(info["mapping_error_ms"]))
         return job
