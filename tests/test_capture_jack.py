@@ -258,11 +258,10 @@ def test_doctor_lists_the_jack_input(jack, tmp_path):
     import subprocess
     import sys
 
-    with portaudio():                     # (the doctor is another process; this only orders the cleanup)
-        env = {**jackutil.jack_env(jack), "STAGE_BRIDGE_CONFIG": str(tmp_path / "none.toml"),
-               "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        res = subprocess.run([sys.executable, "-m", "stage_bridge.cli", "doctor", "--home", str(tmp_path)],
-                             env=env, capture_output=True, text=True, timeout=120)
+    env = {**jackutil.jack_env(jack), "STAGE_BRIDGE_CONFIG": str(tmp_path / "none.toml"),
+           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    res = subprocess.run([sys.executable, "-m", "stage_bridge.cli", "doctor", "--home", str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "audio inputs (for --capture-device" in res.stdout
     line = next(x for x in res.stdout.splitlines() if "JACK Audio Connection Kit" in x and "system" in x)
