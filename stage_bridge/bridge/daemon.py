@@ -202,23 +202,18 @@ def doctor(cfg: ServeConfig) -> int:
         print(f"MIDI inputs ({cfg.midi_api}): {', '.join(ports) if ports else 'none'}")
     except StageError as e:
         print(f"MIDI: unavailable ({e})")
-    try:
-        from .capture import list_devices
-        inputs = list_devices("input")
-        print("audio inputs (for --capture-device, by number or name):" if inputs else "audio inputs: none")
-        for d in inputs:
+    from .capture import list_devices
+
+    for direction, option in (("input", "--capture-device"), ("output", "--play-device")):
+        try:
+            devices = list_devices(direction)
+        except StageError as e:
+            print(f"audio {direction}s: unavailable ({e})")
+            break
+        print(f"audio {direction}s (for {option}, by number or name):" if devices else f"audio {direction}s: none")
+        for d in devices:
             print(f"  {d.index}: {d.name} ({d.host_api}), {d.channels} channel(s), rates "
                   f"{', '.join(map(str, d.rates)) or 'none of the usual'} (default {d.default_rate})")
-    except StageError as e:
-        print(f"audio inputs: unavailable ({e})")
-    try:
-        from .capture import list_devices
-        outputs = list_devices("output")
-        print("audio outputs (for --play-device):" if outputs else "audio outputs: none")
-        for d in outputs:
-            print(f"  {d.index}: {d.name} ({d.host_api}), {d.channels} channel(s) (default {d.default_rate} Hz)")
-    except StageError:
-        pass                        # said once above
     if cfg.capture_device is not None:
         print(f"capture: {cfg.capture_device}, {cfg.capture_bars} bars per trigger, trigger notes {cfg.triggers}")
     return 0

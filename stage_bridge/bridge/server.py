@@ -6,8 +6,9 @@ the stem runner and sends events through the transport), and this is where they 
 together and started and stopped in the right order.
 
 Threads: the OSC receive loop (parses, validates, queues: never touches the model), the job
-worker (the only user of the models), the inbox watcher, the MIDI input's polling thread (which
-also runs capture triggers) and, in capture mode, PortAudio's audio thread.
+worker (the only user of the models), the inbox watcher, the MIDI input's polling thread and, in
+capture mode, PortAudio's audio threads, jam playback's clock fit and one short thread per MIDI
+capture trigger.
 """
 
 from __future__ import annotations
