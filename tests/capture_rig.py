@@ -4,7 +4,7 @@
   hats on eighths, a piano line of random pitches on sixteenths, so no two stretches sound the
   same and a cross-correlation finds where a piece of it came from to the sample).
 - `SongPlayer`: a JACK client (JACK-Client) that plays song frame F while the JACK transport is
-  at frame F (silence when stopped), into two audio outputs, and sends MIDI notes from a MIDI
+  at frame F (looping the song; silence when stopped), into two audio outputs, and sends MIDI notes from a MIDI
   output on request (the capture triggers). jack_midi_clock follows the same transport, so the
   song's bar b starts at transport frame b * BAR_FRAMES, where the clock says bar b starts.
   `player_process` runs it in a process of its own, as a DAW is: two Python JACK callbacks in
@@ -84,11 +84,12 @@ def locate_in_song(piece: np.ndarray, song: np.ndarray, expected: int, search: i
     p = np.asarray(piece, np.float64)
     p = p.mean(axis=0) if p.ndim == 2 else p
     p = p[: min(len(p), SR)]
-    s = song.mean(axis=1).astype(np.float64)
-    lo = max(expected - search, 0)
-    segment = s[lo: expected + search + len(p)]
+    s = np.tile(song.mean(axis=1).astype(np.float64), 2)         # the player loops the song
+    expected_in_song = expected % len(song)
+    lo = max(expected_in_song - search, 0)
+    segment = s[lo: expected_in_song + search + len(p)]
     c = correlate(segment, p, mode="valid", method="fft")
-    return int(np.argmax(c)) + lo - expected
+    return int(np.argmax(c)) + lo - expected_in_song
 
 
 class SongPlayer:
@@ -111,11 +112,10 @@ class SongPlayer:
         state, pos = self.client.transport_query_struct()
         f = int(pos.frame)
         playing = state == self._jack.ROLLING
+        idx = (f + np.arange(frames)) % len(self.song)          # the song loops (tests run for minutes)
         for ch, port in enumerate(self.outs):
             buf = np.frombuffer(port.get_buffer(), np.float32)
-            piece = self.song[f:f + frames, ch] if playing else ()
-            buf[:len(piece)] = piece
-            buf[len(piece):] = 0.0
+            buf[:] = self.song[idx, ch] if playing else 0.0
         self.midi_out.clear_buffer()
         for note in self._off:
             self.midi_out.write_midi_event(0, (0x80, note, 0))
