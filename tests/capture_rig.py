@@ -72,6 +72,8 @@ def render_song(path: Path, seconds: float = 90.0, seed: int = 0) -> np.ndarray:
     audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     assert rate == SR
     audio = np.ascontiguousarray(audio[: int(seconds * SR), :2])
+    # exactly `seconds` (FluidSynth stops with the last note): so the loop keeps the bar lines in place
+    audio = np.pad(audio, ((0, int(seconds * SR) - len(audio)), (0, 0)))
     sf.write(str(path), audio, SR, subtype="FLOAT")
     return audio
 
