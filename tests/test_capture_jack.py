@@ -105,7 +105,7 @@ def start_was_clean(server, asked: float, bars: int) -> bool:
 
 def test_captured_bars_start_on_the_clocks_downbeat(jack, song):
     """In process: Capture + MidiClockInput + barclock.locate_bars, the daemon's own pieces."""
-    from stage_bridge.bridge.barclock import BarSpan, locate_bars
+    from stage_bridge.bridge.barclock import SPAN_S, BarSpan, locate_bars
     from stage_bridge.bridge.capture import Capture, find_device
     from stage_bridge.bridge.midiclock import ClockTracker, MidiClockInput
 
@@ -134,7 +134,8 @@ def test_captured_bars_start_on_the_clocks_downbeat(jack, song):
                 audio, dropouts = capture.read(span.start, span.length)
                 lag = locate_in_song(audio, song, (span.bar - 1) * BAR_FRAMES)
                 seen.append((lag, span, len(dropouts)))
-                if not start_was_clean(jack, asked, 2):
+                # the input's own dropout reports (one per xrun it saw) near what places the first bar line
+                if any(abs(d.sample - span.start) <= (SPAN_S + 0.2) * SR for d in list(capture.dropouts)):
                     time.sleep(1.0)
                     continue
                 clean = lag, span
@@ -234,9 +235,9 @@ def test_daemon_captures_on_a_midi_note_and_on_osc(jack, song, tmp_path):
             daemon.proc.send_signal(signal.SIGSTOP)
             time.sleep(0.3)
             daemon.proc.send_signal(signal.SIGCONT)
-            time.sleep(0.5)
+            time.sleep(BAR_S + 0.5)                       # a bar line after the stall: the two bars hold it
             mark = dump.mark()
-            daemon.send("/stage/capture", "siss", "drums", 1, "job_id", "stalled")
+            daemon.send("/stage/capture", "siss", "drums", 2, "job_id", "stalled")
             taken = dump.wait_for(lambda m: m.address in ("/stage/capture/taken", "/stage/job/error")
                                   and m.args[:1] == ("stalled",), timeout=10, since=mark)
             assert taken.address == "/stage/capture/taken", taken
