@@ -5,7 +5,8 @@
   same and a cross-correlation finds where a piece of it came from to the sample).
 - `SongPlayer`: a JACK client (JACK-Client) that plays song frame F while the JACK transport is
   at frame F (looping the song; silence when stopped), into two audio outputs, and sends MIDI notes from a MIDI
-  output on request (the capture triggers). jack_midi_clock follows the same transport, so the
+  output on request (the capture triggers), and records its two audio inputs by transport frame
+  (what jam playback played). jack_midi_clock follows the same transport, so the
   song's bar b starts at transport frame b * BAR_FRAMES, where the clock says bar b starts.
   `player_process` runs it in a process of its own, as a DAW is: two Python JACK callbacks in
   one interpreter wait for each other's GIL and make the server xrun.
@@ -104,6 +105,8 @@ class SongPlayer:
         self.song = song
         self.client = jack.Client(name, servername=server, no_start_server=True)
         self.outs = [self.client.outports.register(f"out_{i + 1}") for i in range(2)]
+        self.ins = [self.client.inports.register(f"in_{i + 1}") for i in range(2)]
+        self.recording = np.zeros((len(song), 2), np.float32)   # what reached `ins`, by transport frame
         self.midi_out = self.client.midi_outports.register("midi_out")
         self._notes: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._off: list[int] = []
@@ -118,6 +121,9 @@ class SongPlayer:
         for ch, port in enumerate(self.outs):
             buf = np.frombuffer(port.get_buffer(), np.float32)
             buf[:] = self.song[idx, ch] if playing else 0.0
+        if playing:
+            for ch, port in enumerate(self.ins):
+                self.recording[idx, ch] = np.frombuffer(port.get_buffer(), np.float32)
         self.midi_out.clear_buffer()
         for note in self._off:
             self.midi_out.write_midi_event(0, (0x80, note, 0))
@@ -150,11 +156,22 @@ class PlayerProcess:
     def __init__(self, proc: subprocess.Popen, name: str):
         self.proc, self.name = proc, name
         self.outs = [f"{name}:out_1", f"{name}:out_2"]
+        self.ins = [f"{name}:in_1", f"{name}:in_2"]
         self.midi_out = f"{name}:midi_out"
 
     def note(self, number: int) -> None:
         self.proc.stdin.write(f"note {number}\n")
         self.proc.stdin.flush()
+
+    def recording(self, path: Path) -> np.ndarray:
+        """What reached the player's inputs so far, by transport frame ((frames, 2), the song's length)."""
+        import soundfile as sf
+
+        self.proc.stdin.write(f"dump {path}\n")
+        self.proc.stdin.flush()
+        if self.proc.stdout.readline().strip() != "dumped":
+            raise RuntimeError("the song player did not write its recording")
+        return sf.read(str(path), dtype="float32", always_2d=True)[0]
 
 
 @contextlib.contextmanager
@@ -185,3 +202,6 @@ if __name__ == "__main__":
         for command in sys.stdin:
             if command.startswith("note "):
                 player.note(int(command.split()[1]))
+            elif command.startswith("dump "):
+                sf.write(command.split(" ", 1)[1].strip(), player.recording, SR, subtype="FLOAT")
+                print("dumped", flush=True)

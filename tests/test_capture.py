@@ -404,7 +404,8 @@ def test_playback_starts_at_the_next_multiple_of_its_length_and_loops(tmp_path):
     info = types.SimpleNamespace(outputBufferDacTime=0.0, currentTime=0.0)
 
     def buffer(at: float) -> np.ndarray:
-        now[0] = transport.T0 + at
+        """The buffer whose first sample plays at `at` (its callback stands for its middle)."""
+        now[0] = transport.T0 + at + PERIOD / 2 / SR
         playback._callback(out, PERIOD, info, None)
         return np.rint(out[:, 0] * BAR).astype(int)
 

@@ -255,6 +255,48 @@ def test_daemon_captures_on_a_midi_note_and_on_osc(jack, song, tmp_path):
             assert daemon.stop() == 0, daemon.log_text()[-3000:]
 
 
+def test_jam_playback_starts_on_the_next_bar_line_and_loops(jack, song, tmp_path):
+    """In process: Playback on PortAudio's JACK output, following MidiClockInput; the song player
+    records what arrives by transport frame, so bar b is at frame b * BAR_FRAMES."""
+    from stage_bridge.bridge.capture import find_device
+    from stage_bridge.bridge.midiclock import ClockTracker, MidiClockInput
+    from stage_bridge.bridge.playback import Playback
+
+    song, song_path = song
+    take = np.random.default_rng(5).standard_normal((2, BAR_FRAMES)).astype(np.float32) * 0.2   # one bar
+    transport(jack, "stop", "locate 0")
+    with player_process(jack, song_path, jackutil.jack_env(jack)) as player, midi_clock(jack, BPM), portaudio():
+        tracker = ClockTracker()
+        clock_in = MidiClockInput("jack_midi_clock", api="jack", tracker=tracker)
+        playback = Playback(find_device("system@JACK", "output"), tracker)
+        try:
+            for i, port in enumerate(player.ins):
+                connect(jack, jackutil.wait_for_port(jack, f"PortAudio:out_{i}"), port)
+            transport(jack, "play")
+            assert wait_until(lambda: len(tracker.run_ticks()[1]) > 96 + 24, 20), "no clock run"
+            playing_from = int(np.ceil(tracker.run_ticks()[1][-1] / 96)) * BAR_FRAMES
+            playback.play(take, SR, loop_ticks=96)
+            time.sleep(3 * BAR_S + 0.5)
+            recording = player.recording(tmp_path / "heard.wav")
+            latency = playback.latency
+        finally:
+            playback.close()
+            clock_in.close()
+            transport(jack, "stop")
+    # The take is scheduled to be *heard* on the bar line: PortAudio's output latency after the
+    # callback. The recorder takes it from the port before that, so it arrives that much early.
+    early = int(round(latency * SR))
+    # the first bar line it could start on, or the next (its first buffer may come after that one)
+    starts = [playing_from - early, playing_from + BAR_FRAMES - early]
+    found = [locate_in_song(take, recording, start) for start in starts]
+    on_time = [abs(lag) <= PERIOD for lag in found]
+    assert any(on_time), (found, early, jack.xruns[-3:])
+    first = starts[on_time.index(True)]
+    assert not recording[max(first - BAR_FRAMES, 0):first - 2 * PERIOD].any(), "it played before its bar line"
+    again = locate_in_song(take, recording, first + BAR_FRAMES)              # looping: bar after bar
+    assert abs(again) <= PERIOD, (found, again)
+
+
 def debug(span, capture, tracker, jack) -> str:
     t, p = tracker.run_ticks()
     a, s, g = capture.arrivals()

@@ -57,6 +57,7 @@ class Playback:
         self._clock = clock
         self._loop: _Loop | None = None
         self._line: Line | None = None
+        self._latency = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         factory = stream_factory if stream_factory is not None else portaudio().OutputStream
@@ -72,6 +73,13 @@ class Playback:
             self._thread = threading.Thread(target=self._refit_loop, args=(refit_s,), name="stage-bridge-playback",
                                             daemon=True)
             self._thread.start()
+
+    @property
+    def latency(self) -> float:
+        """Seconds from a buffer's callback to its sound at the output, as PortAudio reported it
+        to the latest callback: what the callback schedules ahead, so the take is *heard* on the
+        bar line."""
+        return self._latency
 
     def play(self, samples: np.ndarray, sample_rate: int, loop_ticks: int) -> None:
         """Play `samples` ((channels, n) float32) from the next song position that is a multiple
@@ -105,13 +113,15 @@ class Playback:
     def _callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         now = self._clock()
         dac, current = (float(getattr(time_info, name, 0.0) or 0.0) for name in ("outputBufferDacTime", "currentTime"))
-        latency = dac - current if 0.0 <= dac - current < 1.0 else 0.0
+        latency = self._latency = dac - current if 0.0 <= dac - current < 1.0 else 0.0
         with self._lock:
             loop, line = self._loop, self._line
             if loop is None or line is None:
                 outdata.fill(0.0)
                 return
-            position = line.position_at(now + latency)            # of this buffer's first sample
+            # of this buffer's first sample; the callback time stands for the buffer's middle, as
+            # an input buffer's arrival does (capture.py: the clock's ticks are stamped that way too)
+            position = line.position_at(now + latency - frames / 2 / self.sample_rate)
             if loop.start is None:                                # the next multiple of its length
                 loop.start = float(np.ceil(position / loop.loop_ticks) * loop.loop_ticks)
             n = len(loop.samples)
