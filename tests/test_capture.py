@@ -263,19 +263,34 @@ def tiny():
     return load_model("tiny-random", "cpu")
 
 
+class PlaybackStub:
+    """What CaptureJobs asks of jam playback."""
+
+    def __init__(self):
+        self.played: list[tuple] = []
+        self.called = threading.Event()
+
+    def play(self, samples, sample_rate, loop_ticks):
+        self.played.append((samples.shape, sample_rate, loop_ticks))
+        self.called.set()
+
+
 @pytest.fixture
 def rig(tmp_path, tiny):
     from stage_bridge.bridge.server import Server
 
     replies = Replies()
+    playback = PlaybackStub()
     cfg = load_config({"home": tmp_path / "home", "reply_port": replies.port, "osc_port": 0},
                       env={}, config_file=tmp_path / "none.toml")
     timeline = Timeline(seconds=14.1)   # seven bar lines passed
     capture = fake_capture(timeline)
-    server = Server(cfg, {"drums": tiny, "bass": tiny}, "cpu", capture=capture, ticks=timeline.tracker)
+    server = Server(cfg, {"drums": tiny, "bass": tiny}, "cpu", capture=capture, ticks=timeline.tracker,
+                    playback=playback)
     server.start()
     try:
-        yield types.SimpleNamespace(server=server, timeline=timeline, capture=capture, replies=replies, cfg=cfg)
+        yield types.SimpleNamespace(server=server, timeline=timeline, capture=capture, replies=replies, cfg=cfg,
+                                    playback=playback)
     finally:
         server.stop()
         replies.close()
@@ -308,6 +323,10 @@ def test_osc_capture_runs_a_job_over_the_last_bars(rig):
     np.testing.assert_array_equal(context, rig.timeline.song[start:start + len(context)])
     job = rig.server.service.journal.history()[-1]
     assert job.spec.capture == side["capture"]               # journaled: a restart resumes it as it was
+    # jam playback got the take (after the replies), to loop every 2 bars (2 * 96 ticks)
+    assert rig.playback.called.wait(30)
+    [(shape, rate, loop_ticks)] = rig.playback.played
+    assert shape[1] == 2 * BAR and rate == SR and loop_ticks == 192
 
 
 def test_a_dropout_inside_the_window_is_in_the_reply_and_sidecar(rig):
