@@ -10,9 +10,13 @@ interest, which averages the jitter away:
 
 * `time_of_position`: tick arrival time against song position (least squares, late ticks
   rejected as in midiclock.fit_clock), over the ticks within SPAN_TICKS of the bar line;
-* `sample_at`: buffer arrival time against its first sample, over the buffers within SPAN_S of
-  that time and after the last dropout before it. A buffer can arrive late, never early, so the
-  line is put through the earliest arrivals (ENVELOPE quantile of the residuals), not their mean.
+* `sample_at`: buffer arrival time against the sample it stands for (capture.py: its middle),
+  over the buffers of the same segment (between dropouts) within SPAN_S of that time. A buffer
+  can arrive late, never early, so the line is put through the earliest arrivals (ENVELOPE
+  quantile of the residuals), not their mean.
+
+The tempo, and so the bars' exact length, is midiclock's robust fit where given. Jam playback
+uses `position_line` (the newest ticks' line) the other way round: time -> song position.
 
 Each returns its standard error; `locate_bars` adds them up (in samples) as the mapping error
 it reports. Known bias: both sides are stamped when the data reaches the daemon, so a DAW
