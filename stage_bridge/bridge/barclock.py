@@ -35,7 +35,7 @@ from ..audio.timing import BPM_RANGE, bars_to_samples
 from .midiclock import TICKS_PER_QUARTER
 
 SPAN_TICKS = 192          # ticks either side of a bar line that fit its time (two bars of 4/4)
-SPAN_S = 2.0              # seconds of audio buffers either side of an instant that fit its sample
+SPAN_S = 0.5              # seconds of audio buffers either side of an instant that fit its sample
 MIN_POINTS = 12           # fewer usable ticks or buffers: no answer
 REJECT_SIGMAS = 3.5       # farther off the line than this many robust sigmas: an outlier
 ENVELOPE = 0.1            # the quantile of buffer arrival residuals the sample line goes through
