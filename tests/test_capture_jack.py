@@ -311,7 +311,6 @@ def test_jam_playback_starts_on_the_next_bar_line_and_loops(jack, song, tmp_path
     assert abs(again) <= PERIOD, (seen, again)
 
 
-
 def test_doctor_lists_the_jack_input(jack, tmp_path):
     """`stage-bridge doctor` names the inputs --capture-device accepts: host API, channels, rates."""
     import subprocess
