@@ -114,6 +114,11 @@ def build_parser() -> ArgumentParser:
                         "token, printed once in the ready line; set your own with web_token in the config file)")
     s.add_argument("--no-web", dest="web", action="store_const", const=False, default=None,
                    help="no control room page")
+    s.add_argument("--capture-device", default=None, metavar="NAME_OR_INDEX",
+                   help="capture mode: record this audio input (see `stage-bridge doctor`) and generate over its "
+                        "last bars on a MIDI note or /stage/capture (docs/any-daw.md)")
+    s.add_argument("--play-device", default=None, metavar="NAME_OR_INDEX",
+                   help="capture mode: play each finished take on this output, in time with the MIDI clock")
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("doctor", help="show devices, MIDI ports, weights and settings")
@@ -224,7 +229,7 @@ class ProgressBar:
 def _serve_settings(args: argparse.Namespace) -> dict:
     keys = ("model", "device", "precision", "compile", "osc_host", "osc_port", "reply_host", "reply_port", "allow_remote", "midi",
             "midi_in", "midi_api", "watch", "home", "allow_root", "queue_size", "weights_dir")
-    keys += ("web", "web_host", "web_port")
+    keys += ("web", "web_host", "web_port", "capture_device", "play_device")
     return {k: getattr(args, k, None) for k in keys}
 
 

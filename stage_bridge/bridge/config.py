@@ -14,6 +14,8 @@ lives in the platform's config folder (`stage-bridge doctor` prints where), e.g.
     allow_root = ["~/Music/Ableton"]
     loudness_offset = 6      # takes arrive 6 LU under the song; "off" keeps them as generated
     web_port = 9002          # the control room page; web = false turns it off
+    capture_device = "BlackHole"   # capture mode (docs/any-daw.md); also play_device, capture_bars,
+                                   # meter, triggers, bars_cc
     [model]
     drums = "stage-drums"
     bass = "~/models/my-bass-run"
@@ -21,6 +23,7 @@ lives in the platform's config folder (`stage-bridge doctor` prints where), e.g.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -71,6 +74,15 @@ class ServeConfig:
     web_host: str = "127.0.0.1"  # beyond loopback only with allow_remote, and then always with a token
     web_port: int = 9002
     web_token: str | None = None  # required on every request when set (generated when web_host is not loopback)
+    # capture mode (capturejob.py): the input to record, the output for jam playback, the bars a
+    # MIDI trigger captures, the meter ("7/8"; None: /stage/tempo's, else 4/4), the trigger notes
+    # ("drums=36,bass=38") and the controller that sets the bar count (None: none)
+    capture_device: str | None = None
+    play_device: str | None = None
+    capture_bars: int = 4
+    meter: str | None = None
+    triggers: str = "drums=36,bass=38"
+    bars_cc: int | None = None
 
     @property
     def inbox(self) -> Path:
@@ -96,6 +108,9 @@ KEYS = {  # key: (type, ServeConfig field)
     "midi": (bool, "midi"), "midi_in": (str, "midi_in"), "midi_api": (str, "midi_api"), "home": (Path, "home"),
     "allow_root": (list, "allow_roots"), "queue_size": (int, "queue_size"), "weights_dir": (Path, "weights_dir"),
     "watch": (bool, "watch"), "sample_rate": (int, "sample_rate"), "loudness_offset": (float, "loudness_offset"),
+    "capture_device": (str, "capture_device"), "play_device": (str, "play_device"), "capture_bars": (int, "capture_bars"),
+    "meter": (str, "meter"), "triggers": (str, "triggers"),
+    "bars_cc": (int, "bars_cc"),
 }
 KEYS.update({"web": (bool, "web"), "web_host": (str, "web_host"), "web_port": (int, "web_port"),
              "web_token": (str, "web_token")})
@@ -171,7 +186,9 @@ def load_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
             raise BadArgument(f"config file {path} cannot be read: {e}. Fix or remove it.") from None
         unknown = sorted(set(data) - set(KEYS))
         if unknown:
-            raise BadArgument(f"config file {path}: unknown setting '{unknown[0]}' (known: {', '.join(KEYS)}).")
+            close = difflib.get_close_matches(unknown[0], KEYS, 1)  # a typo: name the one meant, briefly
+            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(KEYS)}"
+            raise BadArgument(f"config file {path}: unknown setting '{unknown[0]}' ({hint}).")
         values.update({k: _convert(k, v) for k, v in data.items()})
     for key in KEYS:
         if ENV_PREFIX + key.upper() in env:
@@ -197,4 +214,41 @@ def load_config(cli: Mapping[str, Any], env: Mapping[str, str] | None = None,
     validate_loudness_offset(cfg.loudness_offset)
     if not 0 <= cfg.web_port <= 65535:
         raise BadArgument(f"web port {cfg.web_port} must be 0-65535.")
+    check_capture_settings(cfg)
     return cfg
+
+
+def parse_meter(text: str) -> tuple[int, int]:
+    """"7/8" -> (7, 8), checked against the meters a request may have."""
+    from ..audio.timing import validate_tempo  # (not at the top: see _default_loudness_offset)
+
+    try:
+        beats, unit = (int(x) for x in str(text).split("/"))
+        validate_tempo(120, beats, unit)
+    except (ValueError, BadArgument):
+        raise BadArgument(f"capture meter {text!r}: write it as a time signature such as 4/4 or 7/8.") from None
+    return beats, unit
+
+
+def parse_trigger_notes(text: str) -> dict[int, str]:
+    """"drums=36,bass=38" -> {36: "drums", 38: "bass"} (MIDI note numbers; C1 = 36 in Live)."""
+    notes: dict[int, str] = {}
+    for item in (i.strip() for i in str(text).split(",") if i.strip()):
+        inst, _, note = item.partition("=")
+        if not note.strip().isdigit() or not 0 <= int(note) <= 127 or not inst.strip().isidentifier():
+            raise BadArgument(f"trigger notes {text!r}: write instrument=NOTE pairs such as drums=36,bass=38 "
+                              "(notes 0-127).")
+        notes[int(note)] = inst.strip().lower()
+    return notes
+
+
+def check_capture_settings(cfg: ServeConfig) -> None:
+    from ..limits import MAX_BARS
+
+    if not 1 <= cfg.capture_bars <= MAX_BARS:
+        raise BadArgument(f"capture bars {cfg.capture_bars} must be 1-{MAX_BARS}.")
+    if cfg.bars_cc is not None and not 0 <= cfg.bars_cc <= 127:
+        raise BadArgument(f"capture bars CC {cfg.bars_cc} must be a controller number 0-127.")
+    if cfg.meter is not None:
+        parse_meter(cfg.meter)
+    parse_trigger_notes(cfg.triggers)

@@ -23,7 +23,9 @@ from .server import Server
 
 if TYPE_CHECKING:
     from ..engine.model import StageModel
+    from .capture import Capture
     from .midiclock import MidiClockInput
+    from .playback import Playback
 
 log = logging.getLogger("stage_bridge.daemon")
 
@@ -95,24 +97,72 @@ def open_midi(cfg: ServeConfig) -> "MidiClockInput | None":
     return midi
 
 
+def open_capture(cfg: ServeConfig) -> "Capture | None":
+    """Capture mode's input, or None; a named input that cannot be opened stops the start (the
+    musician asked for it: running without would only fail later, at every trigger)."""
+    if cfg.capture_device is None:
+        return None
+    from .capture import Capture, find_device
+
+    capture = Capture(find_device(cfg.capture_device))
+    log.info("capture input: %s (%s), %d Hz, %d channel(s)", capture.device.name, capture.device.host_api,
+             capture.sample_rate, capture.channels)
+    return capture
+
+
+def open_playback(cfg: ServeConfig, midi: "MidiClockInput | None") -> "Playback | None":
+    """Jam playback's output, or None (it needs capture mode and a MIDI clock to follow)."""
+    if cfg.play_device is None:
+        return None
+    if cfg.capture_device is None or midi is None:
+        log.warning("--play-device is for capture mode with a MIDI clock (--capture-device and a clock input); "
+                    "no jam playback")
+        return None
+    from .capture import find_device
+    from .playback import Playback
+
+    playback = Playback(find_device(cfg.play_device, "output"), midi.tracker)
+    log.info("jam playback on: %s (%s), %d Hz", playback.device.name, playback.device.host_api, playback.sample_rate)
+    return playback
+
+
 def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_listen_host(cfg.osc_host, cfg.allow_remote)  # refuse at once, before minutes of model loading
     if cfg.web:
         from .web import check_web_host
         check_web_host(cfg.web_host, cfg.allow_remote)
+    if cfg.capture_device is not None:  # likewise a capture device that is not there
+        from .capture import find_device
+        find_device(cfg.capture_device)
+        if cfg.play_device is not None:
+            find_device(cfg.play_device, "output")
     models, device = load_models(cfg)
     started = time.perf_counter()
     warm_up_fit()  # the beat tracker's one-time start (seconds) is paid before `ready`, not by a take
     log.info("beat tracker ready in %.1f s", time.perf_counter() - started)
     midi = open_midi(cfg)
+    capture = playback = None
     try:
         inputs = {"MIDI clock": f"{midi.port_name} ({midi.api})"} if midi else {}
-        server = Server(cfg, models, device, clock=midi, inputs=inputs)
+        capture = open_capture(cfg)
+        if capture is not None:
+            inputs["capture"] = cfg.capture_device
+            if midi is None:
+                log.warning("capture mode without a MIDI clock: captures are refused until the daemon is started "
+                            "with a MIDI clock input (it says where the bar lines are)")
+        playback = open_playback(cfg, midi)
+        if playback is not None:
+            inputs["jam playback"] = cfg.play_device
+        server = Server(cfg, models, device, clock=midi, inputs=inputs, capture=capture,
+                        ticks=midi.tracker if midi else None, playback=playback)
     except StageError:
-        if midi:
-            midi.close()
+        for part in (midi, capture, playback):
+            if part:
+                part.close()
         raise
+    if midi is not None and server.captures is not None:
+        midi.listener = server.captures.on_midi
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -132,9 +182,12 @@ def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
             pass
     finally:
         log.info("stopping ...")
-        server.stop()
         if midi:
-            midi.close()
+            midi.listener = None
+        server.stop()
+        for part in (midi, capture, playback):
+            if part:
+                part.close()
         log.info("stopped")
     return 0
 
@@ -177,4 +230,18 @@ def doctor(cfg: ServeConfig) -> int:
         print(f"MIDI inputs ({cfg.midi_api}): {', '.join(ports) if ports else 'none'}")
     except StageError as e:
         print(f"MIDI: unavailable ({e})")
+    from .capture import list_devices
+
+    for direction, option in (("input", "--capture-device"), ("output", "--play-device")):
+        try:
+            devices = list_devices(direction)
+        except StageError as e:
+            print(f"audio {direction}s: unavailable ({e})")
+            break
+        print(f"audio {direction}s (for {option}, by number or name):" if devices else f"audio {direction}s: none")
+        for d in devices:
+            print(f"  {d.index}: {d.name} ({d.host_api}), {d.channels} channel(s), rates "
+                  f"{', '.join(map(str, d.rates)) or 'none of the usual'} (default {d.default_rate})")
+    if cfg.capture_device is not None:
+        print(f"capture: {cfg.capture_device}, {cfg.capture_bars} bars per trigger, trigger notes {cfg.triggers}")
     return 0

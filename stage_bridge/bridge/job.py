@@ -18,14 +18,14 @@ from ..limits import random_seed
 from .protocol import DEFAULT_CONTEXT_MODE, GenerateRequest, ProtocolError, Tempo
 
 DEFAULT_METER = 4  # beats_per_bar and beat_unit when neither the request nor the tempo source says
-ADDED_PARAMS = ("candidates", "scores")  # fields added after the journal's format was fixed (see `params`)
+ADDED_PARAMS = ("candidates", "scores", "capture")  # fields added after the journal's format was fixed (see `params`)
 
 
 @dataclass(frozen=True)
 class StemJob:
     """Everything needed to render and name one job's takes, tempo and path already resolved.
 
-    `source`: "osc", "inbox" or "cli"; `name`: the first part of the output file names;
+    `source`: "osc", "inbox", "cli" or "capture"; `name`: the first part of the output file names;
     `tempo_source`: "request", "osc" or "midi"; `context_path`: resolved, or "" in click mode;
     `seed`: drawn when the job is made if the request gave none (`job_from_request`), so the
     journal holds it and a job run again after a crash makes the same takes. (None only in
@@ -51,6 +51,9 @@ class StemJob:
     seed: int | None = None
     candidates: int | None = None
     scores: bool = False
+    # capture mode (capturejob.py): where the context was cut from the input: bar, bars,
+    # start_sample, sample_rate, dropouts, mapping_error_ms. None for every other job.
+    capture: dict[str, Any] | None = None
 
     def params(self) -> dict[str, Any]:
         """The journal's `params` column (every field but the id, JSON-serialisable). A field of

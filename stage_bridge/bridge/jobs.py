@@ -21,6 +21,7 @@ still queued or running; the folders are made again too.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -482,11 +483,13 @@ class JobService:
         """After `stop` and after every front end has stopped submitting."""
         self.journal.close()
 
-    def submit(self, req: GenerateRequest, source: str, name: str | None = None) -> Job:
-        """Queue the job `req` asks for; ProtocolError when it cannot be (no tempo, path, full, ...)."""
+    def submit(self, req: GenerateRequest, source: str, name: str | None = None,
+               capture: dict | None = None) -> Job:
+        """Queue the job `req` asks for; ProtocolError when it cannot be (no tempo, path, full, ...).
+        `capture`: where a capture job's context was cut from the input (StemJob.capture)."""
         self.ensure_home()
         path = resolve_context_path(req.context_path, self.home, self.roots)
-        job = Job(job_from_request(req, source, path, self.tempo.current(), name))
+        job = Job(dataclasses.replace(job_from_request(req, source, path, self.tempo.current(), name), capture=capture))
         if self._admit is not None:
             self._admit(job.spec)
         self.queue.submit(job)

@@ -3,7 +3,11 @@
 Bottom up: `fit_clock` is a pure function (tick arrival times in, seconds per tick out) that
 holds all the statistics; `ClockTracker` is fed time-stamped clock events, keeps the newest
 ticks in a `TickRing` and answers tempo, transport state and song position (no I/O, no
-threads); `MidiClockInput` feeds a tracker from python-rtmidi.
+threads); `MidiClockInput` feeds a tracker from python-rtmidi, and hands note and controller
+messages (capture triggers) to a listener.
+
+The tracker also keeps every tick of the current transport run with its song position
+(`run_ticks`): capture mode (capturejob.py) fits the bar lines to them (barclock.py).
 
 Why the fit looks the way it does. Ticks arrive with jitter (a JACK client sees them once per
 process cycle, 5.3 ms at 256 frames / 48 kHz; scheduling adds more), a stall on a busy CPU
@@ -53,9 +57,14 @@ RESTART_AFTER = 24.0    # a gap of this many periods is a pause: restart the win
 BUNCH_BELOW = 0.25      # an interval shorter than this many periods: both ticks were held up
 MERGE_WITHIN = 0.25     # a segment this close to a whole number of ticks off is re-indexed
 CHANGE_RUN = 5          # this many newest ticks off the line on one side: tempo or phase change
+RUN_CAPACITY = 1 << 16  # ticks of one transport run kept with their song positions (11 min at 120 bpm)
 
 # MIDI system real-time / common status bytes used by beat clock.
 _CLOCK, _START, _CONTINUE, _STOP, _SONG_POSITION = 0xF8, 0xFA, 0xFB, 0xFC, 0xF2
+_NOTE_ON, _CONTROL_CHANGE = 0x90, 0xB0   # channel messages passed to the listener (high nibble)
+
+# listener(message bytes, arrival time): note-on (velocity > 0) and control change messages
+ChannelListener = Callable[[list[int], float], None]
 
 
 class MidiUnavailable(StageError):
@@ -269,7 +278,7 @@ class ClockTracker:
     after any restart the previous estimate is held until the new window has MIN_TICKS ticks.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, run_capacity: int = RUN_CAPACITY) -> None:
         self._lock = threading.RLock()
         self._ring = TickRing(WINDOW)
         self._fit: Fit | None = None       # the current window's fit (the next one's prior)
@@ -278,6 +287,9 @@ class ClockTracker:
         self._playing = False
         self._position_ticks = 0           # song position of the latest tick, in ticks
         self._first_tick_pending = False   # the next tick plays at the position itself
+        self._run_t = np.zeros(run_capacity)           # this transport run's ticks (round-robin)
+        self._run_pos = np.zeros(run_capacity, np.int64)
+        self._run_size = 0
 
     def on_tick(self, t: float) -> None:
         with self._lock:
@@ -305,6 +317,9 @@ class ClockTracker:
                     self._first_tick_pending = False
                 else:
                     self._position_ticks += 1
+                slot = self._run_size % len(self._run_t)
+                self._run_t[slot], self._run_pos[slot] = t, self._position_ticks
+                self._run_size += 1
             self._refit()
 
     def on_start(self, t: float) -> None:
@@ -315,17 +330,20 @@ class ClockTracker:
     def on_continue(self, t: float) -> None:
         with self._lock:
             self._restart_window()
+            self._run_size = 0                     # a pause lies between the old ticks and the new
             self._playing = True
 
     def on_stop(self, t: float) -> None:
         with self._lock:
             self._restart_window()
+            self._run_size = 0
             self._playing = False
 
     def on_song_position(self, beats16: int, t: float) -> None:
         """Song Position Pointer: `beats16` sixteenth notes ("MIDI beats") since song start."""
         with self._lock:
             self._restart_window()
+            self._run_size = 0                     # the song position jumped
             self._position_ticks = int(beats16) * (TICKS_PER_QUARTER // 4)
             self._first_tick_pending = True
 
@@ -335,7 +353,7 @@ class ClockTracker:
             self._restart_window()
             self._bpm = self._last_tick = None
             self._playing = self._first_tick_pending = False
-            self._position_ticks = 0
+            self._position_ticks = self._run_size = 0
 
     @property
     def bpm(self) -> float | None:
@@ -357,6 +375,15 @@ class ClockTracker:
         """
         with self._lock:
             return self._position_ticks / TICKS_PER_QUARTER
+
+    def run_ticks(self) -> tuple[np.ndarray, np.ndarray]:
+        """(arrival times, song positions in ticks) of the ticks since the transport last
+        started, continued or jumped (the newest `run_capacity`, oldest first): the bar lines' data."""
+        with self._lock:
+            capacity = len(self._run_t)
+            n = min(self._run_size, capacity)
+            slots = (self._run_size - n + np.arange(n)) % capacity
+            return self._run_t[slots], self._run_pos[slots]
 
     @property
     def last_tick_time(self) -> float | None:
@@ -452,7 +479,9 @@ class MidiClockInput:
 
     `port_name`: connect to the first input port whose name contains it (case-insensitive);
     None opens a virtual input port named "STAGE Bridge" for the DAW to send clock to
-    (CoreMIDI, ALSA and JACK; impossible on Windows).
+    (CoreMIDI, ALSA and JACK; impossible on Windows). `listener` gets the note-on and control
+    change messages (capture mode's triggers) with their arrival times, on the polling thread;
+    it may be set later (`listener` attribute), once what it triggers exists.
 
     Threads and timestamps. rtmidi is *polled* from a thread of ours (every `poll_interval`
     seconds) instead of being given a Python callback: with JACK, rtmidi runs its callback in
@@ -473,8 +502,9 @@ class MidiClockInput:
 
     def __init__(self, port_name: str | None = None, api: str = "auto", *,
                  tracker: ClockTracker | None = None, poll_interval: float | None = 0.002,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, listener: ChannelListener | None = None) -> None:
         self.tracker = tracker if tracker is not None else ClockTracker()
+        self.listener = listener
         self._clock = clock
         self._stamp: float | None = None          # time of the latest message (chained deltas)
         self._poll_lock = threading.Lock()
@@ -568,6 +598,9 @@ class MidiClockInput:
             self.tracker.on_stop(t)
         elif status == _SONG_POSITION and len(message) >= 3:
             self.tracker.on_song_position((message[1] & 0x7F) | ((message[2] & 0x7F) << 7), t)
+        elif status is not None and len(message) >= 3 and self.listener is not None and (
+                (status & 0xF0 == _NOTE_ON and message[2] > 0) or status & 0xF0 == _CONTROL_CHANGE):
+            self.listener(list(message), t)
 
     def snapshot(self, now: float | None = None, timeout: float = 0.5) -> ClockSnapshot:
         """The tracker's snapshot at `now` (default: `clock()`, the clock of the stamps)."""

@@ -17,7 +17,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_packet import OscPacket
@@ -27,6 +27,9 @@ from ..errors import StageError
 from . import protocol as P
 from .jobs import Job, JobService
 from .tempo import TempoSource
+
+if TYPE_CHECKING:
+    from .capturejob import CaptureJobs
 
 log = logging.getLogger("stage_bridge.osc")
 
@@ -49,6 +52,7 @@ class OscContext:
     home: Path
     bounces: Path
     web_url: str = P.NO_WEB  # the control room's address, "-" when it is off
+    captures: "CaptureJobs | None" = None  # capture mode (serve --capture-device); None: not listening
 
 
 # -- handlers: (context, address, *osc_args) -----------------------------------------------------
@@ -86,12 +90,20 @@ def on_generate(ctx: OscContext, address: str, *args: Any) -> None:
     ctx.service.submit(P.parse_generate(args, ctx.instruments), source="osc")
 
 
+def on_capture(ctx: OscContext, address: str, *args: Any) -> None:
+    req = P.parse_capture(args, ctx.instruments)
+    if ctx.captures is None:
+        raise P.ProtocolError("bad_request", "this daemon records no audio input: start it with --capture-device "
+                                             "(see `stage-bridge doctor` for the inputs).")
+    ctx.captures.submit(req, source="capture")
+
+
 def on_unknown(client: Any, address: str, *args: Any) -> None:
     log.warning("ignored unknown OSC address %r from %s", address, client)
 
 
 HANDLERS = {P.PING: on_ping, P.GENERATE: on_generate, P.TEMPO: on_tempo, P.CANCEL: on_cancel, P.STATUS: on_status,
-            P.INFO: on_info}
+            P.INFO: on_info, P.CAPTURE: on_capture}
 
 
 def build_dispatcher(ctx: OscContext) -> Dispatcher:
@@ -122,20 +134,33 @@ def dispatch(dispatcher: Dispatcher, data: bytes, client: Any, send: Send) -> No
                 handler.invoke(client, msg)
             except P.ProtocolError as e:
                 about_job = msg.address in (P.GENERATE, P.CANCEL) and msg.params and isinstance(msg.params[0], str)
-                job_id = P.clip(msg.params[0], P.MAX_ECHO_CHARS) if about_job else ""
+                job_id = P.clip(msg.params[0], P.MAX_ECHO_CHARS) if about_job else _capture_job_id(msg)
                 log.info("refused %s %s: %s", msg.address, job_id, e)
                 send(P.ERROR, job_id, e.code, P.clip(str(e), P.MAX_MESSAGE_CHARS))
             except Exception:
                 log.exception("handler for %s failed", msg.address)
 
 
+def _capture_job_id(msg: Any) -> str:
+    """The job_id a refused /stage/capture named (so its client can match the error), else ""."""
+    if msg.address != P.CAPTURE:
+        return ""
+    params = list(msg.params[2:])
+    for key, value in zip(params[::2], params[1::2]):
+        if key == "job_id" and isinstance(value, str):
+            return P.clip(value, P.MAX_ECHO_CHARS)
+    return ""
+
+
 # -- job events as replies ------------------------------------------------------------------------
 
 class OscEvents:
-    """jobs.Events: each state change of a job sent to the device."""
+    """jobs.Events: each state change of a job sent to the device. `after_done`: what else
+    happens when a job is done, after its replies (capture mode's jam playback)."""
 
-    def __init__(self, send: Send):
+    def __init__(self, send: Send, after_done: Callable[[Job], None] | None = None):
         self.send = send
+        self.after_done = after_done
 
     def accepted(self, job: Job, position: int) -> None:
         self.send(P.ACCEPTED, job.id, position)
@@ -147,6 +172,11 @@ class OscEvents:
         log.info("job %s done: %s", job.id, ", ".join(job.outputs))
         fits = [take_fit(Path(path)) for path in job.outputs] if job.spec.scores else []
         self.send(P.DONE, *P.done_args(job.id, job.outputs, fits))
+        if job.spec.capture:  # capture mode: where the context began, and any dropout in it
+            c = job.spec.capture
+            self.send(P.CAPTURE_DONE, job.id, int(c["bar"]), int(c["start_sample"]), int(c["dropouts"]), *job.outputs)
+        if self.after_done is not None:
+            self.after_done(job)
 
     def failed(self, job: Job) -> None:
         log.info("job %s failed: %s %s", job.id, job.error_code, job.error_message)

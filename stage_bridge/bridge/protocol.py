@@ -14,6 +14,8 @@ Inbound (to the daemon's osc-port):
     /stage/cancel <job_id:s>
     /stage/status
     /stage/info
+    /stage/capture <instrument:s> <bars:i> [key value]...     (capture mode: serve --capture-device)
+        keys: job_id s, beats_per_bar i, beat_unit i, prompt s, takes i, context_mode s, seed i
 Outbound (to reply-host:reply-port):
     /stage/pong [token]
     /stage/job/accepted <job_id> <queue_position:i>
@@ -23,6 +25,8 @@ Outbound (to reply-host:reply-port):
     /stage/job/cancelled <job_id>
     /stage/status <state:s> <queue_length:i> <bpm:f> <tempo_source:s> <device:s> <model:s>
     /stage/info <home:s> <bounces:s> <web_url:s>   (web_url "-" when the control room is off)
+    /stage/capture/taken <job_id> <bar:i> <bars:i> <start_sample:i> <bpm:f> <dropouts:i> <error_ms:f>
+    /stage/capture/done <job_id> <bar:i> <start_sample:i> <dropouts:i> <path>...   (after /stage/job/done)
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ INFO = "/stage/info"  # asked and answered under the same address
 PONG = "/stage/pong"
 ACCEPTED, PROGRESS, DONE = "/stage/job/accepted", "/stage/job/progress", "/stage/job/done"
 ERROR, CANCELLED = "/stage/job/error", "/stage/job/cancelled"
+CAPTURE, CAPTURE_TAKEN, CAPTURE_DONE = "/stage/capture", "/stage/capture/taken", "/stage/capture/done"
 
 INSTRUMENTS = ("drums", "bass")
 DEFAULT_CONTEXT_MODE = "mix+click"
@@ -261,6 +266,47 @@ def parse_generate(args: Sequence[Any], instruments: Sequence[str] = INSTRUMENTS
         if not isinstance(key, str) or key not in OPTION_TYPES:
             raise ProtocolError("bad_option", f"unknown option {key!r}; known: {', '.join(OPTION_TYPES)}.")
     return make_request(job_id, context_path, instrument, bars, parse_options(dict(zip(rest[::2], rest[1::2]))))
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """A validated `/stage/capture` (or MIDI note trigger): generate over the last `bars` whole
+    bars of the capture input. `job_id` "" lets the daemon name the job; the tempo always
+    comes from the MIDI clock (what the bars took), so bpm and offset are not options."""
+
+    instrument: str
+    bars: int
+    job_id: str = ""
+    beats_per_bar: int | None = None
+    beat_unit: int | None = None
+    prompt: str = ""
+    takes: int = 1
+    context_mode: str = DEFAULT_CONTEXT_MODE
+    seed: int | None = None
+
+
+CAPTURE_OPTIONS = ("job_id", "beats_per_bar", "beat_unit", "prompt", "takes", "context_mode", "seed")
+
+
+def parse_capture(args: Sequence[Any], instruments: Sequence[str] = INSTRUMENTS) -> CaptureRequest:
+    """Validate `/stage/capture <instrument> <bars> [key value]...` (options as parse_options)."""
+    if len(args) < 2:
+        raise ProtocolError("bad_request", "/stage/capture needs instrument and bars, followed by optional key "
+                                           "value pairs.")
+    instrument = check_instrument(args[0], instruments)
+    bars = check_bars(args[1])
+    rest = list(args[2:])
+    if len(rest) % 2:
+        raise ProtocolError("bad_option", f"options come in key value pairs; '{rest[-1]}' has no value.")
+    for key in rest[::2]:
+        if not isinstance(key, str) or key not in CAPTURE_OPTIONS:
+            raise ProtocolError("bad_option", f"unknown option {key!r} for /stage/capture; known: "
+                                              f"{', '.join(CAPTURE_OPTIONS)}.")
+    options = dict(zip(rest[::2], rest[1::2]))
+    job_id = check_job_id(options.pop("job_id")) if "job_id" in options else ""
+    opts = parse_options(options)
+    return CaptureRequest(instrument, bars, job_id, opts["beats_per_bar"], opts["beat_unit"], opts["prompt"],
+                          opts["takes"], opts["context_mode"], opts["seed"])
 
 
 def parse_tempo(args: Sequence[Any]) -> Tempo:

@@ -6,8 +6,10 @@ the stem runner and sends events through the transport), and this is where they 
 together and started and stopped in the right order.
 
 Threads: the OSC receive loop (parses, validates, queues: never touches the model), the job
-worker (the only user of the models), the inbox watcher, the MIDI input callback, and the
-control room's web server (its own event loop; a front end like OSC, on the same job service).
+worker (the only user of the models), the inbox watcher, the MIDI input's polling thread, the
+control room's web server (its own event loop; a front end like OSC, on the same job service)
+and, in capture mode, PortAudio's audio threads, jam playback's clock fit and one short thread
+per MIDI capture trigger.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import TYPE_CHECKING, Callable, Mapping
 
 from ..errors import StageError
 from . import protocol as P
-from .config import ServeConfig
+from .capturejob import CaptureJobs
+from .config import ServeConfig, parse_meter, parse_trigger_notes
 from .jobs import FanOut, Job, JobService, Journal, readable_roots
 from .osc import LOOPBACK, OscContext, OscEvents, UdpTransport, build_dispatcher, check_listen_host, dispatch
 from .runner import RenderSettings, StemRunner
@@ -29,6 +32,9 @@ if TYPE_CHECKING:
     from ..engine.model import StageModel
     from .jobs import Events
     from .web import WebServer
+    from .capture import Capture
+    from .capturejob import RunTicks
+    from .playback import Playback
 
 log = logging.getLogger("stage_bridge.server")
 
@@ -49,8 +55,11 @@ class Server:
     why it could not load (its jobs then fail with that error)."""
 
     def __init__(self, cfg: ServeConfig, models: Mapping[str, "StageModel | StageError"], device_name: str,
-                 clock: Clock | None = None, inputs: Mapping[str, str] | None = None):
-        """`inputs`: what feeds the daemon besides OSC, shown on the control room (e.g. the MIDI clock port)."""
+                 clock: Clock | None = None, inputs: Mapping[str, str] | None = None, capture: "Capture | None" = None,
+                 ticks: "RunTicks | None" = None, playback: "Playback | None" = None):
+        """`inputs`: what feeds the daemon besides OSC, shown on the control room (e.g. the MIDI clock
+        port); `capture`, `ticks`: capture mode's input and the MIDI clock's tracker (both or
+        neither); `playback`: jam playback of finished capture takes (capture mode only)."""
         self.cfg = cfg
         host = check_listen_host(cfg.osc_host, cfg.allow_remote)
         if cfg.web:
@@ -61,7 +70,7 @@ class Server:
         self.tempo = TempoSource(clock)
         settings = RenderSettings(sample_rate=cfg.sample_rate, loudness_offset_lu=cfg.loudness_offset)
         runner = StemRunner(models, cfg.outbox, settings, roots=readable_roots(cfg.home, cfg.allow_roots))
-        events: Events = OscEvents(self.transport.send)
+        events: Events = OscEvents(self.transport.send, after_done=self._after_done)
         if cfg.web:
             from .web import WebEvents
             self.web_events = WebEvents()
@@ -70,10 +79,14 @@ class Server:
                                   cfg.home, cfg.allow_roots, cfg.queue_size,
                                   folders=(cfg.inbox, cfg.outbox, cfg.bounces), admit=runner.admit)
         summary = ",".join(f"{i}={getattr(m, 'name', 'missing')}" for i, m in models.items())
+        self.captures = None if capture is None or ticks is None else CaptureJobs(
+            capture, ticks, self.service, cfg.bounces, tuple(models), self.transport.send,
+            default_bars=cfg.capture_bars, meter=parse_meter(cfg.meter) if cfg.meter else None,
+            triggers=parse_trigger_notes(cfg.triggers), bars_cc=cfg.bars_cc, playback=playback)
         self.web = self._web(models, device_name, dict(inputs or {})) if cfg.web else None
         self.dispatcher = build_dispatcher(OscContext(self.service, self.tempo, self.transport.send, tuple(models),
                                                       summary, device_name, cfg.home, cfg.bounces,
-                                                      self.web.url if self.web else P.NO_WEB))
+                                                      self.web.url if self.web else P.NO_WEB, self.captures))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -96,6 +109,10 @@ class Server:
         except StageError as e:
             log.warning("%s The daemon runs without it.", e)
             return None
+
+    def _after_done(self, job: Job) -> None:
+        if self.captures is not None:
+            self.captures.finished(job)
 
     @property
     def osc_address(self) -> tuple[str, int]:
