@@ -123,7 +123,6 @@ def test_captured_bars_start_on_the_clocks_downbeat(jack, song):
             seen, clean, deadline = [], None, time.monotonic() + CLEAN_WINDOW_DEADLINE_S
             while clean is None and time.monotonic() < deadline:
                 assert wait_until(lambda: len(tracker.run_ticks()[1]) > 96 * 3 + 24, 20), "no clock run"
-                asked = time.monotonic()
                 span = locate_bars(2, 4, 4, *tracker.run_ticks(), *capture.arrivals(), capture.sample_rate,
                                    bpm=tracker.bpm)
                 if not isinstance(span, BarSpan):       # the input's dropouts left too little to fit

@@ -22,6 +22,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from typing import Any
+
 import pytest
 import torch
 from safetensors import safe_open
