@@ -82,7 +82,7 @@ class Recorder:
 
 
 class Room:
-    def __init__(self, home: Path, token: str | None = None, max_upload: int = 10 << 20):
+    def __init__(self, home: Path, token: str | None = None, max_upload: int = 10 << 20, capture: Any = None):
         self.home = home
         for d in ("inbox", "outbox", "bounces"):
             (home / d).mkdir(parents=True, exist_ok=True)
@@ -98,7 +98,7 @@ class Room:
         self.ctx = WebContext(self.service, self.tempo, self.events, ("drums", "bass"),
                               [{"instrument": "drums", "model": "fake", "random_weights": True}], "cpu", "fp32",
                               home, self.outbox, self.bounces, self.service.roots, [home / "kept"],
-                              {"MIDI clock": "Test port (alsa)"}, token, max_upload)
+                              {"MIDI clock": "Test port (alsa)"}, token, max_upload, capture)
         self.server = WebServer(self.ctx, "127.0.0.1", 0)
         self.server.start()
         self.host = f"127.0.0.1:{self.server.port}"
@@ -622,3 +622,39 @@ def test_delete_where_there_is_no_trash_refuses_and_keeps_the_take(room, monkeyp
     status, body = room.json("POST", f"/api/takes/{take_id}/delete")
     assert status == 400 and body["error"] == "trash_unavailable" and "Explorer" in body["message"]
     assert (room.outbox / take_id).exists() and (room.outbox / take_id).with_suffix(".json").exists()
+
+
+def test_capture_button_queues_through_the_capture_service(tmp_path):
+    """Capture mode: POST /api/capture is `/stage/capture` from the page, validated by the same
+    parser; without a capture input it is refused with what to do."""
+    from stage_bridge.bridge import protocol as P
+
+    plain = Room(tmp_path / "plain")
+    try:
+        assert plain.json("GET", "/api/status")[1]["capture"] is False
+        status, body = plain.json("POST", "/api/capture", {"instrument": "drums", "bars": 4})
+        assert status == 409 and "--capture-device" in body["message"]
+    finally:
+        plain.stop()
+    asked: list[P.CaptureRequest] = []
+
+    def capture(req: P.CaptureRequest):
+        asked.append(req)
+        job = room.upload(wav_bytes(), filename="cut.wav")[1]  # stands in for the cut bars' job
+        return room.service.find(job["id"])
+
+    room = Room(tmp_path / "capture", capture=capture)
+    try:
+        assert room.json("GET", "/api/status")[1]["capture"] is True
+        status, body = room.json("POST", "/api/capture", {"instrument": "bass", "bars": 8, "takes": 2,
+                                                          "context_mode": "mix", "prompt": "funk"})
+        assert status == 201, body
+        assert asked == [P.CaptureRequest("bass", 8, takes=2, context_mode="mix", prompt="funk")]
+        for bad, code in [({"instrument": "drums", "bars": 0}, "bad_bars"), ({"instrument": "kazoo", "bars": 4},
+                          "bad_instrument"), ({"instrument": "drums", "bars": 4, "bpm": 120}, "bad_option"),
+                          ([1, 2], "bad_request")]:
+            status, body = room.json("POST", "/api/capture", bad)
+            assert status == 400 and body["error"] == code, (bad, body)
+        assert len(asked) == 1
+    finally:
+        room.stop()

@@ -115,6 +115,7 @@ def test_drop_watch_cancel_and_hear_a_take(tmp_path, browser, artifacts):
         wait_until("connected", lambda: browser.find_element("id", "link").text == "connected")
         wait_until("status shown", lambda: "tiny-random" in browser.find_element("id", "status").text)
         browser.save_screenshot(str(artifacts / "01-loaded.png"))
+        assert not browser.find_element("id", "capture").is_displayed()  # no capture input: no capture button
         assert console_errors(browser) == []
 
         # a long job: its progress moves, then it is cancelled

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from typing import TYPE_CHECKING, Callable, Mapping
 
 from ..errors import StageError
@@ -103,7 +104,8 @@ class Server:
                      else {"instrument": i, "error": str(m), "code": m.code} for i, m in models.items()]
         ctx = WebContext(self.service, self.tempo, self.web_events, tuple(models), described, device_name,
                          cfg.precision, cfg.home, cfg.outbox, cfg.bounces, self.service.roots,
-                         [cfg.home / "kept", *cfg.allow_roots], inputs, token)
+                         [cfg.home / "kept", *cfg.allow_roots], inputs, token,
+                         capture=None if self.captures is None else partial(self.captures.submit, source="web"))
         try:
             return WebServer(ctx, cfg.web_host, cfg.web_port)
         except StageError as e:

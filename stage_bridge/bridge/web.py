@@ -192,6 +192,9 @@ class WebContext:
     inputs: Mapping[str, str] = field(default_factory=dict)
     token: str | None = None
     max_upload: int = MAX_UPLOAD_BYTES
+    # capture mode (serve --capture-device): cut the last bars of the input and queue their job
+    # (capturejob.CaptureJobs.submit); None: the daemon records no input
+    capture: Callable[[P.CaptureRequest], Job] | None = None
 
 
 def _json_job(job: Job, ctx: WebContext, takes: Sequence[Take] | None = None) -> dict[str, Any]:
@@ -227,6 +230,7 @@ def status(ctx: WebContext) -> dict[str, Any]:
         "queued": [_json_job(j, ctx) for j in ctx.service.queued()],
         "keep_folders": [str(p) for p in ctx.keep_folders],
         "max_upload": ctx.max_upload,
+        "capture": ctx.capture is not None,
     }
 
 
@@ -466,6 +470,26 @@ def build_app(ctx: WebContext) -> Starlette:
         job = await thread(submit_upload)(ctx, request.query_params, tmp)
         return JSONResponse(_json_job(job, ctx), status_code=201)
 
+    async def api_capture(request: Request) -> Response:
+        """The page's capture button: the same request as OSC's `/stage/capture`, validated by the
+        same parser, cut and queued by the same capture service."""
+        if ctx.capture is None:
+            raise WebError(409, "bad_request", "this daemon records no audio input: start it with --capture-device "
+                                               "(docs/any-daw.md).")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise WebError(400, "bad_request", 'send JSON: {"instrument": "drums", "bars": 8}.')
+        args = [body.get("instrument"), body.get("bars")]
+        for key, value in body.items():  # every other key is an option: an unknown one is refused as on OSC
+            if key not in ("instrument", "bars"):
+                args += [key, value]
+        req = P.parse_capture(args, ctx.instruments)
+        job = await thread(ctx.capture)(req)
+        return JSONResponse(_json_job(job, ctx), status_code=201)
+
     async def api_cancel(request: Request) -> Response:
         job_id = request.path_params["job_id"]
         try:
@@ -519,6 +543,7 @@ def build_app(ctx: WebContext) -> Starlette:
         Route("/api/events", _handled(api_events)),
         Route("/api/jobs", _handled(api_jobs), methods=["GET"]),
         Route("/api/jobs", _handled(api_submit), methods=["POST"]),
+        Route("/api/capture", _handled(api_capture), methods=["POST"]),
         Route("/api/jobs/{job_id}/cancel", _handled(api_cancel), methods=["POST"]),
         Route("/api/jobs/{job_id}/context", _handled(api_context)),
         Route("/api/jobs/{job_id}/context.png", _handled(api_context_png)),

@@ -54,6 +54,7 @@ async function refreshStatus() {
   if (!Object.keys(s.inputs).length) rows.push(['inputs', 'OSC only']);
   dl.replaceChildren(...rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, String(v))]));
   fillForm(s);
+  document.getElementById('capture').hidden = !s.capture;
   drawQueue(s);
 }
 
@@ -229,6 +230,22 @@ async function submit(file) {
   } catch (e) { say(e.message, 'bad'); }
 }
 
+// capture mode: the last bars of the daemon's audio input, cut at the MIDI clock's bar lines
+async function capture() {
+  const form = new FormData(document.getElementById('job-form'));
+  const bars = parseInt(form.get('bars'), 10);
+  if (!bars) { say('Type how many bars to capture (Bars), then press Capture.', 'bad'); return; }
+  const body = { instrument: form.get('instrument'), bars, context_mode: form.get('context_mode'),
+                 takes: parseInt(form.get('takes'), 10) || 1 };
+  if (String(form.get('prompt') || '').trim()) body.prompt = String(form.get('prompt')).trim();
+  say(`Capturing the last ${bars} bars…`);
+  try {
+    const job = await api('/api/capture', { method: 'POST', body: JSON.stringify(body),
+                                             headers: { 'Content-Type': 'application/json' } });
+    say(`Queued ${job.name} (${job.id}).`, 'good');
+  } catch (e) { say(e.message, 'bad'); }
+}
+
 function setUpDrop() {
   const drop = document.getElementById('drop');
   for (const name of ['dragenter', 'dragover']) {
@@ -243,6 +260,7 @@ function setUpDrop() {
   const input = document.getElementById('file');
   input.addEventListener('change', () => { if (input.files[0]) submit(input.files[0]); input.value = ''; });
   document.getElementById('f-bpm').addEventListener('input', e => { e.target.dataset.touched = '1'; });
+  document.getElementById('capture-button').addEventListener('click', capture);
 }
 
 // -- the event stream --------------------------------------------------------------------------------
