@@ -88,7 +88,8 @@ def beat_accents(y: np.ndarray, sr: int, beats: np.ndarray) -> np.ndarray:
     y = _mono(y)
     hop = ACCENT_HOP
     full = librosa.onset.onset_strength(y=y, sr=sr, hop_length=hop)
-    low = librosa.onset.onset_strength(y=y, sr=sr, hop_length=hop, fmax=LOW_FMAX, n_mels=16)
+    # 4 mel bands under 150 Hz: wider than an STFT bin at up to 48 kHz, so none is empty (librosa warns)
+    low = librosa.onset.onset_strength(y=y, sr=sr, hop_length=hop, fmax=LOW_FMAX, n_mels=4)
     chroma = librosa.feature.chroma_stft(y=y, sr=sr, hop_length=hop, norm=None)
     n = min(chroma.shape[1], len(full), len(low))
     frames = np.clip(np.round(np.asarray(beats) * sr / hop).astype(int), 0, n - 1)
