@@ -8,19 +8,19 @@ loops.
 Compiled once per machine, not once per process: Inductor keeps what it built in its FX graph
 cache, here under the user's cache folder (`inductor_cache_dir`), and a later process that traces
 the same step loads it instead of compiling (measured on a 2-core AMD EPYC, musicgen-small size:
-the first process compiles for ~106 s, a later one is decoding after 22-30 s, which is Dynamo's
+the first process's first generation takes 52-106 s, a later process's 21-30 s, which is Dynamo's
 tracing and freezing; the cache folder holds ~3 MB, frozen weights are not stored). For that the
 graph must hold no oneDNN-packed constants, which the cache refuses ("mkldnn tensors
 unpickleable"): Inductor's weight packing is off (`cpp.weight_prepack`), and the small-row
 products are traced as `weight @ x.T` (`lm.linear`), the order that streams the plain weights
-fast. That step measured 1.02-1.29x faster than the eager step on oneDNN-packed weights (median
-1.09x, contended machine; the packed, uncacheable compiled step: median 1.16x).
+fast. That step measured 0.94-1.29x the eager step's speed on oneDNN-packed weights (medians
+1.07-1.18x; the packed, uncacheable compiled step: median 1.16x).
 
 What it costs, and why it is not the default (benchmarks/RESULTS.md):
 - a C++ compiler on the machine (Inductor writes and builds C++); `compile_problem` says when
   there is none;
 - the first start on a machine compiles for 1-2 minutes on 2 cores (for each kind of step:
-  number of rows, i.e. takes with guidance; with or without a text prompt), later starts 20-30 s
+  number of rows, i.e. takes with guidance; with or without a text prompt), later starts ~21-30 s
   of tracing, where eager answers at once, for ~1.1x per step. Lengths (context, bars, prompt
   tokens) are symbolic, so they do not recompile. A new PyTorch or a changed model recompiles
   (the cache key holds the torch version and the generated code);
