@@ -55,6 +55,19 @@ def portaudio():
     return sounddevice
 
 
+def open_stream(factory: Callable[..., Any], device: AudioDevice, channels: int, rate: int,
+                callback: Callable[..., None], direction: str) -> Any:
+    """Open and start a float32 PortAudio stream (`factory`: sounddevice's InputStream or
+    OutputStream, or a test's stand-in) on `device`; CaptureUnavailable says why not."""
+    try:
+        stream = factory(device=device.index, channels=channels, samplerate=rate, dtype="float32", callback=callback)
+        stream.start()
+    except Exception as e:  # noqa: BLE001 - PortAudio's errors vary by host API; all mean "not usable now"
+        raise CaptureUnavailable(f"cannot open the audio {direction} {device.name!r} ({device.host_api}) at "
+                                 f"{rate} Hz: {e}; is another program holding it?") from None
+    return stream
+
+
 @dataclass(frozen=True)
 class AudioDevice:
     index: int
@@ -138,14 +151,8 @@ class Capture:
         self.counts = {"input_overflow": 0, "input_underflow": 0}       # since the start, for the log
         self.dropouts: deque[Dropout] = deque(maxlen=MAX_DROPOUTS)   # the newest; a storm must not grow memory
         self._cond = threading.Condition()
-        factory = stream_factory if stream_factory is not None else portaudio().InputStream
-        try:
-            self._stream = factory(device=device.index, channels=self.channels, samplerate=self.sample_rate,
-                                   dtype="float32", callback=self._callback)
-            self._stream.start()
-        except Exception as e:
-            raise CaptureUnavailable(f"cannot open the audio input {device.name!r} ({device.host_api}) at "
-                                     f"{self.sample_rate} Hz: {e}; is another program holding it?") from None
+        self._stream = open_stream(stream_factory or portaudio().InputStream, device, self.channels,
+                                   self.sample_rate, self._callback, "input")
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         t = self._clock()

@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .barclock import Line, position_line
-from .capture import MAX_CHANNELS, AudioDevice, CaptureUnavailable, portaudio
+from .capture import MAX_CHANNELS, AudioDevice, open_stream, portaudio
 
 RESYNC_S = 0.003          # further than this from where the clock says: jump there
 REFIT_S = 0.02            # how often the clock's line is refitted
@@ -60,14 +60,8 @@ class Playback:
         self._latency = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        factory = stream_factory if stream_factory is not None else portaudio().OutputStream
-        try:
-            self._stream = factory(device=device.index, channels=self.channels, samplerate=self.sample_rate,
-                                   dtype="float32", callback=self._callback)
-            self._stream.start()
-        except Exception as e:
-            raise CaptureUnavailable(f"cannot open the audio output {device.name!r} ({device.host_api}) at "
-                                     f"{self.sample_rate} Hz: {e}; is another program holding it?") from None
+        self._stream = open_stream(stream_factory or portaudio().OutputStream, device, self.channels,
+                                   self.sample_rate, self._callback, "output")
         self._thread = None
         if refit_s is not None:
             self._thread = threading.Thread(target=self._refit_loop, args=(refit_s,), name="stage-bridge-playback",
