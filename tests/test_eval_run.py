@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import require_tool
-from train_fixtures import find_soundfont, make_moisesdb, make_plain
+from train_fixtures import make_moisesdb, make_plain, require_fluidsynth
 
 from stage_bridge.audio import bars_to_samples, load_audio, to_mono
 from stage_bridge.audio.tracking import track_beats
@@ -125,9 +124,7 @@ def _read_csv(path):
 
 @pytest.mark.slow
 def test_eval_end_to_end_report_holds_the_metric_functions_numbers(tmp_path, capsys, monkeypatch):
-    require_tool("fluidsynth")
-    if find_soundfont() is None:
-        require_tool("FluidR3_GM.sf2 (apt-get install fluid-soundfont-gm)")
+    require_fluidsynth()
     data, out = tmp_path / "songs", tmp_path / "report"
     truth = make_moisesdb(data)
     args = ["eval", "--data", str(data), "--model", "tiny-random", "--instrument", "drums", "--out", str(out),

@@ -8,11 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import require_tool
 from stage_bridge.audio.click import click_track
 from stage_bridge.audio.fit import HEARD_ENOUGH, Fit, Grid, rank, score, score_takes, silence_ratio, true_peak_db
 from stage_bridge.audio.tracking import beat_f1
-from train_fixtures import FIRST_BEAT_S, _parts, _render_all, beat_grid, find_soundfont
+from train_fixtures import FIRST_BEAT_S, _parts, _render_all, beat_grid, find_soundfont, require_fluidsynth
 
 SR = 44100
 
@@ -67,9 +66,7 @@ def render_drums(tmp_path, bpm: float, seconds: float) -> np.ndarray:
     FluidSynth with the GM soundfont (as the training tests render their songs)."""
     import soundfile as sf
 
-    require_tool("fluidsynth")
-    if find_soundfont() is None:
-        require_tool("FluidR3_GM.sf2 (apt-get install fluid-soundfont-gm)")
+    require_fluidsynth()
     parts = _parts(bpm, seconds, {})
     out = tmp_path / f"drums-{bpm:g}.wav"
     _render_all(shutil.which("fluidsynth"), find_soundfont(), [(SR, 9, 0, parts["kick_snare"] + parts["hats"], out)],

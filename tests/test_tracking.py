@@ -58,7 +58,7 @@ def test_beat_this_runs_only_from_a_local_checkpoint(tmp_path, monkeypatch):
 
     built = []
 
-    class Audio2Beats:
+    class Audio2Beats:  # beat_this/inference.py's signature and result (cited in audio/tracking.py)
         def __init__(self, checkpoint_path, device, dbn):
             built.append((checkpoint_path, device, dbn))
 
@@ -102,12 +102,9 @@ def test_meter_and_phase_from_accents():
 @pytest.fixture(scope="module")
 def fluidsynth_songs(tmp_path_factory):
     """Six 16 s songs (drums, bass, piano, guitar) at six tempi, every other one in 3/4."""
-    from conftest import require_tool
-    from train_fixtures import find_soundfont, make_moisesdb
+    from train_fixtures import make_moisesdb, require_fluidsynth
 
-    require_tool("fluidsynth")
-    if find_soundfont() is None:
-        require_tool("FluidR3_GM.sf2 (apt-get install fluid-soundfont-gm)")
+    require_fluidsynth()
     root = tmp_path_factory.mktemp("songs")
     truth = make_moisesdb(root, songs=6, seconds=16, bpm_list=(100, 120, 90, 132, 110, 75), meters=(4, 3),
                           silent_until={})

@@ -25,8 +25,7 @@ from stage_bridge.train.dataset import (
     write_split,
 )
 
-from conftest import require_tool
-from train_fixtures import find_soundfont, make_moisesdb, make_plain
+from train_fixtures import make_moisesdb, make_plain, require_fluidsynth
 
 SR = 32000
 WINDOW = 10 * SR
@@ -71,9 +70,7 @@ class CountingCodec:
 
 @pytest.fixture(scope="session")
 def moises(tmp_path_factory):
-    require_tool("fluidsynth")
-    if find_soundfont() is None:
-        require_tool("FluidR3_GM.sf2 (apt-get install fluid-soundfont-gm)")
+    require_fluidsynth()
     root = tmp_path_factory.mktemp("moisesdb")
     return root, make_moisesdb(root)
 

@@ -44,6 +44,16 @@ def find_soundfont() -> str | None:
     return next((p for p in SOUNDFONTS if Path(p).is_file()), None)
 
 
+def require_fluidsynth() -> None:
+    """FluidSynth and a General MIDI soundfont, to render songs with known beats: skipped where
+    absent, a failure in CI (conftest.require_tool)."""
+    from conftest import require_tool
+
+    require_tool("fluidsynth")
+    if find_soundfont() is None:
+        require_tool("FluidR3_GM.sf2 (apt-get install fluid-soundfont-gm)")
+
+
 def beat_grid(bpm: float, seconds: float, first: float = FIRST_BEAT_S,
               beats_per_bar: int = 4) -> tuple[list[float], list[float]]:
     beat = 60.0 / bpm

@@ -170,6 +170,11 @@ def beat_this_ready() -> bool:
 
 @functools.lru_cache(maxsize=2)
 def _beat_this_model(path: str):
+    # github.com/CPJKU/beat_this, beat_this/inference.py: Audio2Beats(checkpoint_path, device,
+    # float16=False, dbn=False); its load_model tries `checkpoint_path` as a local file first and
+    # downloads only on FileNotFoundError, which `_track_beat_this` rules out by checking the file.
+    # Calling it with (signal, sr) resamples to 22.05 kHz itself and returns its Postprocessor's
+    # (beats, downbeats) in seconds ("minimal": peaks within +-70 ms with logit > 0).
     from beat_this.inference import Audio2Beats
 
     return Audio2Beats(checkpoint_path=path, device="cpu", dbn=False)

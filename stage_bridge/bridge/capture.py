@@ -68,6 +68,16 @@ def open_stream(factory: Callable[..., Any], device: AudioDevice, channels: int,
     return stream
 
 
+def close_stream(stream: Any) -> None:
+    """Stop and close a stream from `open_stream` (sounddevice: stop() ends the callbacks, close()
+    frees PortAudio's stream), closing it even when stopping fails."""
+    if stream is not None:
+        try:
+            stream.stop()
+        finally:
+            stream.close()
+
+
 @dataclass(frozen=True)
 class AudioDevice:
     index: int
@@ -215,8 +225,4 @@ class Capture:
 
     def close(self) -> None:
         stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.stop()
-            finally:
-                stream.close()
+        close_stream(stream)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from .barclock import Line, position_line
-from .capture import MAX_CHANNELS, AudioDevice, open_stream, portaudio
+from .capture import MAX_CHANNELS, AudioDevice, close_stream, open_stream, portaudio
 
 RESYNC_S = 0.003          # further than this from where the clock says: jump there
 REFIT_S = 0.02            # how often the clock's line is refitted
@@ -140,8 +140,4 @@ class Playback:
         if self._thread is not None:
             self._thread.join(timeout=2.0)
         stream, self._stream = self._stream, None
-        if stream is not None:
-            try:
-                stream.stop()
-            finally:
-                stream.close()
+        close_stream(stream)
