@@ -29,7 +29,10 @@ DEVICE = AudioDevice(3, "Loopback Audio", "Core Audio", 2, SR, (44100, SR))
 
 
 class FakeStream:
-    """sounddevice.InputStream's part Capture uses; the test calls `callback` itself."""
+    """sounddevice.InputStream's part Capture uses; the test calls `callback` itself. Per
+    python-sounddevice's API docs (Streams, sounddevice 0.5): InputStream(samplerate, blocksize,
+    device, channels, dtype, ..., callback), the callback called as callback(indata, frames, time,
+    status), and start()/stop()/close() on the stream."""
 
     def __init__(self, device, channels, samplerate, dtype, callback):
         assert (device, channels, samplerate, dtype) == (DEVICE.index, 2, SR, "float32")
@@ -47,6 +50,9 @@ class FakeStream:
 
 
 class Status:
+    """sounddevice.CallbackFlags as the callback's `status`: the boolean attributes
+    input_overflow and input_underflow (python-sounddevice API docs, CallbackFlags)."""
+
     def __init__(self, **flags):
         self.__dict__.update(flags)
 
@@ -126,7 +132,11 @@ def test_a_dropout_starts_a_segment_and_is_reported_inside_a_window():
 
 
 class FakeSoundDevice:
-    """The part of sounddevice `list_devices` reads: two host APIs, a mic, a loopback, speakers."""
+    """The part of sounddevice `list_devices` reads: two host APIs, a mic, a loopback, speakers.
+    Per python-sounddevice's API docs (Checking Hardware): query_devices() gives one dict per device
+    with 'name', 'hostapi', 'max_input_channels', 'max_output_channels', 'default_samplerate';
+    query_hostapis() one dict per host API with 'name'; check_input_settings(device, channels,
+    samplerate=...) does nothing when the settings are supported and raises when not."""
 
     DEVICES = [{"name": "MacBook Microphone", "hostapi": 0, "max_input_channels": 1, "max_output_channels": 0,
                 "default_samplerate": 48000.0},
