@@ -228,6 +228,7 @@ def run_ours(decoder, context_codes: torch.Tensor, gen_frames: int, args, text_s
     """
     from .engine.decoder import COMPILED
     from .engine.generate import Windows, generate_codes
+    from .engine.lm import MIN_SKIP
     from .engine.sampling import SamplingParams
     from .errors import Cancelled
 
@@ -241,9 +242,10 @@ def run_ours(decoder, context_codes: torch.Tensor, gen_frames: int, args, text_s
         probe.after_step(done)
 
     sampling = SamplingParams(guidance=args.guidance, top_k=args.top_k)
-    calls: list[int] = []  # steps per forward (CUDA-graph capture runs 1-step forwards; a replay calls no hook)
+    calls: list[tuple[int, int]] = []  # (rows, steps) per forward (CUDA-graph capture runs 1-step forwards; a replay calls no hook)
     lm = decoder.lm
-    hook = None if decoder.mode == COMPILED else lm.register_forward_pre_hook(lambda mod, a: calls.append(a[0].shape[-1]))
+    hook = None if decoder.mode == COMPILED else lm.register_forward_pre_hook(
+        lambda mod, a: calls.append((a[0].shape[0], a[0].shape[-1])))
     probe.start()
     probe.sync()
     t0 = probe.now()
@@ -261,9 +263,16 @@ def run_ours(decoder, context_codes: torch.Tensor, gen_frames: int, args, text_s
         finally:
             if hook is not None:
                 hook.remove()
-    prefill = context_codes.shape[-1] + 2  # context, SEP, then the delay pattern's first step
-    if hook is not None and (calls.count(prefill) != 1 or any(c not in (1, prefill) for c in calls)):
-        raise RuntimeError(f"ours: forwards saw {sorted(set(calls))} steps (expected one prefill of {prefill})")
+    # one prefill up to the first sampled step (context, SEP, the delay pattern's first frame step) for
+    # every row; with guidance and a long context the unconditional rows' from their SEP
+    # (Decoder.prefill, lm.masked_prefix_spans); then single steps over all rows
+    prefill, rows = context_codes.shape[-1] + 2, sampling.rows(args.batch)
+    if hook is not None:
+        pre = [(r, n) for r, n in calls if (r, n) != (rows, 1)]
+        split = sampling.guided and context_codes.shape[-1] + 1 >= MIN_SKIP
+        expected = [(args.batch, prefill), (args.batch, 1)] if split else [(rows, prefill)]
+        if pre != expected:
+            raise RuntimeError(f"ours: prefill forwards were {pre} (rows, steps), expected {expected}")
     return _summarize(t0, stamps, steps, "ours", probe)
 
 
@@ -589,8 +598,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.text_tokens > 0:
         text = torch.randn(rows, args.text_tokens, args.dim, generator=g).to(device=device, dtype=dtype)
 
-    # decode forwards run at steps prefill_tokens .. prefill_tokens + steps - 2; step s attends to s + 1 keys
-    avg_keys = prefill_tokens + steps / 2.0
+    # decode forwards run at steps prefill_tokens .. prefill_tokens + steps - 2; step s reads keys 1 .. s
+    # (step 0 is padding only); an unconditional row (its context all padding) only from the SEP on
+    avg_keys = prefill_tokens + steps / 2.0 - 1 - (rows - args.batch) * args.context_frames / rows
     fb = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(p_dtype).bits // 8, quantize)  # ours
     fb32 = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(dtype).bits // 8)  # fp32, transformers
     floor_ms = lambda gbps, b=fb: 1000.0 * b["total"] / (gbps * 1e9)  # noqa: E731

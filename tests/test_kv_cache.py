@@ -147,3 +147,55 @@ def test_static_shape_step_equals_eager_generation(device):
     static = generate_codes(Decoder(lm, CUDA_GRAPH), ctx, 20, takes=2, sampling=params, seed=3,
                             windows=Windows(12, 4))
     assert torch.equal(eager, static)
+
+
+def test_masked_prefix_spans_group_rows_by_their_first_valid_step():
+    from stage_bridge.engine.lm import masked_prefix_spans
+
+    valid = torch.ones(4, 300, dtype=torch.bool)
+    valid[:, 0] = False  # the delay pattern's padding-only step: too short to be worth skipping
+    assert masked_prefix_spans(valid) is None
+    valid[2:, :200] = False  # unconditional rows: masked context
+    assert masked_prefix_spans(valid) == [(0, 2, 0), (2, 4, 200)]
+    assert masked_prefix_spans(valid, min_skip=1) == [(0, 2, 1), (2, 4, 200)]
+    assert masked_prefix_spans(valid, min_skip=201) is None
+
+
+@torch.no_grad()
+def test_unconditional_rows_skip_their_masked_context_with_the_same_logits():
+    """With a long context, the decoder prefills the unconditional rows from their context token
+    and their steps attend from there: the keys it skips are never read (NaN planted in them
+    stays out of the logits, where a masked read would spread it), and every logit equals a full
+    forward's."""
+    lm = _lm(5)
+    tokens, step_valid, layout = _sequence(tc=140, tt=4)
+    positions = step_positions(step_valid)
+    text = torch.randn(2, 3, CFG.text_dim)
+    cross = lm.cross_context(text, torch.tensor([[True, True, False], [False, False, False]]))
+    full = lm(tokens, positions, step_valid, 0, cross)[:, :, :, :]
+    split, n = layout.first_generated_step, tokens.shape[-1]
+    forwards = []
+    hook = lm.register_forward_pre_hook(lambda mod, a: forwards.append(tuple(a[0].shape[::2])))
+    decoder = Decoder(lm, EAGER)
+    with decoder.generation(2, n, cross):
+        sep = int(step_valid[1].float().argmax())
+        for blk in lm.layers:  # the unconditional row's masked context: never to be read
+            blk.self_attn.cache.k[1, :, :sep] = float("nan")
+            blk.self_attn.cache.v[1, :, :sep] = float("nan")
+        decoder.begin_window(step_valid)
+        got = [decoder.prefill(tokens, positions, split)]
+        for s in range(split, n - 1):
+            got.append(decoder.step(tokens[..., s:s + 1], positions[:, s:s + 1], s))
+    hook.remove()
+    assert forwards[:2] == [(1, split), (1, split - sep)]  # each row prefilled from its first valid step
+    got = torch.stack(got, dim=2)
+    assert torch.isfinite(got).all()
+    assert (got - full[:, :, split - 1 : n - 1]).abs().max() < 1e-5
+
+
+def test_generate_codes_with_a_long_masked_context_equals_naive_recompute():
+    lm = _lm(6)
+    ctx = torch.randint(0, CFG.card, (4, 130))  # generate_codes pairs target frame t with context frame t
+    params = SamplingParams(guidance=3.0, top_k=20)
+    want = _naive_generate(lm, ctx, 130, 1, params, seed=9)
+    assert torch.equal(generate_codes(Decoder(lm), ctx, 130, takes=1, sampling=params, seed=9), want)

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..errors import BadArgument
 from .compiled import CompiledDecoder
-from .lm import CrossContext, StageLM
+from .lm import CrossContext, Span, StageLM, masked_prefix_spans
 from .quant import quantize_decoder, quantize_problem, scheme_of
 
 EAGER, CUDA_GRAPH, COMPILED = "eager", "cuda-graph", "compiled"
@@ -109,6 +109,7 @@ class Decoder:
         self.compiled = CompiledDecoder(lm) if mode == COMPILED else None
         self._cross: CrossContext | None = None
         self._step_valid: Tensor | None = None
+        self._spans: list[Span] | None = None
         self._static: StaticStep | None = None
 
     @property
@@ -130,19 +131,34 @@ class Decoder:
                 self._static = StaticStep(self.lm, cross, rows, max_steps, capture=self.device.type == "cuda")
             yield self
         finally:
-            self._static, self._cross, self._step_valid = None, None, None
+            self._static, self._cross, self._step_valid, self._spans = None, None, None, None
             if self.compiled is None:
                 self.lm.clear_cache()
 
     def begin_window(self, step_valid: Tensor) -> None:
-        """A new window: which of its steps hold real tokens (B, S), for the attention masks."""
+        """A new window: which of its steps hold real tokens (B, S), for the attention masks.
+        Rows that may attend to nothing before some step (the unconditional rows' masked
+        context) are prefilled from there, and the eager step's attention skips those keys
+        (`masked_prefix_spans`: the same logits for less work)."""
         self._step_valid = step_valid
+        self._spans = masked_prefix_spans(step_valid)
         if self._static is not None:
             self._static.begin_window(step_valid)
 
     def prefill(self, tokens: Tensor, positions: Tensor, upto: int) -> Tensor:
-        """Run steps [0, upto) of the window at once (always eager); logits (B, K, V) of the last."""
-        return self.lm(tokens[..., :upto], positions[:, :upto], self._step_valid[:, :upto], 0, self._cross)[:, :, -1]
+        """Run steps [0, upto) of the window at once (always eager); logits (B, K, V) of the last.
+        Each run of rows starts at its first valid step: the steps before it are never attended
+        to, so their keys and values need not be computed."""
+        if self._spans is None:
+            return self.lm(tokens[..., :upto], positions[:, :upto], self._step_valid[:, :upto], 0, self._cross)[:, :, -1]
+        cross = self._cross or CrossContext(None, None)
+        logits = []
+        for lo, hi, first in self._spans:
+            first = min(first, upto - 1)
+            logits.append(self.lm(tokens[lo:hi, :, first:upto], positions[lo:hi, first:upto],
+                                  self._step_valid[lo:hi, :upto], first, cross.rows(lo, hi), slice(lo, hi),
+                                  [(0, hi - lo, first)])[:, :, -1])
+        return torch.cat(logits)
 
     def step(self, tokens: Tensor, positions: Tensor, s: int) -> Tensor:
         """tokens (B, K, 1), positions (B, 1) at window step `s` -> logits (B, K, V)."""
@@ -150,4 +166,4 @@ class Decoder:
             return self._static(tokens, positions, s)
         if self.compiled is not None:
             return self.compiled(tokens, positions, self._step_valid[:, : s + 1], self._cross)
-        return self.lm(tokens, positions, self._step_valid[:, : s + 1], s, self._cross)[:, :, -1]
+        return self.lm(tokens, positions, self._step_valid[:, : s + 1], s, self._cross, spans=self._spans)[:, :, -1]
