@@ -157,7 +157,7 @@ class Decoder:
             first = min(first, upto - 1)
             logits.append(self.lm(tokens[lo:hi, :, first:upto], positions[lo:hi, first:upto],
                                   self._step_valid[lo:hi, :upto], first, cross.rows(lo, hi), slice(lo, hi),
-                                  [(0, hi - lo, first)])[:, :, -1])
+                                  [(0, hi - lo, first)] if first else None)[:, :, -1])
         return torch.cat(logits)
 
     def step(self, tokens: Tensor, positions: Tensor, s: int) -> Tensor:

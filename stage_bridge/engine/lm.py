@@ -144,9 +144,9 @@ def masked_prefix_spans(step_valid: Tensor, min_skip: int = MIN_SKIP) -> list[Sp
     its first valid step reads the same numbers minus those, and prefill can start those rows
     there: the same logits, with the attention's cache reads (a step's largest cost after the
     weights) and the prefill's work nearly halved for a long context. Each extra run costs a few
-    more small ops per layer, which outweigh the saving below ~128 skipped keys (int8 decoder,
-    2-core AMD EPYC: 1.07-1.28x faster per step at 500 context frames, even at 150), hence
-    `min_skip`; shorter masked prefixes are attended to with the mask, as before.
+    more small ops per layer (int8 decoder, 2-core AMD EPYC: per step 1.18x faster at 500 context
+    frames, median of 6 pairs; about even at 150; prefill 1.8x), hence `min_skip`: shorter
+    masked prefixes are attended to with the mask, as before.
     """
     first = [f if f >= min_skip else 0 for f in torch.argmax(step_valid.to(torch.uint8), dim=-1).tolist()]
     if not any(first):
