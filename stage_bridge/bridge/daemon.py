@@ -2,8 +2,10 @@
 
 Models load once, before the daemon answers: a musician's first request must not wait for
 weights. A model whose weights are missing does not stop the daemon (the device can still
-connect and say what is wrong); its jobs fail with `weights_missing`. The main thread waits
-for SIGINT/SIGTERM and then stops everything cleanly.
+connect and say what is wrong); its jobs fail with `weights_missing`. They load on a thread
+that ends before the jobs' worker starts (`on_own_thread`), so the worker is the only thread
+running PyTorch's CPU kernels. The main thread waits for SIGINT/SIGTERM and then stops
+everything cleanly.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from ..audio.fit import warm_up as warm_up_fit
 from ..errors import StageError
@@ -28,6 +30,37 @@ if TYPE_CHECKING:
     from .playback import Playback
 
 log = logging.getLogger("stage_bridge.daemon")
+T = TypeVar("T")
+
+
+def on_own_thread(work: Callable[[], T], name: str = "stage-bridge-loader") -> T:
+    """`work()` run on a thread of its own that ends with it: its result, or its exception.
+
+    Why: PyTorch's CPU kernels run on OpenMP (libgomp in PyTorch's Linux builds), which keeps a
+    pool of threads for every thread that has run a parallel region, for as long as that thread
+    lives. Loading a model runs such regions (packing the weights), and jobs decode on the
+    worker thread; loaded on the main thread, two pools would live side by side, and once
+    libgomp manages more threads than there are CPUs it stops spinning between regions
+    (`gomp_managed_threads > gomp_available_cpus` in libgomp's config/linux/wait.h: a short
+    throttled spin, then a futex sleep), so every parallel region of every decode step waits
+    for sleeping threads to wake. Measured on a 2-core AMD EPYC (int8 decoder, 500 context
+    frames): 49 ms per step on the worker with the main thread's pool alive, 28-32 without it.
+    A thread that ends takes its pool with it (tests/test_engine_thread.py checks this).
+    """
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller as it was
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]  # type: ignore[misc]
+    return box["result"]  # type: ignore[return-value]
 
 
 def load_models(cfg: ServeConfig) -> "tuple[dict[str, StageModel | StageError], str]":
@@ -137,9 +170,9 @@ def run_daemon(cfg: ServeConfig, level: int = logging.INFO) -> int:
         find_device(cfg.capture_device)
         if cfg.play_device is not None:
             find_device(cfg.play_device, "output")
-    models, device = load_models(cfg)
+    models, device = on_own_thread(lambda: load_models(cfg))
     started = time.perf_counter()
-    warm_up_fit()  # the beat tracker's one-time start (seconds) is paid before `ready`, not by a take
+    on_own_thread(warm_up_fit)  # the beat tracker's one-time start (seconds) is paid before `ready`, not by a take
     log.info("beat tracker ready in %.1f s", time.perf_counter() - started)
     midi = open_midi(cfg)
     capture = playback = None
