@@ -11,6 +11,7 @@ everything cleanly.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -46,17 +47,37 @@ def on_own_thread(work: Callable[[], T], name: str = "stage-bridge-loader") -> T
     for sleeping threads to wake. Measured on a 2-core AMD EPYC (int8 decoder, 500 context
     frames): 49 ms per step on the worker with the main thread's pool alive, 28-32 without it.
     A thread that ends takes its pool with it (tests/test_engine_thread.py checks this).
+
+    Ctrl+C meanwhile cannot stop `work` halfway (PyTorch's C++ code would be cut off as the
+    interpreter exits, which aborts the process with "terminate called without an active
+    exception"): the first waits for it to end, then stops as before; a second stops at once.
     """
     box: dict[str, object] = {}
+    ended = threading.Event()  # not Thread.join: on Python 3.11 a join cut by Ctrl+C marks the thread ended
 
     def run() -> None:
         try:
             box["result"] = work()
         except BaseException as e:  # noqa: BLE001 - handed to the caller as it was
             box["error"] = e
+        finally:
+            ended.set()
 
     thread = threading.Thread(target=run, name=name, daemon=True)
-    thread.start()
+    try:
+        thread.start()
+        ended.wait()
+    except KeyboardInterrupt:
+        if not thread.is_alive():  # not started yet, or ended already: nothing runs that could be cut
+            raise
+        # nothing is written while loading, so a second Ctrl+C may skip the interpreter's exit (and its abort)
+        previous = signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+        print("stopping once the model being loaded is in (a few seconds); Ctrl+C again stops at once",
+              file=sys.stderr, flush=True)
+        ended.wait()
+        thread.join()
+        signal.signal(signal.SIGINT, previous)
+        raise
     thread.join()
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
