@@ -228,7 +228,7 @@ def run_ours(decoder, context_codes: torch.Tensor, gen_frames: int, args, text_s
     """
     from .engine.decoder import COMPILED
     from .engine.generate import Windows, generate_codes
-    from .engine.lm import MIN_SKIP
+    from .engine.lm import masked_prefix_spans
     from .engine.sampling import SamplingParams
     from .errors import Cancelled
 
@@ -269,8 +269,11 @@ def run_ours(decoder, context_codes: torch.Tensor, gen_frames: int, args, text_s
     prefill, rows = context_codes.shape[-1] + 2, sampling.rows(args.batch)
     if hook is not None:
         pre = [(r, n) for r, n in calls if (r, n) != (rows, 1)]
-        split = sampling.guided and context_codes.shape[-1] + 1 >= MIN_SKIP
-        expected = [(args.batch, prefill), (args.batch, 1)] if split else [(rows, prefill)]
+        valid = torch.ones(rows, prefill, dtype=torch.bool)
+        valid[:, 0] = False  # the delay pattern's padding-only step
+        valid[args.batch:, : context_codes.shape[-1] + 1] = False  # unconditional rows: up to their SEP
+        spans = masked_prefix_spans(valid)
+        expected = [(rows, prefill)] if spans is None else [(hi - lo, prefill - first) for lo, hi, first in spans]
         if pre != expected:
             raise RuntimeError(f"ours: prefill forwards were {pre} (rows, steps), expected {expected}")
     return _summarize(t0, stamps, steps, "ours", probe)

@@ -185,6 +185,17 @@ def ports(server: str, *filters: str) -> list[str]:
     return [line.strip() for line in res.stdout.splitlines() if line.strip()] if res.returncode == 0 else []
 
 
+def wait_until(condition, timeout: float = 3.0) -> bool:
+    """Whether `condition()` came true within `timeout` seconds (polled): for what a JACK client
+    or the daemon does on its own threads (clock runs, transport messages)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def wait_for_port(server: str, fragment: str, timeout: float = 5.0) -> str:
     """Full name of the first port containing `fragment`, waiting for it to appear."""
     deadline = time.monotonic() + timeout

@@ -81,15 +81,6 @@ def connect(server: str, source: str, target: str) -> None:
     assert res.returncode == 0, res.stderr
 
 
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 BAR_S = BAR_FRAMES / SR
 
 
@@ -122,7 +113,7 @@ def test_captured_bars_start_on_the_clocks_downbeat(jack, song):
             transport(jack, "play")
             seen, clean, deadline = [], None, time.monotonic() + CLEAN_WINDOW_DEADLINE_S
             while clean is None and time.monotonic() < deadline:
-                assert wait_until(lambda: len(tracker.run_ticks()[1]) > 96 * 3 + 24, 20), "no clock run"
+                assert jackutil.wait_until(lambda: len(tracker.run_ticks()[1]) > 96 * 3 + 24, 20), "no clock run"
                 span = locate_bars(2, 4, 4, *tracker.run_ticks(), *capture.arrivals(), capture.sample_rate,
                                    bpm=tracker.bpm)
                 if not isinstance(span, BarSpan):       # the input's dropouts left too little to fit
@@ -283,7 +274,7 @@ def test_jam_playback_starts_on_the_next_bar_line_and_loops(jack, song, tmp_path
             for i, port in enumerate(player.ins):
                 connect(jack, jackutil.wait_for_port(jack, f"PortAudio:out_{i}"), port)
             transport(jack, "play")
-            assert wait_until(lambda: len(tracker.run_ticks()[1]) > 96 + 24, 20), "no clock run"
+            assert jackutil.wait_until(lambda: len(tracker.run_ticks()[1]) > 96 + 24, 20), "no clock run"
             asked = time.monotonic()
             playing_from = int(np.ceil(tracker.run_ticks()[1][-1] / 96)) * BAR_FRAMES
             playback.play(take, SR, loop_ticks=96)

@@ -172,7 +172,7 @@ def test_unconditional_rows_skip_their_masked_context_with_the_same_logits():
     positions = step_positions(step_valid)
     text = torch.randn(2, 3, CFG.text_dim)
     cross = lm.cross_context(text, torch.tensor([[True, True, False], [False, False, False]]))
-    full = lm(tokens, positions, step_valid, 0, cross)[:, :, :, :]
+    full = lm(tokens, positions, step_valid, 0, cross)
     split, n = layout.first_generated_step, tokens.shape[-1]
     forwards = []
     hook = lm.register_forward_pre_hook(lambda mod, a: forwards.append(tuple(a[0].shape[::2])))

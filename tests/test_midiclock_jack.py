@@ -128,27 +128,18 @@ def test_tempo_from_jack_midi_clock(jack, bpm, port):
     assert live.alive and live.bpm == pytest.approx(bpm, abs=1.0)
 
 
-def wait_until(condition, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def test_transport_messages_reach_the_tracker(jack):
     with midi_clock(jack, 120):
         tracker = RecordingTracker()
         with MidiClockInput("jack_midi_clock", api="jack", tracker=tracker):
-            assert wait_until(lambda: len(tracker.ticks) >= 5), "no clock ticks"
+            assert jackutil.wait_until(lambda: len(tracker.ticks) >= 5), "no clock ticks"
             res = jackutil.jack_cmd(jack, "jack_transport", input="stop\nquit\n")
             assert res.returncode == 0, res.stderr
-            assert wait_until(lambda: ("stop", ) <= tuple(e for e, _ in tracker.events[:1])), tracker.events
+            assert jackutil.wait_until(lambda: ("stop", ) <= tuple(e for e, _ in tracker.events[:1])), tracker.events
             assert not tracker.playing
             roll(jack, "locate 0")                         # rolling again (Continue or Start)
-            assert wait_until(lambda: tracker.playing), tracker.events
-            assert wait_until(lambda: tracker.song_position_beats >= 0.5)
+            assert jackutil.wait_until(lambda: tracker.playing), tracker.events
+            assert jackutil.wait_until(lambda: tracker.song_position_beats >= 0.5)
     assert tracker.events[-1][0] in ("start", "continue"), tracker.events
     assert tracker.song_position_beats < 3.0
 
