@@ -96,6 +96,7 @@ def start_was_clean(server, asked: float, bars: int) -> bool:
 
 def test_captured_bars_start_on_the_clocks_downbeat(jack, song):
     """In process: Capture + MidiClockInput + barclock.locate_bars, the daemon's own pieces."""
+    from stage_bridge.audio.timing import bars_to_samples
     from stage_bridge.bridge.barclock import SPAN_S, BarSpan, locate_bars
     from stage_bridge.bridge.capture import Capture, find_device
     from stage_bridge.bridge.midiclock import ClockTracker, MidiClockInput
@@ -134,7 +135,8 @@ def test_captured_bars_start_on_the_clocks_downbeat(jack, song):
             assert abs(lag) <= PERIOD + 3 * span.error, seen
             assert span.bpm == pytest.approx(BPM, abs=0.1)
             assert audio.shape == (capture.channels, span.length)
-            assert span.length == 2 * BAR_FRAMES
+            # exactly two bars at the fitted tempo (120.01 bpm is 191984 samples, not 2 * BAR_FRAMES)
+            assert span.length == bars_to_samples(2, span.bpm, SR)
         finally:
             clock_in.close()
             capture.close()
