@@ -484,9 +484,11 @@ def measure_bandwidth(device: torch.device, mib: int, repeats: int = 5) -> dict:
 
 
 def floor_bytes(cfg, rows: int, avg_keys: float, text_tokens: int, elem_bytes: int,
-                quantized: str | None = None) -> dict:
+                quantized: str | None = None, kv_bytes: int | None = None, head_bytes: int | None = None) -> dict:
     """Bytes a decode step must read. `quantized` ("int8"/"int4"): the block linears are read at
-    their stored size (engine/quant.py: integers plus scales); all else at `elem_bytes`."""
+    their stored size (engine/quant.py: integers plus scales); `kv_bytes`/`head_bytes`: the
+    self-attention cache's and the output heads' element size where it is not `elem_bytes`
+    (the quantized CPU step keeps both in fp16); all else at `elem_bytes`."""
     from .engine.quant import bytes_per_weight
 
     d, f, n, k = cfg.dim, cfg.ffn_dim, cfg.num_layers, cfg.num_codebooks
@@ -495,8 +497,9 @@ def floor_bytes(cfg, rows: int, avg_keys: float, text_tokens: int, elem_bytes: i
     per_weight = (lambda fan_in: bytes_per_weight(quantized, fan_in)) if quantized else (lambda fan_in: elem_bytes)
     per_layer = (sum(o * i * per_weight(i) for o, i in linears)  # qkv, out, FFN, cross q + out (K/V precomputed)
                  + (3 if has_text else 2) * 2 * d * elem_bytes)  # layer norms (weight + bias)
-    weights = n * per_layer + (2 * d + k * cfg.card * d + rows * k * d) * elem_bytes  # + out norm, heads, emb rows
-    kv = 2 * n * rows * avg_keys * d * elem_bytes
+    weights = (n * per_layer + (2 * d + rows * k * d) * elem_bytes  # + out norm, emb rows
+               + k * cfg.card * d * (head_bytes or elem_bytes))  # + heads
+    kv = 2 * n * rows * avg_keys * d * (kv_bytes or elem_bytes)
     cross_kv = 2 * n * rows * text_tokens * d * elem_bytes
     return {"weights": weights, "self_kv": kv, "cross_kv": cross_kv, "total": weights + kv + cross_kv}
 
@@ -604,7 +607,9 @@ def _run(args: argparse.Namespace) -> int:
     # decode forwards run at steps prefill_tokens .. prefill_tokens + steps - 2; step s reads keys 1 .. s
     # (step 0 is padding only); an unconditional row (its context all padding) only from the SEP on
     avg_keys = prefill_tokens + steps / 2.0 - 1 - (rows - args.batch) * args.context_frames / rows
-    fb = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(p_dtype).bits // 8, quantize)  # ours
+    fb = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(p_dtype).bits // 8, quantize,  # ours
+                     kv_bytes=decoder.cache_dtype.itemsize if decoder.cache_dtype else None,
+                     head_bytes=chosen.heads_half.element_size() if chosen.heads_half is not None else None)
     fb32 = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(dtype).bits // 8)  # fp32, transformers
     floor_ms = lambda gbps, b=fb: 1000.0 * b["total"] / (gbps * 1e9)  # noqa: E731
     probe_every = max(1, min(args.probe_every, steps - 1))

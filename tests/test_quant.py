@@ -131,9 +131,13 @@ def _close(got: torch.Tensor, want: torch.Tensor, rel: float) -> bool:
 
 
 @pytest.mark.parametrize("shape", [(64, 2 * INT4_GROUP), (7, 5)])
-def test_fbgemm_int8_computes_the_product_of_its_weights(shape):
-    """FBGEMM's dynamic linear also rounds each input to 7-bit integers (one scale per call), so it
-    agrees with the product by its dequantized weight to ~1-2 % of the output's scale, any shape."""
+def test_fbgemm_int8_computes_the_product_of_its_weights(shape, monkeypatch):
+    """Without our kernels (no compiler), int8 runs FBGEMM's dynamic linear. It also rounds each
+    input to 7-bit integers (one scale per call), so it agrees with the product by its
+    dequantized weight to ~1-2 % of the output's scale, any shape."""
+    from stage_bridge.engine import quant
+
+    monkeypatch.setattr(quant.kernels, "library", lambda: None)
     torch.manual_seed(0)
     layer = QuantLinear(torch.randn(*shape), "int8")
     if layer.packed is None:
@@ -145,12 +149,14 @@ def test_fbgemm_int8_computes_the_product_of_its_weights(shape):
 
 
 def test_private_kernels_on_bf16_activations(monkeypatch):
-    """Without FBGEMM, int8 runs `_weight_int8pack_mm`; int4 always runs its kernel: both on bf16
-    activations, so within bf16 rounding (~0.4 %) of the dequantized product."""
+    """Without FBGEMM, int8 runs `_weight_int8pack_mm`; without our kernels (no compiler), int4
+    runs `_weight_int4pack_mm_for_cpu`: both on bf16 activations, so within bf16 rounding
+    (~0.4 %) of the dequantized product."""
     from stage_bridge.engine import quant
 
     torch.manual_seed(0)
     monkeypatch.setattr(quant, "fbgemm_pack", lambda q, scales: None)
+    monkeypatch.setattr(quant.kernels, "library", lambda: None)
     x = torch.randn(2, 3, 2 * INT4_GROUP)
     for scheme, kernel in (("int8", "int8pack-bf16"), ("int4", "int4pack-bf16")):
         layer = QuantLinear(torch.randn(64, 2 * INT4_GROUP), scheme)

@@ -17,6 +17,8 @@ Modes:
 
 Precision: `quantize` ("int8" or "int4") stores the block linears' weights as small integers
 (`quant.py`) before any step runs, on the CPU in the eager mode only; `quantized` says which ran.
+The eager CPU step runs our kernels where they build (`kernels.py`: attention in one call per
+layer, the int4 product); quantized, the KV cache is then kept in fp16 (`cache_dtype`).
 
 Use per generation: `with decoder.generation(rows, max_steps, cross):`, then per window
 `begin_window(step_valid)`, one `prefill`, and `step` for every following step.
@@ -31,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..errors import BadArgument
+from . import kernels
 from .compiled import CompiledDecoder
 from .lm import CrossContext, Span, StageLM, masked_prefix_spans
 from .quant import quantize_decoder, quantize_problem, scheme_of
@@ -105,6 +108,9 @@ class Decoder:
             quantize_decoder(lm, quantize)
         self.lm, self.mode = lm, mode
         self.quantized: str | None = scheme_of(lm)  # "int8", "int4", or None (floating point)
+        # Quantized, the cache is kept in fp16 where our attention kernel reads it (half the bytes a
+        # step reads from it; the weights are rounded far more than that already).
+        self.cache_dtype = torch.float16 if self.quantized and mode == EAGER and kernels.library() else None
         # COMPILED: `CompiledDecoder` checks the weights are plain fp32 on the CPU and a compiler exists.
         self.compiled = CompiledDecoder(lm) if mode == COMPILED else None
         self._cross: CrossContext | None = None
@@ -125,7 +131,7 @@ class Decoder:
             self.compiled.prepare(rows, max_steps)
             self.compiled.mark_prompt_length_dynamic(cross)
         else:
-            self.lm.setup_cache(rows, max_steps)
+            self.lm.setup_cache(rows, max_steps, self.cache_dtype)
         try:
             if self.mode == CUDA_GRAPH:
                 self._static = StaticStep(self.lm, cross, rows, max_steps, capture=self.device.type == "cuda")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
 from .quant import QuantLinear
 
 
@@ -100,12 +101,27 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     return torch.mm(weight, flat.t()).t().contiguous().view(*x.shape[:-1], weight.shape[0])
 
 
-def project(x: Tensor, layer: nn.Linear | QuantLinear) -> Tensor:
-    """`layer` applied to `x` the fast way: a float linear through `linear`, an int8/int4
-    quantized one (`--precision int8|int4`) through its own kernel."""
+def project(x: Tensor, layer: nn.Linear | QuantLinear, norm: nn.LayerNorm | None = None,
+            residual: Tensor | None = None, gelu: bool = False) -> Tensor:
+    """[residual +] gelu?(`layer`(norm?(x))), the fast way: a float linear through `linear`, an
+    int8/int4 quantized one (`--precision int8|int4`) through its own kernel, which may fuse the
+    norm, the GELU and the residual into its product (our int4 kernel does: fewer passes and
+    calls per layer)."""
     if isinstance(layer, QuantLinear):
-        return layer(x)
-    return linear(x, layer.weight)
+        return layer(x, norm, residual, gelu)
+    y = linear(x if norm is None else norm(x), layer.weight)
+    if gelu:
+        y = F.gelu(y)
+    return y if residual is None else residual + y
+
+
+def step_kernels(x: Tensor, start: int | Tensor) -> kernels.Kernels | None:
+    """Our CPU kernels (engine/kernels.py) when this forward is an eager single-step decode on
+    the CPU in fp32 without autograd, the case they are written for; else None (PyTorch's ops)."""
+    if (x.shape[1] != 1 or not isinstance(start, int) or x.device.type != "cpu" or x.dtype != torch.float32
+            or torch.is_grad_enabled() or torch.compiler.is_compiling()):
+        return None
+    return kernels.library()
 
 
 def pack_linear_weight(weight: Tensor, rows_hint: int = 2) -> Tensor | None:
@@ -211,20 +227,30 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(cfg.dim, cfg.dim, bias=False)
         self.cache: KVCache | None = None
 
-    def forward(self, x: Tensor, start: int | Tensor, bias: Tensor, rows: slice = slice(None),
+    def forward(self, x: Tensor, norm: nn.LayerNorm, start: int | Tensor, bias: Tensor, rows: slice = slice(None),
                 spans: list[Span] | None = None) -> Tensor:
-        """`rows`: which of the cache's rows `x` holds; `spans`: per run of these rows, the
-        first key it may attend to (`masked_prefix_spans`); the keys before it are not read."""
+        """x + attention(norm(x)). `rows`: which of the cache's rows `x` holds; `spans`: per run
+        of these rows, the first key it may attend to (`masked_prefix_spans`); the keys before
+        it are not read."""
         b, t, d = x.shape
-        q, k, v = project(x, self.qkv).view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = project(x, self.qkv, norm)
+        kern = step_kernels(x, start) if self.cache is not None and rows == slice(None) else None
+        if kern is not None:  # one call: cache write, scores, softmax, weighted sum
+            first = None if spans is None else torch.tensor([f for lo, hi, f in spans for _ in range(lo, hi)],
+                                                            dtype=torch.int32)
+            y = kernels.attend_step(kern, qkv.view(b, 3 * d), self.cache.k, self.cache.v, start, first,
+                                    bias.view(b, -1))
+            return project(y.view(b, t, d), self.out, residual=x)
+        q, k, v = qkv.view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         if self.cache is not None:
             k, v = self.cache.update(start, k, v, rows)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # a cache kept in fp16 for our step kernel (Decoder)
         if spans is None:
             y = attend(q, k, v, bias)
         else:
             y = torch.cat([attend(q[lo:hi], k[lo:hi, :, first:], v[lo:hi, :, first:], bias[lo:hi, ..., first:])
                            for lo, hi, first in spans])
-        return project(y.transpose(1, 2).reshape(b, t, d), self.out)
+        return project(y.transpose(1, 2).reshape(b, t, d), self.out, residual=x)
 
 
 class CrossAttention(nn.Module):
@@ -242,11 +268,16 @@ class CrossAttention(nn.Module):
         k, v = self.kv(states).view(b, n, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         return k.contiguous(), v.contiguous()  # else every decode step's matmul copies them
 
-    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], bias: Tensor) -> Tensor:
+    def forward(self, x: Tensor, norm: nn.LayerNorm, kv: tuple[Tensor, Tensor], bias: Tensor) -> Tensor:
+        """x + attention(norm(x)) to the text states."""
         b, t, d = x.shape
-        q = project(x, self.q).view(b, t, self.num_heads, -1).transpose(1, 2)
-        y = attend(q, kv[0], kv[1], bias)
-        return project(y.transpose(1, 2).reshape(b, t, d), self.out)
+        q = project(x, self.q, norm)
+        kern = step_kernels(x, 0)
+        if kern is not None:
+            y = kernels.attend_fixed(kern, q.view(b, d), kv[0], kv[1], bias.view(b, -1))
+            return project(y.view(b, t, d), self.out, residual=x)
+        y = attend(q.view(b, t, self.num_heads, -1).transpose(1, 2), kv[0], kv[1], bias)
+        return project(y.transpose(1, 2).reshape(b, t, d), self.out, residual=x)
 
 
 class FeedForward(nn.Module):
@@ -255,8 +286,9 @@ class FeedForward(nn.Module):
         self.up = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.down = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return project(F.gelu(project(x, self.up)), self.down)
+    def forward(self, x: Tensor, norm: nn.LayerNorm) -> Tensor:
+        """x + feed_forward(norm(x))."""
+        return project(project(x, self.up, norm, gelu=True), self.down, residual=x)
 
 
 class Block(nn.Module):
@@ -269,13 +301,24 @@ class Block(nn.Module):
         self.ffn_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.ffn = FeedForward(cfg)
 
+    def plan(self) -> kernels.BlockPlan | None:
+        """This block for our fused step kernel (`kernels.block_step`), or None where its linears
+        are not all our integer kernels' (fp32, or PyTorch's int8/int4 kernels). Built once."""
+        if "_plan" not in self.__dict__:
+            layers = (self.self_attn.qkv, self.self_attn.out, self.cross_attn.q, self.cross_attn.out, self.ffn.up,
+                      self.ffn.down)
+            weights = [getattr(m, "q4", None) or getattr(m, "q8", None) for m in layers]
+            self._plan = (kernels.BlockPlan((self.self_norm, self.cross_norm, self.ffn_norm), tuple(weights))
+                          if all(w is not None for w in weights) else None)
+        return self._plan
+
     def forward(self, x: Tensor, start: int | Tensor, bias: Tensor,
                 cross_kv: tuple[Tensor, Tensor] | None, cross_bias: Tensor | None,
                 rows: slice = slice(None), spans: list[Span] | None = None) -> Tensor:
-        x = x + self.self_attn(self.self_norm(x), start, bias, rows, spans)
+        x = self.self_attn(x, self.self_norm, start, bias, rows, spans)
         if cross_kv is not None:
-            x = x + self.cross_attn(self.cross_norm(x), cross_kv, cross_bias)
-        return x + self.ffn(self.ffn_norm(x))
+            x = self.cross_attn(x, self.cross_norm, cross_kv, cross_bias)
+        return self.ffn(x, self.ffn_norm)
 
 
 @dataclass
@@ -304,6 +347,9 @@ class StageLM(nn.Module):
         self.out_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
         self.heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.card, bias=False) for _ in range(cfg.num_codebooks))
         self.text_proj = nn.Linear(cfg.text_dim, cfg.dim)
+        # The heads in fp16, one (K * card, dim) matrix, for the CPU step kernel: set by
+        # `quant.quantize_decoder` (quantized precisions only; the fp32 heads stay for prefill).
+        self.heads_half: Tensor | None = None
         self.zero_pad_rows()
 
     @torch.no_grad()
@@ -334,10 +380,12 @@ class StageLM(nn.Module):
         return [m for group in per_block for m in group] + list(self.heads)
 
     # -- per-generation state -------------------------------------------------------------
-    def setup_cache(self, batch: int, max_steps: int) -> None:
+    def setup_cache(self, batch: int, max_steps: int, dtype: torch.dtype | None = None) -> None:
+        """A cache per block, in the model's dtype unless `dtype` is given."""
         p = self.heads[0].weight
         for blk in self.layers:
-            blk.self_attn.cache = KVCache(batch, self.cfg.num_heads, max_steps, self.cfg.head_dim, p.dtype, p.device)
+            blk.self_attn.cache = KVCache(batch, self.cfg.num_heads, max_steps, self.cfg.head_dim, dtype or p.dtype,
+                                          p.device)
 
     def clear_cache(self) -> None:
         for blk in self.layers:
@@ -383,10 +431,35 @@ class StageLM(nn.Module):
         x = x + sinusoidal_embedding(positions, self.cfg.dim, self.cfg.max_period).to(x.dtype)
         bias = additive(self.attention_mask(key_valid, start, t), x.dtype)
         cross = cross or CrossContext(None, None)
-        for i, blk in enumerate(self.layers):
-            x = blk(x, start, bias, cross.kv[i] if cross.kv is not None else None, cross.bias, rows, spans)
+        kern = step_kernels(x, start) if rows == slice(None) and self.layers and self.layers[0].self_attn.cache else None
+        if kern is not None and all(blk.plan() is not None for blk in self.layers):
+            x = self._fused_step(kern, x, start, bias, cross, spans)
+        else:
+            for i, blk in enumerate(self.layers):
+                x = blk(x, start, bias, cross.kv[i] if cross.kv is not None else None, cross.bias, rows, spans)
         x = self.out_norm(x)
+        kern = step_kernels(x, start) if self.heads_half is not None else None
+        if kern is not None:  # (B, 1, K * card) is (B, K, 1, card) in memory
+            return kernels.f16_linear(kern, x, self.heads_half).view(b, k, t, -1)
         return torch.stack([linear(x, head.weight) for head in self.heads], dim=1)
+
+    def _fused_step(self, kern: kernels.Kernels, x: Tensor, start: int, bias: Tensor, cross: CrossContext,
+                    spans: list[Span] | None) -> Tensor:
+        """Every block's single step through `kernels.block_step` (one call per block: the same
+        arithmetic as `Block.forward` with our integer kernels, without ~3 ms of Python-level
+        ops a step on a 2-core CPU). x (B, 1, D) -> (B, 1, D)."""
+        b, _, d = x.shape
+        flat = x.reshape(b, d).float().contiguous()
+        first = None if spans is None else torch.tensor([f for lo, hi, f in spans for _ in range(lo, hi)],
+                                                        dtype=torch.int32)
+        scratch = torch.empty(b * (4 * d + self.cfg.ffn_dim))
+        flat_bias = bias.reshape(b, -1)
+        cross_bias = cross.bias.reshape(b, -1) if cross.kv is not None else None
+        for i, blk in enumerate(self.layers):
+            cache = blk.self_attn.cache
+            kernels.block_step(kern, blk.plan(), flat, self.cfg.num_heads, cache.k, cache.v, start, first, flat_bias,
+                               cross.kv[i] if cross.kv is not None else None, cross_bias, scratch)
+        return flat.view(b, 1, d)
 
     @staticmethod
     def attention_mask(key_valid: Tensor, start: int | Tensor, t: int) -> Tensor:

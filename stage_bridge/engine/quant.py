@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
+
 if TYPE_CHECKING:
     from .lm import StageLM
 
@@ -128,14 +130,28 @@ class QuantLinear(nn.Module):
         self.out_features, self.in_features = weight.shape
         self.fast = kernel_takes(scheme, *weight.shape)
         self.packed = None  # FBGEMM's packed int8 weight (then the plain codes are not kept)
+        self.q4: kernels.Q4Weight | None = None  # our int4 kernel's weight (kernels.py; int4 only)
+        self.kernels: kernels.Kernels | None = None
+        self.q8: kernels.Q8Weight | None = None
         if scheme == INT8:
             q, scales = quantize_int8(weight)
+            group = int4_group(self.in_features)  # our kernel rounds activations per group of these
+            kern = kernels.library() if kernels.q4_supports(self.out_features, self.in_features, group) else None
+            if kern is not None:  # ours (kernels.cpp): its own tiled layout, nothing else kept
+                self.fast, self.kernels = True, kern
+                self.q8 = kernels.q8_pack(kern, q, scales, group)
+                return
             self.packed = fbgemm_pack(q, scales)
             self.register_buffer("qweight", q if self.packed is None else None)
             self.register_buffer("scales", scales)
         else:
             self.group = int4_group(self.in_features)
             codes, scales, zeros = quantize_int4(weight, self.group)
+            kern = kernels.library() if kernels.q4_supports(self.out_features, self.in_features, self.group) else None
+            if kern is not None:  # ours (kernels.cpp): its own tiled layout, nothing else kept
+                self.fast, self.kernels = True, kern
+                self.q4 = kernels.q4_pack(kern, codes, scales, zeros, self.group)
+                return
             self.register_buffer("codes", codes if not self.fast else
                                  torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1))
             # the kernel's layout: (K / group, N, 2) of [scale, zero], in its activations' dtype
@@ -147,18 +163,24 @@ class QuantLinear(nn.Module):
         """Which product runs (for reports)."""
         if self.packed is not None:
             return "fbgemm-dynamic"
+        if self.q4 is not None or self.q8 is not None:
+            return f"{'q4' if self.q4 is not None else 'q8'}-{self.kernels.kind}"
         if not self.fast:
             return "dequantized"
         return "int8pack-bf16" if self.scheme == INT8 else "int4pack-bf16"
 
     def dequantized(self) -> Tensor:
         """The fp32 weight this layer stores, (out, in): for checks and the fallback."""
+        if self.q8 is not None:  # the identity's rows are exact in the kernel's int8 activations
+            return kernels.q8_linear(self.kernels, torch.eye(self.in_features), self.q8).t().contiguous()
         if self.scheme == INT8:
             if self.packed is not None:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     return torch.ops.quantized.linear_unpack(self.packed)[0].dequantize()
             return self.qweight.float() * self.scales[:, None]
+        if self.q4 is not None:  # the identity's rows are exact in the kernel's int8 activations
+            return kernels.q4_linear(self.kernels, torch.eye(self.in_features), self.q4).t().contiguous()
         if self.fast:  # the kernel's packed layout is its own: multiply the identity through it
             eye = torch.eye(self.in_features)  # (slow: fp32 rows take the kernel's scalar path; checks only)
             return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.codes, self.group, self.scale_zero.float()).t()
@@ -166,7 +188,23 @@ class QuantLinear(nn.Module):
         w = (self.codes.view(self.out_features, -1, self.group).float() - 8.0) * scales[..., None] + zeros[..., None]
         return w.view(self.out_features, self.in_features)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, norm: nn.LayerNorm | None = None, residual: Tensor | None = None,
+                gelu: bool = False) -> Tensor:
+        """[residual +] gelu?(norm?(x) @ weight.T): our int8 and int4 kernels apply the norm, the GELU
+        and the residual within its product (one call, one pass over the activations); the other
+        kernels run them around the product."""
+        if self.q4 is not None:
+            return kernels.q4_linear(self.kernels, x, self.q4, norm, residual, gelu)
+        if self.q8 is not None:
+            return kernels.q8_linear(self.kernels, x, self.q8, norm, residual, gelu)
+        if norm is not None:
+            x = norm(x)
+        y = self._product(x)
+        if gelu:
+            y = F.gelu(y)
+        return y if residual is None else residual + y
+
+    def _product(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)
         if self.packed is not None:
             y = torch.ops.quantized.linear_dynamic(flat.float().contiguous(), self.packed, True)
@@ -211,6 +249,8 @@ def quantize_decoder(lm: StageLM, scheme: str) -> None:
             if not isinstance(layer, nn.Linear) or layer.weight.is_mkldnn:
                 raise ValueError(f"{path} is not a plain linear (already quantized or packed)")
             setattr(parent, name, QuantLinear(layer.weight, scheme))
+    if kernels.library() is not None and not any(h.weight.is_mkldnn for h in lm.heads):
+        lm.heads_half = torch.cat([h.weight.detach() for h in lm.heads]).to(torch.float16).contiguous()
 
 
 def scheme_of(lm: StageLM) -> str | None:
