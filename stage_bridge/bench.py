@@ -484,17 +484,19 @@ def measure_bandwidth(device: torch.device, mib: int, repeats: int = 5) -> dict:
 
 
 def floor_bytes(cfg, rows: int, avg_keys: float, text_tokens: int, elem_bytes: int,
-                quantized: str | None = None, kv_bytes: int | None = None, head_bytes: int | None = None) -> dict:
+                quantized: str | None = None, kv_bytes: int | None = None, head_bytes: int | None = None,
+                ours: bool = False) -> dict:
     """Bytes a decode step must read. `quantized` ("int8"/"int4"): the block linears are read at
     their stored size (engine/quant.py: integers plus scales); `kv_bytes`/`head_bytes`: the
     self-attention cache's and the output heads' element size where it is not `elem_bytes`
-    (the quantized CPU step keeps both in fp16); all else at `elem_bytes`."""
+    (the quantized CPU step keeps both in fp16); `ours`: our integer kernels' layout
+    (`QuantLinear.q8`/`q4`); all else at `elem_bytes`."""
     from .engine.quant import bytes_per_weight
 
     d, f, n, k = cfg.dim, cfg.ffn_dim, cfg.num_layers, cfg.num_codebooks
     has_text = text_tokens > 0
     linears = [(3 * d, d), (d, d), (f, d), (d, f)] + ([(d, d), (d, d)] if has_text else [])  # (out, in)
-    per_weight = (lambda fan_in: bytes_per_weight(quantized, fan_in)) if quantized else (lambda fan_in: elem_bytes)
+    per_weight = (lambda fan_in: bytes_per_weight(quantized, fan_in, ours)) if quantized else (lambda fan_in: elem_bytes)
     per_layer = (sum(o * i * per_weight(i) for o, i in linears)  # qkv, out, FFN, cross q + out (K/V precomputed)
                  + (3 if has_text else 2) * 2 * d * elem_bytes)  # layer norms (weight + bias)
     weights = (n * per_layer + (2 * d + rows * k * d) * elem_bytes  # + out norm, emb rows
@@ -609,7 +611,8 @@ def _run(args: argparse.Namespace) -> int:
     avg_keys = prefill_tokens + steps / 2.0 - 1 - (rows - args.batch) * args.context_frames / rows
     fb = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(p_dtype).bits // 8, quantize,  # ours
                      kv_bytes=decoder.cache_dtype.itemsize if decoder.cache_dtype else None,
-                     head_bytes=chosen.heads_half.element_size() if chosen.heads_half is not None else None)
+                     head_bytes=chosen.heads_half.element_size() if chosen.heads_half is not None else None,
+                     ours=bool(quantize) and getattr(chosen.layers[0].ffn.up, "kernels", None) is not None)
     fb32 = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(dtype).bits // 8)  # fp32, transformers
     floor_ms = lambda gbps, b=fb: 1000.0 * b["total"] / (gbps * 1e9)  # noqa: E731
     probe_every = max(1, min(args.probe_every, steps - 1))
@@ -655,6 +658,15 @@ def _run(args: argparse.Namespace) -> int:
     hf_cache = None if args.skip_transformers else cache_kwarg(hf)
     machine = decode_report(ours, since=cpu_start)  # what explains a slow run (engine/machine.py)
     _log(format_report(machine))
+    from .engine import kernels
+
+    cpu_kernels = kernels.library().kind if kernels.library() else f"not used: {kernels.why_not()}"
+    kernel_name = chosen.layers[0].ffn.up.kernel if quantize and len(chosen.layers) else None
+    heads_half, cache_dtype = chosen.heads_half is not None, decoder.cache_dtype or p_dtype
+    fused = device.type == "cpu" and all(blk.plan() is not None for blk in chosen.layers)
+    _log(f"our CPU kernels: {cpu_kernels}; {precision} product: {kernel_name or 'float'}, KV cache "
+         f"{str(cache_dtype).removeprefix('torch.')}, heads {'fp16' if heads_half else str(p_dtype).removeprefix('torch.')}"
+         f", fused block step {'yes' if fused else 'no'}")
     del hf, ours, decoder, ref_decoder, chosen, probe
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -679,8 +691,13 @@ def _run(args: argparse.Namespace) -> int:
                                             "greedy_frame_agreement")},
         "quality": scores or None,
         "quantized_layers": "the decoder blocks' linears (self-attention qkv/out, cross-attention q/kv/out, "
-                            "feed-forward); embeddings, norms, text projection and the 4 output heads stay fp32"
+                            "feed-forward); embeddings, norms and text projection stay fp32, the 4 output heads "
+                            + ("fp16 in the step (fp32 in prefill)" if heads_half else "fp32")
                             if quantize else None,
+        "quantized_kernel": kernel_name,  # which product ran (engine/quant.py QuantLinear.kernel)
+        "kv_cache_dtype": str(cache_dtype).removeprefix("torch."),
+        "fused_block_step": fused,  # one kernels.cpp call per block and step (engine/lm.py StageLM._fused_step)
+        "cpu_kernels": cpu_kernels,  # engine/kernels.py: built for this CPU, or why not
     }
     result = {
         "ours_ms_per_step": ours_ms,

@@ -111,6 +111,9 @@ def test_ctrl_c_while_loading_waits_for_the_load_then_stops(capsys):
         release.wait()
         finished.append(True)
 
+    # Python's own Ctrl+C handler, whatever this process inherited: a shell that starts it in the
+    # background ignores SIGINT, and Python then installs no handler (the signal would be lost)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     handler = signal.getsignal(signal.SIGINT)
     main = threading.main_thread().ident
 
@@ -122,10 +125,13 @@ def test_ctrl_c_while_loading_waits_for_the_load_then_stops(capsys):
         release.set()
 
     threading.Thread(target=interrupt).start()
-    with pytest.raises(KeyboardInterrupt):
-        daemon.on_own_thread(work)
-    assert finished == [True]  # the work ended before the interrupt went on
-    assert signal.getsignal(signal.SIGINT) is handler
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            daemon.on_own_thread(work)
+        assert finished == [True]  # the work ended before the interrupt went on
+        assert signal.getsignal(signal.SIGINT) is handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert "Ctrl+C again stops at once" in capsys.readouterr().err
 
 
@@ -136,7 +142,8 @@ def test_a_second_ctrl_c_while_loading_stops_at_once():
 
     child = subprocess.Popen(
         [sys.executable, "-c",
-         "import threading\n"
+         "import signal, threading\n"
+         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as from a terminal, not a background shell
          "from stage_bridge.bridge.daemon import on_own_thread\n"
          "def work():\n"
          "    print('loading', flush=True)\n"

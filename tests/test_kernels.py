@@ -302,3 +302,49 @@ def test_fused_block_step_is_the_blocks_step(scheme, text, monkeypatch):
         monkeypatch.setattr(Block, "plan", lambda self: None)
         per_op = _teacher_forced_steps(decoder, tokens, positions, step_valid, upto, cross)
     assert (fused - per_op).abs().max() <= 1e-5 * per_op.abs().max()
+
+
+@pytest.mark.parametrize("off", [False, True])
+def test_doctor_says_which_cpu_kernels_run(off, tmp_path, monkeypatch, capsys):
+    from stage_bridge.bridge import daemon
+    from stage_bridge.bridge.config import ServeConfig
+
+    if off:
+        monkeypatch.setenv("STAGE_BRIDGE_KERNELS", "off")
+    kernels._load.cache_clear()
+    try:
+        assert daemon.doctor(ServeConfig(home=tmp_path, models={"drums": "tiny-random"}, device="cpu")) == 0
+    finally:
+        monkeypatch.delenv("STAGE_BRIDGE_KERNELS", raising=False)
+        kernels._load.cache_clear()
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("CPU decode kernels"))
+    if off:
+        assert "not used (turned off by STAGE_BRIDGE_KERNELS)" in line
+    elif KERN is not None:
+        assert KERN.kind in line
+
+
+@needs_kernels
+@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/maps")
+def test_one_openmp_runtime_in_the_process():
+    """Our library's OpenMP regions run on the runtime PyTorch loaded (same soname), not a second
+    one: two runtimes would keep two thread pools on the same cores (see bridge/daemon.py). In a
+    fresh process with only PyTorch and our library: other packages (scikit-learn, sentencepiece)
+    bring their own copies, which a test process may have loaded already."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from stage_bridge.engine import kernels\n"
+        "from stage_bridge.engine.quant import quantize_int8\n"
+        "kern = kernels.library()\n"
+        "w = kernels.q8_pack(kern, *quantize_int8(torch.randn(64, 128)), 64)\n"
+        "kernels.q8_linear(kern, torch.randn(2, 128), w)\n"  # an OpenMP region of ours has run
+        "torch.randn(256, 256) @ torch.randn(256, 256)\n"  # and one of PyTorch's
+        "print('\\n'.join(sorted({ln.split()[-1] for ln in open('/proc/self/maps') if 'gomp' in ln or 'omp.so' in ln})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    runtimes = done.stdout.split()
+    assert len(runtimes) == 1 and "/torch/lib/" in runtimes[0], runtimes

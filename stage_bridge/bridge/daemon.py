@@ -272,6 +272,12 @@ def doctor(cfg: ServeConfig) -> int:
     print(f"precision: {cfg.precision}" + ((" (integer weights)" if on_cpu else " (CPU only: fp32 on this device)")
                                            if cfg.precision in ("int8", "int4") else "")
           + (", decode step compiled" if cfg.compile else ""))
+    if on_cpu:
+        from ..engine import kernels
+
+        kern = kernels.library()  # built on first use for this processor (a second or two), then cached
+        print(f"CPU decode kernels: {kern.kind} (ours: attention; with --precision int8/int4 the whole step)" if kern
+              else f"CPU decode kernels: not used ({kernels.why_not()}); PyTorch's own kernels run instead")
     weights_dir = cfg.weights_dir or default_weights_dir()
     print(f"weights folder: {weights_dir}")
     for instrument, name in cfg.models.items():

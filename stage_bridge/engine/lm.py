@@ -9,6 +9,8 @@ Speed: decoding on any device is memory-bound, so one forward serves prefill and
 decode, self-attention K/V live in a cache preallocated once per generation (written in place,
 read only up to the current length), and cross-attention K/V are computed once per generation.
 Without a cache (training, reference checks) the same forward runs plain causal attention.
+On a CPU the eager single step runs our kernels where they build (engine/kernels.py): attention
+in one call per layer, and with our int8/int4 weights each whole block in one call.
 """
 
 from __future__ import annotations
@@ -105,8 +107,7 @@ def project(x: Tensor, layer: nn.Linear | QuantLinear, norm: nn.LayerNorm | None
             residual: Tensor | None = None, gelu: bool = False) -> Tensor:
     """[residual +] gelu?(`layer`(norm?(x))), the fast way: a float linear through `linear`, an
     int8/int4 quantized one (`--precision int8|int4`) through its own kernel, which may fuse the
-    norm, the GELU and the residual into its product (our int4 kernel does: fewer passes and
-    calls per layer)."""
+    norm, the GELU and the residual into its product (ours do: fewer passes and calls per layer)."""
     if isinstance(layer, QuantLinear):
         return layer(x, norm, residual, gelu)
     y = linear(x if norm is None else norm(x), layer.weight)
@@ -122,6 +123,13 @@ def step_kernels(x: Tensor, start: int | Tensor) -> kernels.Kernels | None:
             or torch.is_grad_enabled() or torch.compiler.is_compiling()):
         return None
     return kernels.library()
+
+
+def first_keys(spans: list[Span] | None) -> Tensor | None:
+    """Per row, the first key it may attend to (int32, for the step kernels), or None: all from 0."""
+    if spans is None:
+        return None
+    return torch.tensor([first for lo, hi, first in spans for _ in range(lo, hi)], dtype=torch.int32)
 
 
 def pack_linear_weight(weight: Tensor, rows_hint: int = 2) -> Tensor | None:
@@ -236,9 +244,7 @@ class SelfAttention(nn.Module):
         qkv = project(x, self.qkv, norm)
         kern = step_kernels(x, start) if self.cache is not None and rows == slice(None) else None
         if kern is not None:  # one call: cache write, scores, softmax, weighted sum
-            first = None if spans is None else torch.tensor([f for lo, hi, f in spans for _ in range(lo, hi)],
-                                                            dtype=torch.int32)
-            y = kernels.attend_step(kern, qkv.view(b, 3 * d), self.cache.k, self.cache.v, start, first,
+            y = kernels.attend_step(kern, qkv.view(b, 3 * d), self.cache.k, self.cache.v, start, first_keys(spans),
                                     bias.view(b, -1))
             return project(y.view(b, t, d), self.out, residual=x)
         q, k, v = qkv.view(b, t, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
@@ -450,8 +456,7 @@ class StageLM(nn.Module):
         ops a step on a 2-core CPU). x (B, 1, D) -> (B, 1, D)."""
         b, _, d = x.shape
         flat = x.reshape(b, d).float().contiguous()
-        first = None if spans is None else torch.tensor([f for lo, hi, f in spans for _ in range(lo, hi)],
-                                                        dtype=torch.int32)
+        first = first_keys(spans)
         scratch = torch.empty(b * (4 * d + self.cfg.ffn_dim))
         flat_bias = bias.reshape(b, -1)
         cross_bias = cross.bias.reshape(b, -1) if cross.kv is not None else None

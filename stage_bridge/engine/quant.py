@@ -8,18 +8,22 @@ per group of 64 input channels) about a sixth. Activations between the layers st
 What is quantized: the linears of every block (self-attention qkv and out, cross-attention q, kv
 and out, feed-forward up and down: 97 % of the weights a step reads). What stays fp32: the
 codebook embeddings (a step reads 4 rows of them), the layer norms, the text projection, and
-the 4 output heads (2 % of the bytes, and the logits are what is sampled from).
+the 4 output heads (2 % of the bytes, and the logits are what is sampled from; with our kernels
+the step reads an fp16 copy of them).
 
-Kernels: PyTorch's own, no extension of ours; which one runs is `QuantLinear.kernel`, chosen per
-layer as measured fastest on a 2-core AMD EPYC (benchmarks/RESULTS.md). int8 runs FBGEMM's
-dynamic quantized linear, which also rounds each product's input rows to integers (so int8 is
-weight-only in storage, not in arithmetic); without FBGEMM, the private `_weight_int8pack_mm`.
-int4 runs the private `_weight_int4pack_mm_for_cpu`. Both private kernels run bf16 activations
-(on fp32 ones they took a scalar path, 5-40x slower), and `_weight_int8pack_mm` with bf16
-activations crashed the process (segfault, torch 2.13) on widths not in 32s, e.g. 7x5: shapes
-a kernel is not known to take (`kernel_takes`) multiply by the dequantized weight instead.
-tests/test_quant.py pins the private ops' schemas and results, so a PyTorch that changes them is
-noticed rather than trusted.
+Kernels, fastest first (QuantLinear.kernel says which runs; benchmarks/RESULTS.md): our own
+(engine/kernels.cpp, built once per machine where a C++ compiler exists): int8 and int4 products
+that round each product's input rows to int8 per group of 64 (llama.cpp's Q8 x Q4 arithmetic) and
+run AVX-512 VNNI's integer multiply-adds where the CPU has them, with the LayerNorm before, the
+GELU after and the residual fused in; the eager step then runs each block in one call
+(`kernels.block_step`), keeps the KV cache and the heads in fp16. Without our kernels: int8 runs
+FBGEMM's dynamic quantized linear (which also rounds its inputs, to 7 bits with one scale per
+call), or the private `_weight_int8pack_mm` without FBGEMM; int4 runs the private
+`_weight_int4pack_mm_for_cpu`. Both private kernels run bf16 activations (on fp32 ones they took a
+scalar path, 5-40x slower), and `_weight_int8pack_mm` with bf16 activations crashed the process
+(segfault, torch 2.13) on widths not in 32s, e.g. 7x5: shapes a kernel is not known to take
+(`kernel_takes`) multiply by the dequantized weight instead. tests/test_quant.py pins the private
+ops' schemas and results, so a PyTorch that changes them is noticed rather than trusted.
 """
 
 from __future__ import annotations
@@ -83,11 +87,12 @@ def kernel_takes(scheme: str, out_features: int, in_features: int) -> bool:
     return out_features % 16 == 0 and int4_group(in_features) in (32, 64, 128, 256)
 
 
-def bytes_per_weight(scheme: str, in_features: int) -> float:
-    """Bytes a product reads per weight: the integer plus its share of the scales (and offsets)."""
+def bytes_per_weight(scheme: str, in_features: int, ours: bool = False) -> float:
+    """Bytes a product reads per weight: the integer plus its share of the scales (and offsets);
+    `ours`: our int8 kernel also reads an int32 weight sum per output and group (kernels.cpp)."""
     if scheme == INT8:
-        return 1.0 + 4.0 / in_features  # one fp32 scale per output channel
-    return 0.5 + 4.0 / int4_group(in_features)  # a bf16 scale and zero per group
+        return 1.0 + 4.0 / in_features + (4.0 / int4_group(in_features) if ours else 0.0)  # fp32 scale per output
+    return 0.5 + 4.0 / int4_group(in_features)  # a 16-bit scale and zero per group
 
 
 def fbgemm_pack(q: Tensor, scales: Tensor):
@@ -115,12 +120,9 @@ def fbgemm_pack(q: Tensor, scales: Tensor):
 class QuantLinear(nn.Module):
     """A bias-free linear with int8 (per output channel) or int4 (group-wise) weights; fp32 in and out.
 
-    Kernels, fastest first (measured side by side, benchmarks/RESULTS.md): int8 runs FBGEMM's
-    dynamic quantized linear (`quantized::linear_dynamic`: each product also rounds its input
-    rows to 7-bit integers with one scale, as PyTorch's own `quantize_dynamic` does), else
-    `_weight_int8pack_mm` on bf16 activations; int4 runs `_weight_int4pack_mm_for_cpu` on bf16
-    activations (with fp32 ones both private kernels take a scalar path, 5-40x slower). Shapes a
-    kernel is not known to take multiply by the dequantized weight. Inference only."""
+    Which kernel multiplies is chosen once, fastest first (module doc): ours (`q8-...`/`q4-...`),
+    else FBGEMM's (int8) or PyTorch's private int4 kernel; shapes no kernel is known to take
+    multiply by the dequantized weight. Inference only."""
 
     def __init__(self, weight: Tensor, scheme: str):
         super().__init__()
@@ -240,7 +242,8 @@ def quantize_problem(scheme: str, device: torch.device, dtype: torch.dtype, comp
 @torch.no_grad()
 def quantize_decoder(lm: StageLM, scheme: str) -> None:
     """Replace every block linear of `lm` by a `QuantLinear` of `scheme`, in place (one-way: the
-    fp32 weights of those layers are freed). `lm` must hold plain (unpacked) fp32 CPU weights."""
+    fp32 weights of those layers are freed). `lm` must hold plain (unpacked) fp32 CPU weights.
+    Where our kernels run, the heads also get an fp16 copy for the step (`lm.heads_half`)."""
     for block in lm.layers:
         for path in BLOCK_LINEARS:
             parent_path, name = path.rsplit(".", 1)
@@ -249,6 +252,7 @@ def quantize_decoder(lm: StageLM, scheme: str) -> None:
             if not isinstance(layer, nn.Linear) or layer.weight.is_mkldnn:
                 raise ValueError(f"{path} is not a plain linear (already quantized or packed)")
             setattr(parent, name, QuantLinear(layer.weight, scheme))
+        block.__dict__.pop("_plan", None)  # `Block.plan` is built again from the new layers
     if kernels.library() is not None and not any(h.weight.is_mkldnn for h in lm.heads):
         lm.heads_half = torch.cat([h.weight.detach() for h in lm.heads]).to(torch.float16).contiguous()
 
