@@ -24,16 +24,23 @@ KERN = kernels.library()
 needs_kernels = pytest.mark.skipif(KERN is None, reason=f"CPU kernels not available: {kernels.why_not()}")
 
 
-def q4_reference(x, codes, scales, zeros, group, norm=None, residual=None, gelu=False):
-    """kernels.cpp's int4 product in PyTorch: activations rounded to int8 per group (scale
-    max|h| / 127, ties to even), an exact integer dot per group, then w = (code - 8) * s + z."""
-    h = norm(x) if norm is not None else x
+def _rounded_rows(h, group):
+    """kernels.cpp's activation rounding: per row and group of `group`, scale a = max|h| / 127
+    (1 for an all-zero group), codes round(h / a) (ties to even). -> (groups, a, codes)."""
     m, k = h.shape
-    n = codes.shape[0]
     hg = h.view(m, k // group, group)
     amax = hg.abs().amax(-1)
     a = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
-    xq = torch.round(hg * torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))[..., None])
+    return hg, a, torch.round(hg * torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))[..., None])
+
+
+def q4_reference(x, codes, scales, zeros, group, norm=None, residual=None, gelu=False):
+    """kernels.cpp's int4 product in PyTorch: activations rounded to int8 per group
+    (`_rounded_rows`), an exact integer dot per group, then w = (code - 8) * s + z."""
+    h = norm(x) if norm is not None else x
+    m, k = h.shape
+    n = codes.shape[0]
+    hg, a, xq = _rounded_rows(h, group)
     dot = torch.einsum("mgk,ngk->mng", xq.double(), codes.view(n, k // group, group).double())  # exact integers
     s, z = scales.half().double(), zeros.half().double()
     y = (((dot - 8 * xq.sum(-1).double()[:, None]) * s[None] * a.double()[:, None] + z[None] * hg.sum(-1).double()[:, None])
@@ -44,14 +51,11 @@ def q4_reference(x, codes, scales, zeros, group, norm=None, residual=None, gelu=
 
 
 def q8_reference(x, q, scales, group):
-    """kernels.cpp's int8 product in PyTorch: activations rounded as in `q4_reference`, an exact
+    """kernels.cpp's int8 product in PyTorch: activations rounded (`_rounded_rows`), an exact
     integer dot per group, scaled per group and then by the output channel's scale."""
     m, k = x.shape
     n = q.shape[0]
-    hg = x.view(m, k // group, group)
-    amax = hg.abs().amax(-1)
-    a = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
-    xq = torch.round(hg * torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))[..., None])
+    _, a, xq = _rounded_rows(x, group)
     dot = torch.einsum("mgk,ngk->mng", xq.double(), q.view(n, k // group, group).double())
     return ((dot * a.double()[:, None]).sum(-1) * scales.double()).float()
 
