@@ -181,6 +181,22 @@ def test_devices_are_found_by_number_name_and_host_api(monkeypatch):
         C.find_device("9", "output")
 
 
+def test_portaudio_that_cannot_list_devices_is_unavailable_not_a_crash(monkeypatch):
+    """sounddevice raises PortAudioError from query_devices()/query_hostapis() when PortAudio is
+    not initialised or its host API fails (python-sounddevice API docs: "PortAudioError: ... raised
+    by PortAudio functions"): `doctor` and capture then say so instead of a traceback."""
+    from stage_bridge.bridge import capture as C
+
+    class Broken(FakeSoundDevice):
+        @staticmethod
+        def query_hostapis():
+            raise RuntimeError("PortAudio not initialized [PaErrorCode -10000]")
+
+    monkeypatch.setattr(C, "portaudio", Broken)
+    with pytest.raises(CaptureUnavailable, match="PortAudio cannot list the audio devices.*PaErrorCode -10000"):
+        C.list_devices("input")
+
+
 def test_an_input_that_cannot_open_says_which():
     def broken(**kwargs):
         raise RuntimeError("device busy")

@@ -666,6 +666,56 @@ def test_train_command_under_torchrun_shares_the_preparation(tmp_path):
     assert ckpt_io.latest_checkpoint(out).name == "step-00000003" and (out / "best" / "best.json").is_file()
 
 
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_ddp_model_is_gone_before_the_process_group_ends(fails, tmp_path, monkeypatch):
+    """A DDP wrapper freed after `destroy_process_group` destroys the Gloo group itself with the
+    GIL held, and can deadlock with Gloo's worker threads (CI met it: a trained torchrun run that
+    never exited): `run_training` lets the model go first, after a finished run and after an
+    error inside training. In-process: a one-member Gloo group, the trainer told it is one of two."""
+    import gc
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from stage_bridge.train import run as run_module
+    from stage_bridge.train.trainer import DistInfo
+
+    make_plain(tmp_path / "songs", songs=2, seconds=11)
+
+    def init_distributed(device_arg):
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        return DistInfo(rank=0, world=2), torch.device("cpu")
+
+    alive_at_destroy = []
+    destroy = dist.destroy_process_group
+    monkeypatch.setattr(run_module, "init_distributed", init_distributed)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: (
+        alive_at_destroy.append(sum(type(o) is DDP for o in gc.get_objects())), destroy(*a, **k)))
+    if fails:
+        fit = Trainer.fit
+
+        def fit_then_fail(self):
+            fit(self)
+            assert self.ddp is not None  # the wrapper exists when the error comes
+            raise RuntimeError("a failure inside training")
+
+        monkeypatch.setattr(Trainer, "fit", fit_then_fail)
+    args = ("--data", str(tmp_path / "songs"), "--instrument", "drums", "--base", "tiny-random", "--out",
+            str(tmp_path / "run"), "--device", "cpu", "--batch", "1", "--phase1-steps", "1", "--warmup-steps", "1",
+            "--steps", "2", "--valid-every", "2", "--save-every", "2", "--quiet", "--cache", str(tmp_path / "cache"))
+    try:
+        if fails:
+            with pytest.raises(RuntimeError, match="a failure inside training"):
+                _train_cli(*args)
+        else:
+            assert _train_cli(*args) == 0
+    finally:
+        if dist.is_initialized():
+            destroy()
+    assert alive_at_destroy == [0]
+
+
 def test_wrapping_twice_continues_from_the_trained_rows():
     _, model = tiny()
     first = SepTokenLM(model.lm)

@@ -93,9 +93,13 @@ def list_devices(direction: str = "input") -> list[AudioDevice]:
     rates (`stage-bridge doctor`; capture mode's input, jam playback's output)."""
     sd = portaudio()
     check = sd.check_input_settings if direction == "input" else sd.check_output_settings
-    apis = sd.query_hostapis()
+    try:
+        apis, devices = sd.query_hostapis(), sd.query_devices()
+    except Exception as e:  # noqa: BLE001 - sounddevice.PortAudioError (e.g. PortAudio not initialised)
+        raise CaptureUnavailable(f"PortAudio cannot list the audio devices ({e}); restart stage-bridge, "
+                                 f"and check that the audio system (JACK, Core Audio, WASAPI) is running") from None
     found = []
-    for i, d in enumerate(sd.query_devices()):
+    for i, d in enumerate(devices):
         channels = int(d[f"max_{direction}_channels"])
         if channels < 1:
             continue

@@ -138,9 +138,20 @@ def init_distributed(device_arg: str) -> tuple[DistInfo, torch.device]:
     return DistInfo(rank, world, local_rank), device
 
 
-def _finish_distributed(info) -> None:
+def _finish_distributed(info: DistInfo) -> None:
+    """End the process group once nothing else holds it. Why the order matters: a DDP wrapper's
+    Reducer holds the group too; freed after `destroy_process_group` it holds the last reference
+    and destroys the Gloo group with the GIL held (pybind11 frees the Reducer without releasing
+    it), joining Gloo's worker threads, while a worker freeing a finished allreduce whose tensors
+    Python owns waits for the GIL: both wait forever (CI met it: the trained run never exited;
+    the blocking destructor is pytorch/pytorch#56297). So the model goes first (`_train`'s frame,
+    any reference cycles), then the group."""
     if info.enabled:
+        import gc
+
         import torch.distributed as dist
+
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -314,12 +325,8 @@ def run_training(args: argparse.Namespace) -> int:
     128 + the signal when interrupted)."""
     if getattr(args, "action", None) == "prepare":
         return run_prepare(args)
-    import torch
-
-    from ..engine.checkpoints import resolve
-    from ..engine.model import build_model
     from . import checkpoint as ckpt_io
-    from .trainer import DistInfo, Trainer
+    from .trainer import DistInfo
 
     info = DistInfo()
     if args.out is None:
@@ -328,74 +335,7 @@ def run_training(args: argparse.Namespace) -> int:
     run_dir = Path(args.out).expanduser()
     try:
         info, device = init_distributed(args.device)
-        if not args.resume and (args.data is None or args.instrument is None):
-            raise BadArgument("--data and --instrument are required (except with --resume).")
-        _prepare_run_dir(run_dir, args.resume, info)
-        _barrier(info)
-        settings = _settings_from_args(args)
-        step_dir = None
-        if args.resume:
-            stored = json.loads((run_dir / TRAIN_CONFIG).read_text())
-            old = stored["settings"]
-            defaults = add_train_arguments(argparse.ArgumentParser(add_help=False))
-            given = [k for k in RUN_DEFINING if k not in ("data", "base") and getattr(args, k) != defaults.get_default(k)]
-            changed = [k for k in given if k in old and old[k] != settings[k]]
-            if changed and info.main:
-                print("note: resuming with the run's own "
-                      + ", ".join(f"--{k.replace('_', '-')} {old[k]}" for k in changed) + f" ({TRAIN_CONFIG})",
-                      file=sys.stderr)
-            moved_data = settings["data"]  # an explicit --data may point to where the songs are now
-            settings.update({k: old.get(k, OLD_RUN_DEFAULTS.get(k)) for k in RUN_DEFINING
-                             if k in old or k in OLD_RUN_DEFAULTS})
-            if moved_data is not None:
-                settings["data"] = moved_data
-            if args.precision == "auto":  # an explicit --precision may change (exactness needs the same one)
-                settings["precision"] = old.get("precision", "auto")
-            step_dir = ckpt_io.latest_checkpoint(run_dir)
-        precision = resolve_precision(settings["precision"], device)
-        settings["precision"] = precision
-
-        base_ckpt = resolve(str(step_dir) if step_dir is not None else settings["base"], args.weights_dir)
-        if base_ckpt.meta.get("decoder_only"):
-            raise BadArgument(f"{settings['base']} is a bare decoder without EnCodec/T5; use a full model "
-                              "(facebook/musicgen-small).")
-        model = build_model(base_ckpt, device, torch.float32, inference=False)
-        if model.is_random and info.main:
-            print(f"warning: model '{model.name}' has random weights (for tests and demos only)", file=sys.stderr)
-        base_ckpt.lm_state, base_ckpt.codec_state = {}, {}  # the live modules hold the weights now
-        if model.text is not None:
-            base_ckpt.text_state = None
-
-        meta = {"name": run_dir.resolve().name, "instrument": settings["instrument"],
-                "base": base_ckpt.meta.get("base", settings["base"])}
-        config = _train_config(settings, precision, progress=not args.quiet, meta=meta)
-        config.validate()
-        if info.main and not args.resume:
-            stored = {"settings": settings, "train_config": config.to_dict(), "world_size": info.world,
-                      "stage_bridge_version": __version__}
-            write_atomic(run_dir / TRAIN_CONFIG, lambda f: f.write(json.dumps(stored, indent=2).encode()),
-                         replace=True)
-        if info.main:
-            _warn_without_rubberband()
-        songs = prepare_songs(Path(settings["data"]), Path(settings["cache"]), settings["tracker"],
-                              progress=info.main and not args.quiet, info=info, sr=model.codec.sample_rate,
-                              hop=model.codec.hop_length)
-        train_set, valid_set = build_datasets(settings, model, run_dir, args.resume, write=info.main, songs=songs)
-
-        trainer = Trainer(model, base_ckpt, train_set, valid_set, run_dir, config, info)
-        if step_dir is not None:
-            trainer.restore(step_dir, load_weights=False)  # the model was built from step_dir itself
-            if info.main:
-                print(f"resuming {run_dir} at step {trainer.step}", file=sys.stderr)
-        if trainer.step >= config.steps:
-            if info.main:
-                print(f"the run is already at step {trainer.step} >= --steps {config.steps}; nothing to do "
-                      "(raise --steps to train further)", file=sys.stderr)
-            return 0
-        trainer.fit()
-        if info.main:
-            print(f"trained {trainer.step} steps; the model is {run_dir} (stage-bridge generate --model {run_dir})")
-        return 0
+        return _train(args, run_dir, info, device)
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", None)  # trainer.Interrupted: the last completed step was saved
         if info.main:
@@ -408,8 +348,93 @@ def run_training(args: argparse.Namespace) -> int:
         if info.main:
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except BaseException as e:
+        import traceback
+
+        traceback.clear_frames(e.__traceback__)  # `_train`'s locals (the model) go now, before the group ends
+        raise
     finally:
         _finish_distributed(info)
+
+
+def _train(args: argparse.Namespace, run_dir: Path, info: DistInfo, device: torch.device) -> int:
+    """`run_training`'s work, in a frame of its own: the model, the trainer and its DDP wrapper are
+    gone when it returns, before `_finish_distributed` ends the process group."""
+    import torch
+
+    from ..engine.checkpoints import resolve
+    from ..engine.model import build_model
+    from . import checkpoint as ckpt_io
+    from .trainer import Trainer
+
+    if not args.resume and (args.data is None or args.instrument is None):
+        raise BadArgument("--data and --instrument are required (except with --resume).")
+    _prepare_run_dir(run_dir, args.resume, info)
+    _barrier(info)
+    settings = _settings_from_args(args)
+    step_dir = None
+    if args.resume:
+        stored = json.loads((run_dir / TRAIN_CONFIG).read_text())
+        old = stored["settings"]
+        defaults = add_train_arguments(argparse.ArgumentParser(add_help=False))
+        given = [k for k in RUN_DEFINING if k not in ("data", "base") and getattr(args, k) != defaults.get_default(k)]
+        changed = [k for k in given if k in old and old[k] != settings[k]]
+        if changed and info.main:
+            print("note: resuming with the run's own "
+                  + ", ".join(f"--{k.replace('_', '-')} {old[k]}" for k in changed) + f" ({TRAIN_CONFIG})",
+                  file=sys.stderr)
+        moved_data = settings["data"]  # an explicit --data may point to where the songs are now
+        settings.update({k: old.get(k, OLD_RUN_DEFAULTS.get(k)) for k in RUN_DEFINING
+                         if k in old or k in OLD_RUN_DEFAULTS})
+        if moved_data is not None:
+            settings["data"] = moved_data
+        if args.precision == "auto":  # an explicit --precision may change (exactness needs the same one)
+            settings["precision"] = old.get("precision", "auto")
+        step_dir = ckpt_io.latest_checkpoint(run_dir)
+    precision = resolve_precision(settings["precision"], device)
+    settings["precision"] = precision
+
+    base_ckpt = resolve(str(step_dir) if step_dir is not None else settings["base"], args.weights_dir)
+    if base_ckpt.meta.get("decoder_only"):
+        raise BadArgument(f"{settings['base']} is a bare decoder without EnCodec/T5; use a full model "
+                          "(facebook/musicgen-small).")
+    model = build_model(base_ckpt, device, torch.float32, inference=False)
+    if model.is_random and info.main:
+        print(f"warning: model '{model.name}' has random weights (for tests and demos only)", file=sys.stderr)
+    base_ckpt.lm_state, base_ckpt.codec_state = {}, {}  # the live modules hold the weights now
+    if model.text is not None:
+        base_ckpt.text_state = None
+
+    meta = {"name": run_dir.resolve().name, "instrument": settings["instrument"],
+            "base": base_ckpt.meta.get("base", settings["base"])}
+    config = _train_config(settings, precision, progress=not args.quiet, meta=meta)
+    config.validate()
+    if info.main and not args.resume:
+        stored = {"settings": settings, "train_config": config.to_dict(), "world_size": info.world,
+                  "stage_bridge_version": __version__}
+        write_atomic(run_dir / TRAIN_CONFIG, lambda f: f.write(json.dumps(stored, indent=2).encode()),
+                     replace=True)
+    if info.main:
+        _warn_without_rubberband()
+    songs = prepare_songs(Path(settings["data"]), Path(settings["cache"]), settings["tracker"],
+                          progress=info.main and not args.quiet, info=info, sr=model.codec.sample_rate,
+                          hop=model.codec.hop_length)
+    train_set, valid_set = build_datasets(settings, model, run_dir, args.resume, write=info.main, songs=songs)
+
+    trainer = Trainer(model, base_ckpt, train_set, valid_set, run_dir, config, info)
+    if step_dir is not None:
+        trainer.restore(step_dir, load_weights=False)  # the model was built from step_dir itself
+        if info.main:
+            print(f"resuming {run_dir} at step {trainer.step}", file=sys.stderr)
+    if trainer.step >= config.steps:
+        if info.main:
+            print(f"the run is already at step {trainer.step} >= --steps {config.steps}; nothing to do "
+                  "(raise --steps to train further)", file=sys.stderr)
+        return 0
+    trainer.fit()
+    if info.main:
+        print(f"trained {trainer.step} steps; the model is {run_dir} (stage-bridge generate --model {run_dir})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
