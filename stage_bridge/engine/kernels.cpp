@@ -104,8 +104,7 @@ void q4_tile(const uint8_t* w, const half* sc, const half* zr, int64_t NG, int64
   }
   for (int i = 0; i < MB; ++i) _mm512_storeu_ps(out + i * TILE, accf[i]);
 }
-#endif
-
+#else
 // Portable: the same arithmetic (integer dot per group, then the same float scaling).
 void q4_tile_portable(const uint8_t* w, const half* sc, const half* zr, int64_t NG, int64_t G,
                       const int8_t* xq, int64_t K, const float* a, const float* c, const float* s, int mb,
@@ -133,6 +132,7 @@ void q4_tile_portable(const uint8_t* w, const half* sc, const half* zr, int64_t 
     std::memcpy(out + i * TILE, accf, sizeof(accf));
   }
 }
+#endif
 
 #if SB_VNNI
 // int8 weights: MB rows times one tile of 16 columns. Activations as unsigned bytes xq + 128 (the
@@ -173,8 +173,8 @@ void q8_tile(const int8_t* w, int64_t tile_bytes, const int32_t* wsum, const flo
     for (int i = 0; i < MB; ++i) _mm512_storeu_ps(out + (u * 4 + i) * TILE, _mm512_mul_ps(accf[i][u], S));
   }
 }
-#endif
-
+#else
+// Portable: the same arithmetic.
 void q8_tile_portable(const int8_t* w, const int32_t* wsum, const float* scale, int64_t NG, int64_t G,
                       const uint8_t* xu, int64_t K, const float* a, int mb, float* out) {
   const int64_t P = G / 4;
@@ -192,6 +192,7 @@ void q8_tile_portable(const int8_t* w, const int32_t* wsum, const float* scale, 
     for (int j = 0; j < TILE; ++j) out[i * TILE + j] = accf[j] * scale[j];
   }
 }
+#endif
 
 #if SB_VNNI
 // exp(x) for x <= 0 (scores minus their maximum); exactly 0 below -88 (masked keys: -inf).

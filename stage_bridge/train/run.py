@@ -145,7 +145,8 @@ def _finish_distributed(info: DistInfo) -> None:
     it), joining Gloo's worker threads, while a worker freeing a finished allreduce whose tensors
     Python owns waits for the GIL: both wait forever (CI met it: the trained run never exited;
     the blocking destructor is pytorch/pytorch#56297). So the model goes first (`_train`'s frame,
-    any reference cycles), then the group."""
+    any reference cycles), then the group, whose own binding frees it without the GIL
+    (`intrusive_ptr_no_gil_destructor_trampoline_class_`, pytorch/pytorch#154976)."""
     if info.enabled:
         import gc
 
