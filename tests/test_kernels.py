@@ -328,6 +328,30 @@ def test_doctor_says_which_cpu_kernels_run(off, tmp_path, monkeypatch, capsys):
         assert KERN.kind in line
 
 
+@pytest.mark.parametrize("off", [False, True])
+def test_the_daemon_warns_when_integer_weights_run_without_our_kernels(off, tmp_path, monkeypatch, caplog):
+    from stage_bridge.bridge import daemon
+    from stage_bridge.bridge.config import ServeConfig
+
+    if off:
+        monkeypatch.setenv("STAGE_BRIDGE_KERNELS", "off")
+    kernels._load.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            models, device = daemon.load_models(ServeConfig(home=tmp_path, models={"drums": "tiny-random"}, device="cpu",
+                                                            precision="int8"))
+    finally:
+        monkeypatch.delenv("STAGE_BRIDGE_KERNELS", raising=False)
+        kernels._load.cache_clear()
+    assert device == "cpu" and not isinstance(models["drums"], Exception)
+    warned = [r.getMessage() for r in caplog.records if "decode kernels are not used" in r.getMessage()]
+    if off:
+        assert warned == ["our CPU decode kernels are not used (turned off by STAGE_BRIDGE_KERNELS): --precision "
+                          "int8 decodes about half as fast with PyTorch's own."]
+    elif KERN is not None:
+        assert warned == []
+
+
 @needs_kernels
 @pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/maps")
 def test_one_openmp_runtime_in_the_process():

@@ -104,6 +104,12 @@ def load_models(cfg: ServeConfig) -> "tuple[dict[str, StageModel | StageError], 
     if compile and (problem := compile_problem(device, dtype)) is not None:
         log.warning("%s Continuing without it (a speed option only).", problem)
         compile = False
+    if device.type == "cpu":  # built here, before `ready`, where it is built at all (engine/kernels.py)
+        from ..engine import kernels
+
+        if kernels.library() is None and quantize is not None:
+            log.warning("our CPU decode kernels are not used (%s): --precision %s decodes about half as fast "
+                        "with PyTorch's own.", kernels.why_not(), quantize)
     loaded: "dict[str, StageModel | StageError]" = {}
     models: "dict[str, StageModel | StageError]" = {}
     for instrument, name in cfg.models.items():
