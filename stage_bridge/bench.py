@@ -612,7 +612,7 @@ def _run(args: argparse.Namespace) -> int:
     fb = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(p_dtype).bits // 8, quantize,  # ours
                      kv_bytes=decoder.cache_dtype.itemsize if decoder.cache_dtype else None,
                      head_bytes=chosen.heads_half.element_size() if chosen.heads_half is not None else None,
-                     ours=bool(quantize) and getattr(chosen.layers[0].ffn.up, "kernels", None) is not None)
+                     ours=quantize is not None and chosen.layers[0].ffn.up.kernels is not None)
     fb32 = floor_bytes(cfg, rows, avg_keys, args.text_tokens, torch.finfo(dtype).bits // 8)  # fp32, transformers
     floor_ms = lambda gbps, b=fb: 1000.0 * b["total"] / (gbps * 1e9)  # noqa: E731
     probe_every = max(1, min(args.probe_every, steps - 1))
@@ -660,8 +660,8 @@ def _run(args: argparse.Namespace) -> int:
     _log(format_report(machine))
     from .engine import kernels
 
-    cpu_kernels = kernels.library().kind if kernels.library() else f"not used: {kernels.why_not()}"
-    kernel_name = chosen.layers[0].ffn.up.kernel if quantize and len(chosen.layers) else None
+    cpu_kernels = kern.kind if (kern := kernels.library()) else f"not used: {kernels.why_not()}"
+    kernel_name = chosen.layers[0].ffn.up.kernel if quantize else None
     heads_half, cache_dtype = chosen.heads_half is not None, decoder.cache_dtype or p_dtype
     fused = device.type == "cpu" and all(blk.plan() is not None for blk in chosen.layers)
     _log(f"our CPU kernels: {cpu_kernels}; {precision} product: {kernel_name or 'float'}, KV cache "

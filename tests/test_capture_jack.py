@@ -54,8 +54,10 @@ def jack():
         pytest.skip(f"JACK-Client or sounddevice missing: {e}")
     with jackutil.jack_server(period=PERIOD) as server:
         yield server
-    # `portaudio()` below ends PortAudio before each server stops; sounddevice starts it on import,
-    # so start it again now that the server is gone: later tests find the module as imported
+    # `portaudio()` below ends PortAudio before each server stops; sounddevice starts it on import
+    # (sounddevice.py 0.5: `_initialize()` at module level, "automatically called with the import
+    # sounddevice statement"), so start it again now the server is gone: later tests find the
+    # module as imported
     import sounddevice as sd
 
     if not sd._initialized:

@@ -308,19 +308,23 @@ def test_fused_block_step_is_the_blocks_step(scheme, text, monkeypatch):
     assert (fused - per_op).abs().max() <= 1e-5 * per_op.abs().max()
 
 
-@pytest.mark.parametrize("off", [False, True])
-def test_doctor_says_which_cpu_kernels_run(off, tmp_path, monkeypatch, capsys):
+@pytest.fixture(params=[False, True], ids=["kernels-as-built", "kernels-off"])
+def off(request, monkeypatch):
+    """Our kernels as this machine builds them, or turned off by STAGE_BRIDGE_KERNELS; `library()`
+    answers afresh for the test and again after it."""
+    if request.param:
+        monkeypatch.setenv("STAGE_BRIDGE_KERNELS", "off")
+    kernels._load.cache_clear()
+    yield request.param
+    monkeypatch.delenv("STAGE_BRIDGE_KERNELS", raising=False)
+    kernels._load.cache_clear()
+
+
+def test_doctor_says_which_cpu_kernels_run(off, tmp_path, capsys):
     from stage_bridge.bridge import daemon
     from stage_bridge.bridge.config import ServeConfig
 
-    if off:
-        monkeypatch.setenv("STAGE_BRIDGE_KERNELS", "off")
-    kernels._load.cache_clear()
-    try:
-        assert daemon.doctor(ServeConfig(home=tmp_path, models={"drums": "tiny-random"}, device="cpu")) == 0
-    finally:
-        monkeypatch.delenv("STAGE_BRIDGE_KERNELS", raising=False)
-        kernels._load.cache_clear()
+    assert daemon.doctor(ServeConfig(home=tmp_path, models={"drums": "tiny-random"}, device="cpu")) == 0
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("CPU decode kernels"))
     if off:
         assert "not used (turned off by STAGE_BRIDGE_KERNELS)" in line
@@ -328,21 +332,13 @@ def test_doctor_says_which_cpu_kernels_run(off, tmp_path, monkeypatch, capsys):
         assert KERN.kind in line
 
 
-@pytest.mark.parametrize("off", [False, True])
-def test_the_daemon_warns_when_integer_weights_run_without_our_kernels(off, tmp_path, monkeypatch, caplog):
+def test_the_daemon_warns_when_integer_weights_run_without_our_kernels(off, tmp_path, caplog):
     from stage_bridge.bridge import daemon
     from stage_bridge.bridge.config import ServeConfig
 
-    if off:
-        monkeypatch.setenv("STAGE_BRIDGE_KERNELS", "off")
-    kernels._load.cache_clear()
-    try:
-        with caplog.at_level("WARNING"):
-            models, device = daemon.load_models(ServeConfig(home=tmp_path, models={"drums": "tiny-random"}, device="cpu",
-                                                            precision="int8"))
-    finally:
-        monkeypatch.delenv("STAGE_BRIDGE_KERNELS", raising=False)
-        kernels._load.cache_clear()
+    with caplog.at_level("WARNING"):
+        models, device = daemon.load_models(ServeConfig(home=tmp_path, models={"drums": "tiny-random"}, device="cpu",
+                                                        precision="int8"))
     assert device == "cpu" and not isinstance(models["drums"], Exception)
     warned = [r.getMessage() for r in caplog.records if "decode kernels are not used" in r.getMessage()]
     if off:

@@ -15,6 +15,7 @@ in one call per layer, and with our int8/int4 weights each whole block in one ca
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -126,9 +127,13 @@ def step_kernels(x: Tensor, start: int | Tensor) -> kernels.Kernels | None:
 
 
 def first_keys(spans: list[Span] | None) -> Tensor | None:
-    """Per row, the first key it may attend to (int32, for the step kernels), or None: all from 0."""
-    if spans is None:
-        return None
+    """Per row, the first key it may attend to (int32, for the step kernels; read only), or None:
+    all from 0. A window's spans stay the same for all its steps and layers: built once each."""
+    return None if spans is None else _first_keys(tuple(spans))
+
+
+@functools.lru_cache(maxsize=16)
+def _first_keys(spans: tuple[Span, ...]) -> Tensor:
     return torch.tensor([first for lo, hi, first in spans for _ in range(lo, hi)], dtype=torch.int32)
 
 
